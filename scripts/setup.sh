@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up BokehDepth on a fresh machine: system packages Open3D needs, a virtual environment in .venv,
+# torch (CPU wheel unless TORCH_SPEC says otherwise), then the project and its test tools. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Open3D imports libusb-1.0 and, for offscreen rendering, a Vulkan loader + software driver.
+need_debs=()
+for pkg in libusb-1.0-0 libgl1 libgomp1; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_debs+=("$pkg")
+done
+if [ ${#need_debs[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian packages: ${need_debs[*]}"
+    (apt-get install -y --no-install-recommends "${need_debs[@]}" >/dev/null 2>&1) || {
+      apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "${need_debs[@]}" >/dev/null
+    }
+  else
+    echo "[setup] WARNING: missing Debian packages ${need_debs[*]} (run: sudo apt-get install ${need_debs[*]}); Open3D tools will fall back." >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# The CPU wheel (about 0.9 GB); on a GPU machine set TORCH_SPEC to the build you want, e.g. TORCH_SPEC="torch==2.13.0".
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+python -c "import torch" >/dev/null 2>&1 || python -m pip install -q "$TORCH_SPEC"
+python -m pip install -q -e ".[dev]"
+echo "[setup] ready: $(python -c 'import torch, lightning, diffusers, transformers; print("torch", torch.__version__, "| lightning", lightning.__version__, "| diffusers", diffusers.__version__, "| transformers", transformers.__version__)')"
