@@ -1,0 +1,311 @@
+"""Image, depth and result I/O shared by every tool, with atomic writes.
+
+Readers return torch tensors in the project's conventions (images: float32 sRGB in [0, 1], shape [3, H, W];
+depth: float32 metres, shape [1, H, W], 0 where invalid). Writers never leave a half-written file behind: they
+write to a hidden temporary name in the same folder and rename it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(ValueError):
+    """An image or depth file is missing, unreadable or of an unexpected kind."""
+
+
+# --------------------------------------------------------------------------------------------------- writers
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success, delete it on error.
+
+    The temporary name keeps the suffix so that libraries choosing a format by extension still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OSError(f"nothing was written to the temporary file for {path}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _as_2d(array: np.ndarray) -> np.ndarray:
+    """Drop a leading or trailing channel axis of size 1 ([1,H,W] or [H,W,1] -> [H,W])."""
+    if array.ndim == 3 and array.shape[0] == 1:
+        return array[0]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        return array[..., 0]
+    return array
+
+
+def _to_uint8_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu().float()
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4):
+            array = array.permute(1, 2, 0)
+        array = array.numpy()
+    else:
+        array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image must be [3,H,W] / [H,W,3] / [H,W], got shape {tuple(array.shape)}")
+    if array.dtype != np.uint8:
+        if not np.isfinite(array).all():
+            raise ValueError("image contains NaN or infinite values; expected finite values in [0, 1]")
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return array
+
+
+def write_image(path: str | Path, image: torch.Tensor | np.ndarray) -> Path:
+    """Write an image atomically. Floats are sRGB in [0, 1] ([3,H,W] tensor or [H,W,3] array); uint8 as is."""
+    path = Path(path)
+    array = _to_uint8_hwc(image)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp)
+    return path
+
+
+def write_npy(path: str | Path, array: torch.Tensor | np.ndarray) -> Path:
+    """Write a ``.npy`` file atomically."""
+    path = Path(path)
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(array))
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
+    """Write JSON atomically (tensors, numpy values and paths are converted)."""
+    return write_text(path, json.dumps(obj, indent=indent, default=_json_default, allow_nan=True) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Create an output folder; refuse an existing non-empty one unless ``overwrite`` (then it is emptied)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"output path {path} exists and is a file; expected a folder (or a new path)")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- readers
+
+
+def _open_image(path: Path) -> Image.Image:
+    if not path.exists():
+        raise ImageReadError(f"image file not found: {path}")
+    if not path.is_file():
+        raise ImageReadError(f"image path is not a file: {path}")
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            return handle.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ImageReadError(f"cannot read image {path}: the file is corrupt or not an image ({error})") from error
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Read an image as float32 sRGB in [0, 1], shape [3, H, W].
+
+    Grayscale is replicated to RGB and RGBA loses its alpha (composited on nothing: alpha dropped), each with a
+    warning, because every model here expects three colour channels. 16-bit images keep their precision.
+    """
+    path = Path(path)
+    image = _open_image(path)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32) / (65535.0 if mode.startswith("I;16") else float(max(np.asarray(image).max(), 1)))
+        warnings.warn(f"{path}: grayscale image ({mode}) replicated to RGB", stacklevel=2)
+        array = np.repeat(array[..., None], 3, axis=-1)
+    else:
+        if mode in ("L", "LA", "1"):
+            warnings.warn(f"{path}: grayscale image replicated to RGB", stacklevel=2)
+        elif mode in ("RGBA", "PA") or (mode == "P" and "transparency" in image.info):
+            warnings.warn(f"{path}: alpha channel dropped (RGBA -> RGB)", stacklevel=2)
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+def read_depth(path: str | Path, *, depth_scale: float | None = None) -> torch.Tensor:
+    """Read a depth map in metres, shape [1, H, W]; 0 marks invalid pixels.
+
+    ``.npy`` files hold metres (NaN/inf become 0). Integer PNGs are divided by ``depth_scale`` (units per metre:
+    1000 for millimetre PNGs such as NYUv2, 256 for KITTI); a 16-bit PNG without ``depth_scale`` is an error,
+    because guessing the unit silently would make every metric wrong.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"depth file not found: {path}")
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path).astype(np.float32)
+        except (ValueError, OSError, EOFError) as error:
+            raise ImageReadError(f"cannot read depth {path}: corrupt .npy file ({error})") from error
+        array = _as_2d(array)
+        if array.ndim != 2:
+            raise ImageReadError(f"depth {path} must be a 2-D [H, W] array of metres, got shape {array.shape}")
+        array = np.where(np.isfinite(array), array, 0.0)
+    else:
+        image = _open_image(path)
+        array = np.asarray(image).astype(np.float32)
+        if array.ndim != 2:
+            raise ImageReadError(f"depth image {path} must be single-channel, got shape {array.shape}")
+        if depth_scale is None:
+            raise ImageReadError(
+                f"depth image {path}: depth_scale (units per metre, e.g. 1000 for mm, 256 for KITTI) is required"
+            )
+        if depth_scale <= 0:
+            raise ValueError(f"depth_scale must be > 0 (units per metre), got {depth_scale}")
+        array = array / float(depth_scale)
+    if (array < 0).any():
+        raise ImageReadError(f"depth {path} has negative values (min {array.min():.4g}); expected metres >= 0")
+    return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder, sorted; an empty or missing folder is an error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"image folder {folder} holds no images (expected one of {IMAGE_SUFFIXES})")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------- pictures
+
+
+def colorize_depth(
+    depth_m: torch.Tensor | np.ndarray,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "turbo",
+    inverse: bool = True,
+) -> np.ndarray:
+    """Colour-map a depth map ([1,H,W] or [H,W], metres) to uint8 [H,W,3]; invalid (<= 0) pixels are black.
+
+    With ``inverse`` the colours follow 1/depth (near = warm), which spreads indoor and outdoor ranges evenly.
+    The range defaults to the 2nd-98th percentile of valid pixels.
+    """
+    from matplotlib import colormaps
+
+    array = depth_m.detach().cpu().float().numpy() if isinstance(depth_m, torch.Tensor) else np.asarray(depth_m, np.float32)
+    array = _as_2d(array)
+    if array.ndim != 2:
+        raise ValueError(f"depth must be [1,H,W] or [H,W], got shape {array.shape}")
+    valid = np.isfinite(array) & (array > 0)
+    out = np.zeros(array.shape + (3,), np.uint8)
+    if not valid.any():
+        return out
+    lo = float(np.percentile(array[valid], 2)) if vmin is None else float(vmin)
+    hi = float(np.percentile(array[valid], 98)) if vmax is None else float(vmax)
+    hi = max(hi, lo * (1 + 1e-6) + 1e-9)
+    values = np.clip(array, lo, hi)
+    if inverse:
+        t = (1.0 / values - 1.0 / hi) / (1.0 / lo - 1.0 / hi)
+    else:
+        t = (values - lo) / (hi - lo)
+    colours = colormaps[cmap](np.clip(t, 0, 1))[..., :3]
+    out[valid] = (colours[valid] * 255 + 0.5).astype(np.uint8)
+    return out
+
+
+def colorize_signed(values: torch.Tensor | np.ndarray, limit: float | None = None, cmap: str = "coolwarm") -> np.ndarray:
+    """Colour-map a signed map (e.g. CoC radius in px, an error map) symmetric around 0 to uint8 [H,W,3]."""
+    from matplotlib import colormaps
+
+    array = _as_2d(values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
+    limit = float(np.nanmax(np.abs(array))) if limit is None else float(limit)
+    limit = max(limit, 1e-9)
+    colours = colormaps[cmap](np.clip(0.5 + 0.5 * array / limit, 0, 1))[..., :3]
+    return (colours * 255 + 0.5).astype(np.uint8)
+
+
+def image_grid(
+    rows: Sequence[Sequence[torch.Tensor | np.ndarray]],
+    labels: Sequence[Sequence[str]] | Sequence[str] | None = None,
+    pad: int = 2,
+    background: int = 255,
+) -> np.ndarray:
+    """Tile images (tensors [3,H,W] in [0,1] or uint8 [H,W,3]) into one uint8 [H,W,3] grid.
+
+    Cells are padded to the largest cell size. ``labels`` is one label per column (a header row) or one per cell,
+    drawn in the top-left corner of each cell.
+    """
+    cells = [[_to_uint8_hwc(image) for image in row] for row in rows]
+    if not cells or not any(cells):
+        raise ValueError("image_grid needs at least one image")
+    cell_h = max(c.shape[0] for row in cells for c in row)
+    cell_w = max(c.shape[1] for row in cells for c in row)
+    n_cols = max(len(row) for row in cells)
+    grid = np.full((len(cells) * (cell_h + pad) + pad, n_cols * (cell_w + pad) + pad, 3), background, np.uint8)
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            y, x = pad + i * (cell_h + pad), pad + j * (cell_w + pad)
+            grid[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
+    if labels:
+        picture = Image.fromarray(grid)
+        draw = ImageDraw.Draw(picture)
+        for i in range(len(cells)):
+            for j in range(len(cells[i])):
+                if isinstance(labels[0], str):
+                    text = labels[j] if i == 0 and j < len(labels) else ""  # type: ignore[index]
+                else:
+                    text = labels[i][j] if i < len(labels) and j < len(labels[i]) else ""  # type: ignore[index]
+                if text:
+                    y, x = pad + i * (cell_h + pad), pad + j * (cell_w + pad)
+                    box = draw.textbbox((x + 2, y + 1), str(text))
+                    draw.rectangle(box, fill=(0, 0, 0))
+                    draw.text((x + 2, y + 1), str(text), fill=(255, 255, 255))
+        grid = np.asarray(picture)
+    return grid

@@ -1,0 +1,114 @@
+"""bokeh.io: readers in project conventions, clear errors, atomic writers that leave nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bokeh.io import (
+    ImageReadError,
+    atomic_path,
+    colorize_depth,
+    image_grid,
+    list_images,
+    prepare_output_dir,
+    read_depth,
+    read_image,
+    write_image,
+    write_json,
+    write_npy,
+)
+
+
+def test_image_round_trip_is_exact_at_8_bit(tmp_path: Path) -> None:
+    array = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    write_image(tmp_path / "a.png", array)
+    image = read_image(tmp_path / "a.png")
+    assert image.shape == (3, 5, 7) and image.dtype == torch.float32
+    assert torch.equal((image * 255).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(array))
+
+
+def test_grayscale_and_rgba_are_converted_with_a_warning(tmp_path: Path) -> None:
+    Image.fromarray(np.full((4, 4), 128, np.uint8), "L").save(tmp_path / "g.png")
+    with pytest.warns(UserWarning, match="grayscale"):
+        gray = read_image(tmp_path / "g.png")
+    assert gray.shape == (3, 4, 4) and torch.allclose(gray, torch.full_like(gray, 128 / 255))
+    Image.fromarray(np.full((4, 4, 4), 200, np.uint8), "RGBA").save(tmp_path / "a.png")
+    with pytest.warns(UserWarning, match="alpha"):
+        assert read_image(tmp_path / "a.png").shape == (3, 4, 4)
+
+
+def test_missing_and_corrupt_images_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="not found.*nope.png"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageReadError, match="corrupt.*bad.jpg"):
+        read_image(tmp_path / "bad.jpg")
+
+
+def test_depth_png_scale_and_npy(tmp_path: Path) -> None:
+    mm = np.array([[0, 1000], [2500, 65535]], np.uint16)
+    Image.fromarray(mm).save(tmp_path / "d.png")
+    depth = read_depth(tmp_path / "d.png", depth_scale=1000.0)
+    assert depth.shape == (1, 2, 2)
+    assert torch.allclose(depth[0], torch.tensor([[0.0, 1.0], [2.5, 65.535]]))
+    with pytest.raises(ImageReadError, match="depth_scale"):
+        read_depth(tmp_path / "d.png")
+    np.save(tmp_path / "d.npy", np.array([[1.5, np.nan]], np.float32))
+    assert torch.equal(read_depth(tmp_path / "d.npy"), torch.tensor([[[1.5, 0.0]]]))
+    np.save(tmp_path / "neg.npy", np.array([[1.5, -1.0]], np.float32))
+    with pytest.raises(ImageReadError, match="negative"):
+        read_depth(tmp_path / "neg.npy")
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "x.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert not target.exists() and list((tmp_path / "out").iterdir()) == []
+    write_json(target, {"a": torch.tensor(1.5), "b": np.float32(2), "p": Path("q")})
+    assert target.read_text().count('"a": 1.5') == 1
+    write_npy(tmp_path / "z.npy", torch.ones(2))
+    assert np.load(tmp_path / "z.npy").tolist() == [1.0, 1.0]
+
+
+def test_nan_image_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        write_image(tmp_path / "n.png", torch.full((3, 2, 2), float("nan")))
+    assert not list(tmp_path.iterdir())
+
+
+def test_prepare_output_dir_refuses_non_empty_unless_overwrite(tmp_path: Path) -> None:
+    out = prepare_output_dir(tmp_path / "run")
+    (out / "f.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare_output_dir(out)
+    assert not any(prepare_output_dir(out, overwrite=True).iterdir())
+
+
+def test_list_images_errors_on_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        list_images(tmp_path)
+
+
+def test_colorize_depth_orders_near_and_far_and_blacks_invalid() -> None:
+    depth = torch.tensor([[[1.0, 2.0, 4.0, 0.0]]])
+    colours = colorize_depth(depth, vmin=1.0, vmax=4.0, cmap="gray")
+    assert colours.shape == (1, 4, 3)
+    assert colours[0, 0, 0] == 255 and colours[0, 2, 0] == 0 and colours[0, 3].tolist() == [0, 0, 0]
+    # 1/depth is linear in the colour: 1/2 m sits at (1/2 - 1/4) / (1 - 1/4) = 1/3 of the scale.
+    assert abs(int(colours[0, 1, 0]) - round(255 / 3)) <= 1
+
+
+def test_image_grid_layout() -> None:
+    a = np.zeros((4, 6, 3), np.uint8)
+    b = torch.ones(3, 2, 3)
+    grid = image_grid([[a, b], [b]], pad=1)
+    assert grid.shape == (2 * (4 + 1) + 1, 2 * (6 + 1) + 1, 3)
+    assert grid[1, 1].tolist() == [0, 0, 0] and grid[1, 8].tolist() == [255, 255, 255]
