@@ -1,0 +1,71 @@
+"""Lightning callbacks for Stage-2: image grids (RGB | stack | prediction | GT | error) as PNG and in TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+
+
+def depth_panel_rows(batch: Mapping[str, Any], pred_m: torch.Tensor, num: int = 4, max_rel_error: float = 0.5) -> list[list[np.ndarray]]:
+    """Rows of uint8 [H,W,3] pictures, one row per sample: RGB | last stack frame | prediction | GT | |rel. error|.
+
+    Prediction and GT share the GT's colour range (inverse depth, turbo); the error map shows |pred - gt| / gt from
+    0 (black) to ``max_rel_error`` (white-hot), black where the depth is invalid.
+    """
+    from bokeh.io import colorize_depth
+
+    rows = []
+    for i in range(min(num, pred_m.shape[0])):
+        gt = batch["depth_m"][i].detach().cpu().float()
+        valid = batch["valid"][i].detach().cpu() if "valid" in batch else gt > 0
+        pred = pred_m[i].detach().cpu().float()
+        values = gt[valid]
+        lo, hi = (float(values.quantile(0.02)), float(values.quantile(0.98))) if values.numel() else (None, None)
+        err = torch.where(valid, (pred - gt).abs() / gt.clamp_min(1e-6), torch.zeros_like(gt))
+        err_img = colorize_depth(err.clamp(1e-6, max_rel_error), vmin=0.0, vmax=max_rel_error, cmap="inferno", inverse=False)
+        err_img[~valid[0].numpy()] = 0
+        row = [batch["image"][i].detach().cpu().float()]
+        stack = batch.get("stack")
+        if stack is not None:
+            row.append(stack[i, -1].detach().cpu().float())
+        row += [colorize_depth(pred, vmin=lo, vmax=hi), colorize_depth(torch.where(valid, gt, torch.zeros_like(gt)), vmin=lo, vmax=hi), err_img]
+        rows.append(row)
+    return rows
+
+
+GRID_LABELS = ["RGB", "stack[-1]", "prediction", "GT", "|rel err|"]
+
+
+class DepthImageLogger(L.Callback):
+    """Writes a grid of the first validation batch each validation epoch (and of the first test batch) to
+    ``<folder>/val_epoch<NNN>.png`` / ``test.png`` and to TensorBoard when a TensorBoardLogger is attached.
+    Rank zero only; the images are whatever rank zero saw.
+    """
+
+    def __init__(self, folder: str | Path, num_images: int = 4) -> None:
+        self.folder = Path(folder)
+        self.num_images = num_images
+
+    def _write(self, trainer: L.Trainer, batch: Mapping[str, Any], pred: torch.Tensor, tag: str, name: str) -> None:
+        from bokeh.io import image_grid, write_image
+
+        rows = depth_panel_rows(batch, pred, self.num_images)
+        labels = GRID_LABELS if batch.get("stack") is not None else [GRID_LABELS[0]] + GRID_LABELS[2:]
+        grid = image_grid(rows, labels=labels)
+        write_image(self.folder / name, grid)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image(tag, grid, global_step=trainer.global_step, dataformats="HWC")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and trainer.is_global_zero and not trainer.sanity_checking and isinstance(outputs, torch.Tensor):
+            self._write(trainer, batch, outputs, "val/depth", f"val_epoch{trainer.current_epoch:03d}.png")
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and trainer.is_global_zero and isinstance(outputs, torch.Tensor):
+            self._write(trainer, batch, outputs, "test/depth", "test.png")

@@ -1,0 +1,242 @@
+"""Stage-2 training: a depth model with DSFA (or the base model without it), SILog loss, metrics, optimiser.
+
+Batch format: see :mod:`lightning_modules.data` (image [B,3,H,W] sRGB [0,1], stack [B,N,3,H,W], K_px_m [B,N],
+depth_m [B,1,H,W] metres, valid [B,1,H,W] bool). The model maps (image, stack, K) to metric depth [B,1,H,W] m.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.config import ConfigError
+
+METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
+
+
+def _container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig,)) else cfg
+
+
+class Stage2Module(L.LightningModule):
+    """LightningModule around ``bokeh.depth.build_depth_model(cfg.model)``.
+
+    Config keys used (all under the task config):
+        model: passed to build_depth_model.
+        use_stack (bool): feed the bokeh stack and K to the model; False = the base model (image only).
+        loss.silog_lambda: lambda of SILog, sqrt(mean g^2 - lambda mean(g)^2) with g = log gt - log pred.
+        optim: lr.{dsfa, encoder, decoder}, weight_decay, betas, warmup_steps (int) or warmup_ratio, min_lr_ratio.
+        metrics: min_depth_m, max_depth_m (caps for evaluation).
+    """
+
+    def __init__(self, cfg: Mapping[str, Any] | DictConfig) -> None:
+        super().__init__()
+        from bokeh.depth import build_depth_model
+        from bokeh.metrics import DepthMetrics
+
+        cfg = _container(cfg)
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        self.model = build_depth_model(cfg["model"])
+        self.use_stack = bool(cfg.get("use_stack", True))
+        self.silog_lambda = float(cfg.get("loss", {}).get("silog_lambda", 0.5))
+        metrics_cfg = cfg.get("metrics", {})
+        self.min_depth_m = float(metrics_cfg.get("min_depth_m", 1e-3))
+        self.max_depth_m = float(metrics_cfg.get("max_depth_m", 100.0))
+        self.val_metrics = DepthMetrics()
+        self.test_metrics = DepthMetrics()
+        self.test_results: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ forward / loss
+    def forward(self, image: torch.Tensor, stack: torch.Tensor | None = None, K_px_m: torch.Tensor | None = None) -> torch.Tensor:
+        """image [B,3,H,W] sRGB [0,1], stack [B,N,3,H,W] | None, K_px_m [B,N] | None -> depth [B,1,H,W] metres."""
+        if not self.use_stack:
+            stack, K_px_m = None, None
+        return self.model(image, stack, K_px_m)
+
+    def predict_batch(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Depth prediction [B,1,H,W] m for a data batch (the stack is dropped for the base model)."""
+        return self(batch["image"], batch.get("stack"), batch.get("K_px_m"))
+
+    def _loss(self, pred: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        from bokeh.depth.losses import silog_loss
+
+        return silog_loss(pred, batch["depth_m"], batch["valid"], lambda_=self.silog_lambda)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        pred = self.predict_batch(batch)
+        loss = self._loss(pred, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=pred.shape[0])
+        return loss
+
+    def _eval_step(self, batch: Mapping[str, Any], metrics: Any, prefix: str) -> torch.Tensor:
+        pred = self.predict_batch(batch)
+        loss = self._loss(pred, batch)
+        self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=pred.shape[0])
+        metrics.update(pred.float(), batch["depth_m"], batch["valid"], min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
+        return pred
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: Any, prefix: str) -> dict[str, float]:
+        values = {k: float(v) for k, v in metrics.compute().items()}  # torchmetrics syncs across processes here
+        metrics.reset()
+        # Values are already global; sync_dist averages identical numbers (and silences Lightning's warning).
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=True)
+        if "abs_rel" in values:
+            self.log(f"{prefix}/abs_rel", values["abs_rel"], prog_bar=True, sync_dist=True)
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_metrics(self.test_metrics, "test")
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.cfg.get("optim", {})
+        lrs = optim.get("lr", {})
+        groups = self.model.param_groups()
+        unknown = set(groups) - set(lrs)
+        if unknown:
+            raise ConfigError(f"optim.lr has no learning rate for parameter group(s) {sorted(unknown)}; groups: {sorted(groups)}")
+        param_groups = []
+        for name, params in groups.items():
+            params = [p for p in params if p.requires_grad]
+            if params and float(lrs[name]) > 0:
+                param_groups.append({"params": params, "lr": float(lrs[name]), "name": name})
+        if not param_groups:
+            raise ConfigError("no trainable parameter group with a positive learning rate (optim.lr)")
+        optimizer = torch.optim.AdamW(
+            param_groups, weight_decay=float(optim.get("weight_decay", 0.01)), betas=tuple(optim.get("betas", (0.9, 0.999)))
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(optim.get("warmup_steps", 0) or round(float(optim.get("warmup_ratio", 0.0)) * total))
+        min_ratio = float(optim.get("min_lr_ratio", 0.0))
+        schedule = warmup_cosine(total, warmup, min_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class warmup_cosine:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total`` steps."""
+
+    def __init__(self, total: int, warmup: int, min_ratio: float = 0.0) -> None:
+        self.total, self.warmup, self.min_ratio = total, min(warmup, total), min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:
+    """Build (LightningModule, DataModule) from a task config; unknown keys raise ConfigError naming them."""
+    from lightning_modules.data import build_datamodule
+    from lightning_modules.tasks import config_call
+
+    datamodule = config_call(build_datamodule, cfg.data, "data")
+    module = config_call(Stage2Module, cfg, "model")
+    return module, datamodule
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The main job: BokehDepth and (optionally) the base model under the same budget, then a comparison table
+# ---------------------------------------------------------------------------------------------------------------
+
+VARIANTS = ("base", "bokehdepth")
+
+
+def base_config(cfg: DictConfig) -> DictConfig:
+    """The base-model config: ``cfg`` with ``use_stack=false`` and ``cfg.base_overrides`` (e.g. DSFA off) applied."""
+    from lightning_modules.config import apply_overrides
+
+    base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(base, True)
+    apply_overrides(base, ["use_stack=false", *list(cfg.get("base_overrides", []) or [])])
+    return base
+
+
+def variant_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """{"bokehdepth": cfg} or, with ``compare_base``, {"base": base_config(cfg), "bokehdepth": cfg}."""
+    if not cfg.get("compare_base", False):
+        return {"bokehdepth": cfg}
+    return {"base": base_config(cfg), "bokehdepth": cfg}
+
+
+def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_path: str | None = None) -> dict[str, Any]:
+    """Build every variant (config errors surface before anything is written), create the run dir, fit + test.
+
+    With ``compare_base`` the variants train in ``<run_dir>/base`` and ``<run_dir>/bokehdepth`` from the same seed
+    on the same cached data; the comparison is printed and written as ``comparison.json`` / ``comparison.md``.
+    ``resume`` continues each unfinished variant from its last.ckpt and skips finished ones.
+    """
+    from bokeh.io import write_json, write_text
+
+    from lightning_modules.tasks import check_trainer_config, fit_and_test
+
+    seed = int(cfg.get("seed", 0))
+    variants = variant_configs(cfg)
+    built = {}
+    for name, vcfg in variants.items():
+        check_trainer_config(vcfg.trainer)
+        L.seed_everything(seed, workers=True, verbose=False)
+        built[name] = build(vcfg)
+    run_dir = prepare_run_dir()
+    multi = len(variants) > 1
+    results: dict[str, Any] = {}
+    for name, vcfg in variants.items():
+        sub = run_dir / name if multi else run_dir
+        done = sub / "result.json"
+        if resume and done.is_file():
+            import json
+
+            results[name] = json.loads(done.read_text())
+            print(f"[{name}] finished earlier; result read from {done}")
+            continue
+        from lightning_modules.tasks import find_last_checkpoint
+
+        L.seed_everything(seed, workers=True, verbose=False)  # same data order for every variant
+        print(f"[{name}] training in {sub}")
+        results[name] = fit_and_test(vcfg, sub, build, resume=resume and find_last_checkpoint(sub) is not None, built=built.pop(name), ckpt_path=ckpt_path)
+        write_json(done, results[name])
+    if multi:
+        table = comparison(results)
+        write_json(run_dir / "comparison.json", table)
+        write_text(run_dir / "comparison.md", table["markdown"])
+        print(table["markdown"])
+        results["comparison"] = table
+    return results
+
+
+def comparison(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Base vs BokehDepth test metrics with ratios (BokehDepth / base) and a Markdown table."""
+    base, ours = results["base"]["test"], results["bokehdepth"]["test"]
+    keys = [k for k in METRIC_KEYS if k in base and k in ours]
+    ratios = {k: (ours[k] / base[k] if base[k] else math.nan) for k in keys}
+    lines = ["| metric | base | BokehDepth | BokehDepth / base |", "|---|---:|---:|---:|"]
+    for k in keys:
+        better = "higher" if k.startswith("delta") else "lower"
+        lines.append(f"| {k} ({better} is better) | {base[k]:.4f} | {ours[k]:.4f} | {ratios[k]:.3f} |")
+    times = {v: {"fit_s": results[v]["fit_s"], "test_s": results[v]["test_s"]} for v in ("base", "bokehdepth")}
+    lines.append(
+        f"| fit + test time (s) | {times['base']['fit_s'] + times['base']['test_s']:.0f} | "
+        f"{times['bokehdepth']['fit_s'] + times['bokehdepth']['test_s']:.0f} | |"
+    )
+    abs_rel_ratio = ratios.get("abs_rel", math.nan)
+    goal = abs_rel_ratio <= 0.75
+    lines.append("")
+    lines.append(f"AbsRel ratio (BokehDepth / base) = {abs_rel_ratio:.3f} (goal <= 0.75: {'met' if goal else 'NOT met'})")
+    return {"base": base, "bokehdepth": ours, "ratio": ratios, "abs_rel_ratio": abs_rel_ratio, "goal_met": bool(goal), "times": times, "markdown": "\n".join(lines) + "\n"}

@@ -1,0 +1,121 @@
+"""Task registry and the shared fit/test driver used by ``tools/fit.py``.
+
+A task is a module exposing ``build(cfg) -> (LightningModule, LightningDataModule)`` and, optionally,
+``run(cfg, run_dir) -> dict`` when it needs more than one fit (Stage-2 trains the base model beside BokehDepth).
+Registering a task is one line in :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.config import ConfigError
+
+TASKS: dict[str, str] = {
+    "stage1": "lightning_modules.stage1",
+    "stage2": "lightning_modules.stage2",
+}
+
+
+def get_task(name: str) -> ModuleType:
+    """The module implementing task ``name`` (ConfigError naming the known tasks otherwise)."""
+    if name not in TASKS:
+        raise ConfigError(f"task='{name}' is unknown; known tasks: {sorted(TASKS)}")
+    return importlib.import_module(TASKS[name])
+
+
+def config_call(fn: Callable[..., Any], cfg: Any, prefix: str) -> Any:
+    """Call ``fn(cfg)``; an unexpected keyword from a config section becomes a ConfigError naming ``prefix.key``."""
+    try:
+        return fn(cfg)
+    except TypeError as error:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if not match:
+            raise
+        key = match.group(1)
+        allowed = _allowed_keys(fn, cfg)
+        raise ConfigError(f"config key '{prefix}.{key}' is unknown" + (f"; expected one of {allowed}" if allowed else "")) from error
+
+
+def _allowed_keys(fn: Callable[..., Any], cfg: Any) -> list[str]:
+    try:
+        from lightning_modules.data import SyntheticStackDataModule
+
+        kind = cfg.get("kind", "synthetic") if hasattr(cfg, "get") else None
+        target = SyntheticStackDataModule.__init__ if kind == "synthetic" else fn
+        return sorted(p for p in inspect.signature(target).parameters if p not in ("self", "cfg", "data_cfg"))
+    except (TypeError, ValueError, ImportError):
+        return []
+
+
+def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg.trainer`` as a dict, every key checked against ``lightning.Trainer``'s arguments."""
+    trainer_cfg = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else trainer_cfg)
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "default_root_dir"}
+    for key in trainer_cfg:
+        if key not in allowed:
+            import difflib
+
+            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+            raise ConfigError(f"config key 'trainer.{key}' is not a lightning.Trainer argument" + (f" (did you mean 'trainer.{hint[0]}'?)" if hint else ""))
+    return trainer_cfg
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, *, monitor: str = "val/abs_rel", mode: str = "min") -> L.Trainer:
+    """Trainer(**cfg.trainer) writing into ``run_dir``: CSV + TensorBoard logs, last + best checkpoints, image grids."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from lightning_modules.callbacks import DepthImageLogger
+
+    trainer_cfg = check_trainer_config(cfg.trainer)
+    log_cfg = cfg.get("log", {}) or {}
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}", monitor=monitor, mode=mode,
+        save_last=True, save_top_k=1, auto_insert_metric_name=False,
+    )
+    callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="step")]
+    if log_cfg.get("num_images", 4) > 0:
+        callbacks.append(DepthImageLogger(run_dir / "images", num_images=int(log_cfg.get("num_images", 4))))
+    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    return L.Trainer(default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, **trainer_cfg)
+
+
+def find_last_checkpoint(run_dir: Path) -> Path | None:
+    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], tuple[L.LightningModule, L.LightningDataModule]], *, resume: bool = False, built: tuple | None = None, ckpt_path: str | None = None) -> dict[str, Any]:
+    """Build, fit (from ``ckpt_path``, or from ``run_dir/checkpoints/last.ckpt`` when ``resume``), test.
+
+    Returns {"test": metrics, "fit_s", "test_s", "best_checkpoint", "run_dir"}. Testing uses the best checkpoint
+    (monitor val/abs_rel) when one exists, else the final weights.
+    """
+    module, datamodule = built if built is not None else build(cfg)
+    trainer = make_trainer(cfg, run_dir)
+    ckpt = Path(ckpt_path) if ckpt_path else (find_last_checkpoint(run_dir) if resume else None)
+    if ckpt is not None and not ckpt.is_file():
+        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+    if resume and ckpt is None:
+        raise ConfigError(f"ckpt_path=last: no checkpoint to resume from in {run_dir / 'checkpoints'}")
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
+    fit_s = time.perf_counter() - t0
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    t1 = time.perf_counter()
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=False)
+    test_s = time.perf_counter() - t1
+    results = {k: float(v) for k, v in getattr(module, "test_results", {}).items()}
+    if not results:
+        results = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    return {"test": results, "fit_s": fit_s, "test_s": test_s, "best_checkpoint": best, "run_dir": str(run_dir)}
