@@ -26,6 +26,8 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # The CPU wheel (about 0.9 GB); on a GPU machine set TORCH_SPEC to the build you want, e.g. TORCH_SPEC="torch==2.13.0".
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-python -c "import torch" >/dev/null 2>&1 || python -m pip install -q "$TORCH_SPEC"
-python -m pip install -q -e ".[dev]"
+# pip's notes about absent local mirror folders are noise here; real errors still fail the script (pipefail).
+quiet_pip() { python -m pip install -q "$@" 2>&1 | { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true; }; }
+python -c "import torch" >/dev/null 2>&1 || quiet_pip "$TORCH_SPEC"
+quiet_pip -e ".[dev]"
 echo "[setup] ready: $(python -c 'import torch, lightning, diffusers, transformers; print("torch", torch.__version__, "| lightning", lightning.__version__, "| diffusers", diffusers.__version__, "| transformers", transformers.__version__)')"
