@@ -29,5 +29,11 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # pip's notes about absent local mirror folders are noise here; real errors still fail the script (pipefail).
 quiet_pip() { python -m pip install -q "$@" 2>&1 | { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true; }; }
 python -c "import torch" >/dev/null 2>&1 || quiet_pip "$TORCH_SPEC"
-quiet_pip -e ".[dev]"
+# Re-install the project only when its requirements changed (keeps the test command quick on a set-up machine).
+stamp=.venv/.bokehdepth-installed
+want=$(sha256sum pyproject.toml | cut -d" " -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! python -c "import bokehdepth_guard" >/dev/null 2>&1; then
+  quiet_pip -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
 echo "[setup] ready: $(python -c 'import torch, lightning, diffusers, transformers; print("torch", torch.__version__, "| lightning", lightning.__version__, "| diffusers", diffusers.__version__, "| transformers", transformers.__version__)')"
