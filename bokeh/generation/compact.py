@@ -1,0 +1,90 @@
+"""The embedded default Stage-1 backbone: a small pixel-space UNet2DConditionModel conditioned on the sharp image and K.
+
+Input: the noisy state (3 channels) concatenated with the sharp image (3 channels), so ``in_channels = 6``; K enters
+as cross-attention context (``encoder_hidden_states``): a K token from :class:`KEmbedding` plus a learned constant
+token, so that each pixel's query decides how much of K it takes. The diffusion state is the defocus *residual*
+``(bokeh - sharp) * residual_scale``: the network only learns what bokeh changes, and an all-zero prediction is
+already the sharp image. The network predicts the clean state x0 (``prediction="sample"``); the flow-matching
+velocity follows as v = (x_t - x0) / t, so the sampler and the loss stay those of rectified flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .conditioning import KEmbedding
+
+DEFAULT_UNET = dict(
+    block_out_channels=(32, 64, 96),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=1,
+    cross_attention_dim=64,
+    attention_head_dim=16,
+    norm_num_groups=16,
+)
+
+
+class CompactBokehUNet(nn.Module):
+    """UNet2DConditionModel in pixel space: (x_t, sharp, t, K) -> predicted clean residual state x0 [B,3,H,W].
+
+    ``size_multiple`` is the factor H and W must be divisible by (2 ** number of down-samplings).
+    """
+
+    def __init__(self, unet: dict[str, Any] | None = None, *, k_scale: float = 30.0, residual_scale: float = 4.0,
+                 num_k_tokens: int = 1) -> None:
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        cfg = dict(DEFAULT_UNET)
+        cfg.update(dict(unet or {}))
+        for key in ("block_out_channels", "down_block_types", "up_block_types"):
+            cfg[key] = tuple(cfg[key])
+        cfg.update(in_channels=6, out_channels=3)
+        self.unet = UNet2DConditionModel(**cfg)
+        self.context_dim = int(cfg["cross_attention_dim"])
+        self.k_embed = KEmbedding(self.context_dim, k_scale=k_scale, num_tokens=num_k_tokens)
+        self.const_tokens = nn.Parameter(torch.randn(1, 1, self.context_dim) * 0.02)
+        self.residual_scale = float(residual_scale)
+        self.size_multiple = 2 ** (len(cfg["block_out_channels"]) - 1)
+        # Start as the identity (zero residual): the output conv predicts exactly zero at init.
+        nn.init.zeros_(self.unet.conv_out.weight)
+        nn.init.zeros_(self.unet.conv_out.bias)
+
+    def context(self, K_px_m: torch.Tensor, null_mask: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.k_embed(K_px_m, null_mask)
+        if tokens.dim() == 2:
+            tokens = tokens[:, None]
+        return torch.cat([tokens, self.const_tokens.expand(tokens.shape[0], -1, -1)], dim=1)
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor,
+                null_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t [B,3,H,W] (state space), sigma [B] in [0,1], sharp [B,3,H,W] sRGB [0,1], K [B] -> x0 [B,3,H,W]."""
+        h, w = x_t.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"CompactBokehUNet needs H, W divisible by {self.size_multiple}, got {h}x{w}")
+        inp = torch.cat([x_t, sharp * 2.0 - 1.0], dim=1)
+        sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        return self.unet(inp, sigma * 1000.0, encoder_hidden_states=self.context(K_px_m, null_mask)).sample
+
+    # state <-> image maps (linear, so exact in both directions)
+    def to_image(self, state: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+        return sharp + state / self.residual_scale
+
+    def to_state(self, image: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+        return (image - sharp) * self.residual_scale
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_compact(cfg: dict[str, Any] | None = None) -> CompactBokehUNet:
+    cfg = dict(cfg or {})
+    return CompactBokehUNet(cfg.pop("unet", None), **cfg)
+
+
+__all__: Sequence[str] = ["CompactBokehUNet", "build_compact", "count_parameters", "DEFAULT_UNET"]

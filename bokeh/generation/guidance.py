@@ -1,0 +1,133 @@
+"""Depth-free physics guidance for Stage-1 sampling, applied as a gradient step on the predicted clean image.
+
+(a) Flux conservation. Defocus redistributes light, it does not create or remove it: in linear light the defocused
+    image keeps the sharp image's local mean at scales well above the blur radius. Penalty (per image):
+        L_flux = 1/2 sum_p (G_s * lin(pred) - G_s * lin(sharp))^2,
+    with a Gaussian low-pass G_s of sigma s = max(min_sigma_px, sigma_factor * K * max_inv_depth_m), an upper bound
+    of the blur radius r = K (1/s1 - 1/d) <= K / s1 for a focus distance s1 >= 1 / max_inv_depth_m.
+(b) Stack consistency. Across a stack the blur radius grows linearly with K: r_i(p) = K_i Delta(p) (METHOD.md
+    section 1). A differentiable blur proxy is measured on every predicted frame: for an edge of width w0 blurred by
+    s, the local gradient magnitude falls by sqrt(1 + (s/w0)^2), so rho_i = sqrt((g_ref / g_i)^2 - 1) = s_i / w0
+    (g = local RMS of the luminance gradient). The unknown per-pixel w0 is absorbed by the per-pixel least-squares
+    slope Delta(p) = sum_i K_i rho_i / sum_i K_i^2, and the penalty is the scale-free residual
+        L_stack = sum_p w(p) sum_i (rho_i - K_i Delta)^2 / (sum_i rho_i^2 + c),
+    weighted by the reference's texture w(p) (flat regions carry no blur information). physics.dfd's estimator is
+    the measurement in the comparison tool; this proxy is its differentiable stand-in here.
+The guided update is img <- img - grad(flux_strength * L_flux + stack_strength * L_stack), in image units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+from typing import Any
+
+import torch
+import kornia
+
+
+@dataclass
+class GuidanceConfig:
+    flux_strength: float = 0.0
+    stack_strength: float = 0.0
+    sigma_factor: float = 1.5
+    max_inv_depth_m: float = 1.0
+    min_sigma_px: float = 2.0
+    window_sigma_px: float = 1.5
+    start_fraction: float = 0.0  # apply from this fraction of the sampling steps on (0 = from the first step)
+
+    @property
+    def enabled(self) -> bool:
+        return self.flux_strength > 0 or self.stack_strength > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _blur(image: torch.Tensor, sigma: torch.Tensor, max_kernel: int) -> torch.Tensor:
+    """Per-item Gaussian blur (sigma [B] px), replicate borders."""
+    smax = float(sigma.max())
+    ks = min(2 * math.ceil(3 * smax) + 1, max_kernel)
+    ks = ks if ks % 2 else ks - 1
+    sig = torch.stack([sigma, sigma], dim=-1).to(image)
+    return kornia.filters.gaussian_blur2d(image, (ks, ks), sig, border_type="replicate")
+
+
+def flux_sigma_px(K_px_m: torch.Tensor, cfg: GuidanceConfig) -> torch.Tensor:
+    return (cfg.sigma_factor * K_px_m * cfg.max_inv_depth_m).clamp_min(cfg.min_sigma_px)
+
+
+def flux_conservation_loss(pred: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor,
+                           cfg: GuidanceConfig) -> torch.Tensor:
+    """[B] per-image penalty: pred, sharp [B,3,H,W] sRGB in [0,1]; K [B] px*m at this image's width."""
+    sigma = flux_sigma_px(K_px_m.to(pred), cfg)
+    max_kernel = 2 * min(pred.shape[-2:]) + 1
+    lin_pred = kornia.color.rgb_to_linear_rgb(pred.clamp(0, 1))
+    lin_sharp = kornia.color.rgb_to_linear_rgb(sharp.clamp(0, 1))
+    diff = _blur(lin_pred, sigma, max_kernel) - _blur(lin_sharp, sigma, max_kernel)
+    return 0.5 * diff.pow(2).flatten(1).sum(1)
+
+
+def _gradient_rms(image: torch.Tensor, window_sigma: float) -> torch.Tensor:
+    lum = kornia.color.rgb_to_grayscale(image.clamp(0, 1))
+    grad = kornia.filters.spatial_gradient(lum, mode="sobel", normalized=True)  # [B,1,2,H,W]
+    energy = grad.pow(2).sum(2)
+    ks = 2 * math.ceil(3 * window_sigma) + 1
+    energy = kornia.filters.gaussian_blur2d(energy, (ks, ks), (window_sigma, window_sigma), border_type="replicate")
+    return (energy + 1e-8).sqrt()
+
+
+def blur_proxy(reference: torch.Tensor, frames: torch.Tensor, window_sigma: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable blur proxy rho [B,N,1,H,W] (radius / local edge width) and texture weight [B,1,H,W]."""
+    b, n = frames.shape[:2]
+    g_ref = _gradient_rms(reference, window_sigma)  # [B,1,H,W]
+    g = _gradient_rms(frames.flatten(0, 1), window_sigma).view(b, n, 1, *frames.shape[-2:])
+    ratio2 = (g_ref[:, None] / g).pow(2)
+    rho = (torch.relu(ratio2 - 1.0) + 1e-4).sqrt()
+    weight = g_ref / g_ref.flatten(1).mean(1).view(-1, 1, 1, 1).clamp_min(1e-6)
+    return rho, weight
+
+
+def stack_consistency_loss(frames: torch.Tensor, reference: torch.Tensor, K_px_m: torch.Tensor,
+                           cfg: GuidanceConfig) -> torch.Tensor:
+    """[B] penalty: frames [B,N,3,H,W], reference [B,3,H,W], K [B,N]; zero when N < 2."""
+    if frames.shape[1] < 2:
+        return frames.new_zeros(frames.shape[0])
+    rho, weight = blur_proxy(reference, frames, cfg.window_sigma_px)
+    K = K_px_m.to(frames).view(*K_px_m.shape, 1, 1, 1)
+    delta = (K * rho).sum(1) / K.pow(2).sum(1).clamp_min(1e-8)  # [B,1,H,W]
+    resid = (rho - K * delta[:, None]).pow(2).sum(1)
+    norm = rho.pow(2).sum(1) + 1e-2
+    return (weight * resid / norm).flatten(1).sum(1)
+
+
+class PhysicsGuidance:
+    """Gradient step on predicted clean images of a stack (flattened [B*N,3,H,W]) by the two penalties above."""
+
+    def __init__(self, cfg: GuidanceConfig) -> None:
+        self.cfg = cfg
+
+    def losses(self, images: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor, n_frames: int
+               ) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.cfg.flux_strength > 0:
+            out["flux"] = flux_conservation_loss(images, sharp, K_px_m, self.cfg).sum()
+        if self.cfg.stack_strength > 0 and n_frames > 1:
+            b = images.shape[0] // n_frames
+            frames = images.view(b, n_frames, *images.shape[1:])
+            ref = sharp.view(b, n_frames, *sharp.shape[1:])[:, 0]
+            out["stack"] = stack_consistency_loss(frames, ref, K_px_m.view(b, n_frames), self.cfg).sum()
+        return out
+
+    def step(self, images: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Return images after one gradient step (no graph kept)."""
+        if not self.cfg.enabled:
+            return images
+        with torch.enable_grad():
+            x = images.detach().clone().requires_grad_(True)
+            parts = self.losses(x, sharp.detach(), K_px_m.detach(), n_frames)
+            total = self.cfg.flux_strength * parts.get("flux", 0.0) + self.cfg.stack_strength * parts.get("stack", 0.0)
+            if not torch.is_tensor(total) or not total.requires_grad:
+                return images
+            (grad,) = torch.autograd.grad(total, x)
+        return (images - grad).detach()
