@@ -1,0 +1,248 @@
+"""Depth from bokeh in closed form: per-pixel blur radii from a stack, then the Depth-from-Bokeh-Sweep regression.
+
+1. :func:`estimate_blur_radius` matches every frame of a stack against the sharp reference re-blurred by a disk of
+   each candidate radius (in linear light), compares them over a local window, takes the best candidate per pixel and
+   refines it to sub-pixel precision with a parabola through the neighbouring errors. A confidence in [0, 1) says how
+   much the error curve varies (textureless pixels: ~0).
+2. :func:`depth_from_bokeh_sweep` regresses the inverse-depth offset ``Delta = 1/s1 - 1/d`` from radii
+   ``r_i = K_i Delta + noise``: ``Delta_hat = sum_i w_i K_i r_i / sum_i w_i K_i^2`` (unbiased; variance
+   ``sigma^2 / sum K_i^2`` for equal weights), then ``d = 1 / (1/s1 - Delta_hat)``.
+3. Real aperture pairs: the "sharp" frame (e.g. f/8) carries its own blur ``K_ref |Delta|``. Cross-blurring (the
+   reference by the frame's candidate disk, the frame by the reference's) is exact for any such pair
+   (:func:`depth_from_aperture_pair`). For rendering one from the other, :func:`relative_k` gives the strength
+   ``K_rel = sqrt(K^2 - K_ref^2)`` of the extra blur (a disk convolved with a disk has the second moment of a disk
+   with the quadratic sum of the radii).
+
+Hand-written here: disk blurs of one reference at many radii share one FFT (kornia has no disk kernel or
+per-radius FFT bank); local windows use kornia's box blur.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import kornia
+import torch
+import torch.nn.functional as F
+
+from physics.camera import check_focus, check_k
+
+
+def disk_kernel(radius_px: float, size: int | None = None, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised disk PSF [S,S] of radius ``radius_px`` with an anti-aliased rim (coverage ``clamp(r+0.5-dist)``).
+
+    Pixel-area sampling: a disk of radius <= 0.5 px lies inside its centre pixel, so it is a delta.
+    ``size`` (odd) defaults to ``2*ceil(r+1)+1``.
+    """
+    if radius_px < 0 or not math.isfinite(radius_px):
+        raise ValueError(f"radius_px must be finite and >= 0, got {radius_px}")
+    half = (size // 2) if size is not None else int(math.ceil(radius_px + 1))
+    ax = torch.arange(-half, half + 1, dtype=dtype, device=device)
+    dist = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2)
+    k = (radius_px + 0.5 - dist).clamp(0.0, 1.0)
+    return k / k.sum()
+
+
+def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Blur ``image`` [B,C,H,W] by disks of every radius in ``radii_px`` (C_r radii) -> [C_r,B,C,H,W].
+
+    One FFT of the reflect-padded image, one product per radius (exact linear convolution inside the frame).
+    """
+    radii = [float(r) for r in (radii_px.tolist() if isinstance(radii_px, torch.Tensor) else radii_px)]
+    pad = int(math.ceil(max(radii) + 1)) + 1
+    b, c, h, w = image.shape
+    mode = "reflect" if pad < min(h, w) else "replicate"
+    padded = F.pad(image, (pad, pad, pad, pad), mode=mode)
+    ph, pw = padded.shape[-2:]
+    spec = torch.fft.rfft2(padded)
+    size = 2 * pad + 1
+    kernels = torch.stack([disk_kernel(r, size, dtype=image.dtype, device=image.device) for r in radii])
+    # place each kernel centred at (0, 0) of a [ph, pw] canvas (circular shift), then its spectrum
+    canvas = torch.zeros(len(radii), ph, pw, dtype=image.dtype, device=image.device)
+    canvas[:, :size, :size] = kernels
+    canvas = torch.roll(canvas, shifts=(-pad, -pad), dims=(-2, -1))
+    kspec = torch.fft.rfft2(canvas)  # [C_r, ph, pw//2+1]
+    out = torch.fft.irfft2(spec[None] * kspec[:, None, None], s=(ph, pw))
+    return out[..., pad:pad + h, pad:pad + w]
+
+
+def _to_linear(x: torch.Tensor, color_space: str) -> torch.Tensor:
+    if color_space == "srgb":
+        return kornia.color.rgb_to_linear_rgb(x.clamp(0, 1))
+    if color_space == "linear":
+        return x
+    raise ValueError(f"color_space must be 'srgb' or 'linear', got {color_space!r}")
+
+
+def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_radius_px: float,
+                         step_px: float = 0.25, window_px: int = 9, color_space: str = "srgb",
+                         reference_blur_ratio: float | Sequence[float] | torch.Tensor = 0.0,
+                         noise_floor: float = 1e-5, return_confidence: bool = False,
+                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel disk blur radius of each frame of a stack.
+
+    For every candidate radius ``r`` of frame i the reference is blurred by a disk of radius ``r`` and the frame by a
+    disk of radius ``rho_i * r`` (``rho_i = reference_blur_ratio``: the reference's own blur relative to the frame's,
+    0 for an all-in-focus reference, ``K_ref / K_i`` for a real aperture pair). Convolutions commute, so at the true
+    radius both sides equal the all-in-focus image blurred by both disks, whatever the reference's own blur.
+    The windowed squared residual is divided by its white-noise variance factor ``||D(r)||^2 + ||D(rho r)||^2`` (so
+    that stronger smoothing of the noise does not pull estimates towards large radii); the best candidate per pixel is
+    refined to sub-pixel precision by a parabola through its neighbours.
+
+    Args:
+        reference: [B,3,H,W] the sharpest view. frames: [B,N,3,H,W] blurrier views of it (same colour space).
+        max_radius_px: largest candidate frame radius (px); candidates run 0, step, ..., max.
+        step_px: candidate spacing (px). window_px: side of the square error window (px, odd).
+        color_space: "srgb" (inputs in sRGB, matched in linear light) or "linear".
+        reference_blur_ratio: rho, a float or N values in [0, 1).
+        noise_floor: added to the error in the confidence denominator (squared linear units).
+    Returns:
+        radius_px [B,N,1,H,W] (unsigned frame radius, px) and, with ``return_confidence``, confidence
+        [B,N,1,H,W] in [0,1]: ``(mean_c e_c - min_c e_c) / (mean_c e_c + noise_floor)``; ~0 where the error curve is
+        flat (textureless pixels).
+    """
+    if reference.dim() != 4 or reference.shape[1] != 3:
+        raise ValueError(f"reference must be [B,3,H,W]; got {tuple(reference.shape)}")
+    if frames.dim() != 5 or frames.shape[0] != reference.shape[0] or frames.shape[2:] != reference.shape[1:]:
+        raise ValueError(f"frames must be [B,N,3,H,W] matching reference {tuple(reference.shape)}; "
+                         f"got {tuple(frames.shape)}")
+    if not (max_radius_px > 0 and step_px > 0 and math.isfinite(max_radius_px)):
+        raise ValueError(f"max_radius_px and step_px must be > 0; got {max_radius_px}, {step_px}")
+    if window_px < 1 or window_px % 2 == 0:
+        raise ValueError(f"window_px must be a positive odd integer; got {window_px}")
+    b, n = frames.shape[:2]
+    ratios = torch.as_tensor(reference_blur_ratio, dtype=torch.float64).reshape(-1)
+    if ratios.numel() == 1:
+        ratios = ratios.expand(n)
+    if ratios.numel() != n or not torch.isfinite(ratios).all() or (ratios < 0).any() or (ratios >= 1).any():
+        raise ValueError(f"reference_blur_ratio must be one value or N={n} values in [0, 1); got "
+                         f"{reference_blur_ratio}")
+    ref = _to_linear(reference, color_space)
+    frm = _to_linear(frames, color_space)
+    n_cand = int(math.floor(max_radius_px / step_px + 1e-6)) + 1
+    radii = [i * step_px for i in range(n_cand)]
+    bank = blur_bank(ref, radii)  # [C,B,3,H,W]
+    norm_ref = torch.tensor([float((disk_kernel(r) ** 2).sum()) for r in radii], dtype=ref.dtype)
+    h, w = ref.shape[-2:]
+    errors = []
+    for i in range(n):  # N is small (2-6 frames); each step is one batched window filter over all candidates
+        rho = float(ratios[i])
+        if rho > 0:
+            frame_bank = blur_bank(frm[:, i], [rho * r for r in radii])  # [C,B,3,H,W]
+            norm_frm = torch.tensor([float((disk_kernel(rho * r) ** 2).sum()) for r in radii], dtype=ref.dtype)
+        else:
+            frame_bank = frm[:, i][None]
+            norm_frm = torch.ones(n_cand, dtype=ref.dtype)
+        diff2 = ((bank - frame_bank) ** 2).sum(dim=2)  # [C,B,H,W]
+        e = kornia.filters.box_blur(diff2.reshape(n_cand * b, 1, h, w), (window_px, window_px),
+                                    border_type="reflect")
+        var_factor = (norm_ref + norm_frm).to(ref.device).reshape(n_cand, 1, 1, 1)
+        errors.append(e.reshape(n_cand, b, h, w) / var_factor)
+    err = torch.stack(errors, dim=2)  # [C,B,N,H,W]
+    best = err.argmin(dim=0)  # [B,N,H,W]
+    e0 = err.gather(0, best[None])[0]
+    em = err.gather(0, (best - 1).clamp_min(0)[None])[0]
+    ep = err.gather(0, (best + 1).clamp_max(n_cand - 1)[None])[0]
+    denom = em - 2 * e0 + ep
+    offset = torch.where(denom > 1e-12, 0.5 * (em - ep) / denom.clamp_min(1e-12), torch.zeros_like(e0))
+    interior = (best > 0) & (best < n_cand - 1)
+    offset = torch.where(interior, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+    radius = ((best.to(ref.dtype) + offset) * step_px).clamp_min(0.0)[:, :, None]
+    if not return_confidence:
+        return radius
+    mean_e = err.mean(dim=0)
+    conf = ((mean_e - e0) / (mean_e + noise_floor)).clamp(0.0, 1.0)[:, :, None]
+    return radius, conf
+
+
+def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_m: float | torch.Tensor, *,
+                           weights: torch.Tensor | None = None, behind_focus: bool | None = True,
+                           max_depth_m: float = 1e3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth-from-Bokeh-Sweep: least squares over frames of ``r_i = K_i * Delta``.
+
+    Args:
+        radius_px: [B,N,1,H,W] blur radii (px). Magnitudes with ``behind_focus=True`` (Delta >= 0, scene behind the
+            focal plane) or ``False`` (in front, Delta <= 0); already signed radii with ``behind_focus=None``.
+        K_px_m: [B,N] or [N] strengths (px*m) of the frames (relative strengths for aperture pairs).
+        focus_m: float or [B] focus distance (m).
+        weights: optional [B,N,1,H,W] >= 0 per-pixel frame weights (e.g. confidences); equal weights by default.
+        max_depth_m: depth where ``1/s1 - Delta <= 1/max_depth_m`` (at or beyond infinity) is clamped to.
+    Returns:
+        inv_depth_offset [B,1,H,W] (1/m): ``Delta_hat = sum w K r / sum w K^2``;
+        depth_m [B,1,H,W]: ``1 / (1/s1 - Delta_hat)``, clamped to (0, max_depth_m].
+    """
+    if radius_px.dim() != 5 or radius_px.shape[2] != 1:
+        raise ValueError(f"radius_px must be [B,N,1,H,W]; got {tuple(radius_px.shape)}")
+    b, n = radius_px.shape[:2]
+    K = torch.as_tensor(K_px_m, dtype=radius_px.dtype, device=radius_px.device)
+    if K.dim() == 1:
+        K = K[None].expand(b, -1)
+    if K.shape != (b, n):
+        raise ValueError(f"K_px_m must be [B,N]=({b},{n}) or [N]; got {tuple(K.shape)}")
+    check_k(K)
+    if (K.sum(dim=1) <= 0).any():
+        raise ValueError("K_px_m: every image needs at least one frame with K > 0")
+    s1 = torch.as_tensor(focus_m, dtype=radius_px.dtype, device=radius_px.device).reshape(-1)
+    if s1.numel() == 1:
+        s1 = s1.expand(b)
+    if s1.numel() != b:
+        raise ValueError(f"focus_m must be a float or [B] with B={b}; got {s1.numel()} values")
+    check_focus(s1)
+    if weights is None:
+        weights = torch.ones_like(radius_px)
+    elif weights.shape != radius_px.shape:
+        raise ValueError(f"weights must have the shape of radius_px {tuple(radius_px.shape)}; got "
+                         f"{tuple(weights.shape)}")
+    if behind_focus is None:
+        r = radius_px
+    else:
+        r = radius_px.abs() if behind_focus else -radius_px.abs()
+    Kb = K[:, :, None, None, None]
+    num = (weights * Kb * r).sum(dim=1)
+    den = (weights * Kb**2).sum(dim=1)
+    delta = num / den.clamp_min(1e-12)
+    inv_d = 1.0 / s1[:, None, None, None] - delta
+    depth = 1.0 / inv_d.clamp_min(1.0 / max_depth_m)
+    return delta, depth
+
+
+def relative_k(K_px_m: float | torch.Tensor, K_reference_px_m: float | torch.Tensor) -> float | torch.Tensor:
+    """Strength of the extra blur between a reference with its own blur (K_ref) and a frame (K):
+    ``sqrt(K^2 - K_ref^2)`` (second-moment match of disk-on-disk blur). Requires K > K_ref >= 0."""
+    check_k(K_px_m)
+    check_k(K_reference_px_m, "K_reference_px_m")
+    diff = K_px_m**2 - K_reference_px_m**2
+    bad = diff <= 0
+    if bool(bad.any() if isinstance(bad, torch.Tensor) else bad):
+        raise ValueError("K_px_m must be larger than K_reference_px_m (the frame must be the blurrier one)")
+    return diff**0.5
+
+
+def depth_from_aperture_pair(sharp: torch.Tensor, wide: torch.Tensor, K_sharp_px_m: float, K_wide_px_m: float,
+                             focus_m: float | torch.Tensor, *, max_radius_px: float, step_px: float = 0.25,
+                             window_px: int = 9, color_space: str = "srgb", behind_focus: bool = True,
+                             max_depth_m: float = 1e3) -> dict[str, torch.Tensor]:
+    """Depth from a real aperture pair (e.g. f/8 + f/2.8 of the same view, registered).
+
+    Both frames are blurred: ``r_sharp = K_sharp |Delta|``, ``r_wide = K_wide |Delta|``. The wide frame's radius is
+    found by cross-blurring (reference blurred by D(r), wide frame by D(r K_sharp/K_wide); see
+    :func:`estimate_blur_radius`), then ``Delta = r_wide / K_wide``.
+    Returns dict(radius_px [B,1,H,W] (of the wide frame), confidence [B,1,H,W], inv_depth_offset [B,1,H,W],
+    depth_m [B,1,H,W]).
+    """
+    check_k(K_sharp_px_m, "K_sharp_px_m")
+    check_k(K_wide_px_m, "K_wide_px_m")
+    if not K_wide_px_m > K_sharp_px_m:
+        raise ValueError(f"K_wide_px_m ({K_wide_px_m}) must be larger than K_sharp_px_m ({K_sharp_px_m})")
+    radius, conf = estimate_blur_radius(sharp, wide[:, None], max_radius_px=max_radius_px, step_px=step_px,
+                                        window_px=window_px, color_space=color_space,
+                                        reference_blur_ratio=float(K_sharp_px_m) / float(K_wide_px_m),
+                                        return_confidence=True)
+    delta, depth = depth_from_bokeh_sweep(radius, torch.tensor([float(K_wide_px_m)]), focus_m,
+                                          behind_focus=behind_focus, max_depth_m=max_depth_m)
+    return {"radius_px": radius[:, 0], "confidence": conf[:, 0], "inv_depth_offset": delta, "depth_m": depth}
+
+
+__all__ = ["blur_bank", "depth_from_aperture_pair", "depth_from_bokeh_sweep", "disk_kernel",
+           "estimate_blur_radius", "relative_k"]

@@ -1,0 +1,169 @@
+"""Depth from bokeh: blur-radius estimation on physics-rendered stacks and the Depth-from-Bokeh-Sweep regression."""
+
+from __future__ import annotations
+
+import math
+
+import kornia
+import pytest
+import torch
+
+from physics.dfd import (
+    blur_bank,
+    depth_from_aperture_pair,
+    depth_from_bokeh_sweep,
+    disk_kernel,
+    estimate_blur_radius,
+    relative_k,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _texture(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Band-limited random sRGB texture [1,3,H,W] (pixel noise upsampled 2x)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand((1, 3, h // 2 + 1, w // 2 + 1), generator=g)
+    return torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+
+
+# ---- regression ---------------------------------------------------------------------------------------------------
+
+
+def test_sweep_exact_radii_recover_delta_and_depth():
+    depth = torch.tensor([2.0, 3.0, 5.0, 9.0]).reshape(1, 1, 2, 2)
+    focus = 1.5
+    K = torch.tensor([[4.0, 8.0, 12.0]])
+    delta_true = 1 / focus - 1 / depth
+    radii = K[:, :, None, None, None] * delta_true[:, None]
+    delta, d = depth_from_bokeh_sweep(radii, K, focus)
+    assert torch.allclose(delta, delta_true, atol=1e-6)
+    assert torch.allclose(d, depth, rtol=1e-5)
+
+
+def test_sweep_front_of_focus_sign():
+    depth = torch.full((1, 1, 1, 1), 1.0)
+    K = torch.tensor([5.0, 10.0])
+    radii = (K * (1 / 2.0 - 1.0)).abs().reshape(1, 2, 1, 1, 1)  # magnitudes
+    _, d = depth_from_bokeh_sweep(radii, K, 2.0, behind_focus=False)
+    assert d.item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_sweep_unbiased_and_variance_falls_as_one_over_sum_k2():
+    # r_i = K_i * Delta + N(0, sigma^2): Var(Delta_hat) = sigma^2 / sum K_i^2 (METHOD.md section 1)
+    g = torch.Generator().manual_seed(0)
+    sigma, delta_true, n_draws = 0.3, 0.2, 200_000
+    for ks in ([5.0], [5.0, 10.0], [5.0, 10.0, 20.0]):
+        K = torch.tensor(ks)
+        r = K.reshape(1, -1, 1, 1, 1) * delta_true + sigma * torch.randn((n_draws, len(ks), 1, 1, 1), generator=g)
+        delta, _ = depth_from_bokeh_sweep(r, K, 1.0, behind_focus=None)
+        predicted_var = sigma**2 / float((K**2).sum())
+        assert delta.mean().item() == pytest.approx(delta_true, abs=4 * math.sqrt(predicted_var / n_draws))
+        assert delta.var().item() == pytest.approx(predicted_var, rel=0.02)
+
+
+def test_sweep_weights_ignore_zero_weight_frame():
+    K = torch.tensor([5.0, 10.0])
+    r = torch.tensor([1.0, 99.0]).reshape(1, 2, 1, 1, 1)  # second frame is garbage
+    w = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1, 1)
+    delta, _ = depth_from_bokeh_sweep(r, K, 1.0, weights=w)
+    assert delta.item() == pytest.approx(0.2)
+
+
+def test_sweep_beyond_infinity_clamped():
+    K = torch.tensor([10.0])
+    r = torch.full((1, 1, 1, 1, 1), 20.0)  # Delta = 2 > 1/s1 = 1: past infinity
+    _, d = depth_from_bokeh_sweep(r, K, 1.0, max_depth_m=100.0)
+    assert d.item() == pytest.approx(100.0)
+
+
+def test_sweep_bad_inputs():
+    r = torch.ones(1, 2, 1, 3, 3)
+    with pytest.raises(ValueError, match="K_px_m"):
+        depth_from_bokeh_sweep(r, torch.tensor([1.0, -1.0]), 1.0)
+    with pytest.raises(ValueError, match="K_px_m must be"):
+        depth_from_bokeh_sweep(r, torch.tensor([1.0, 2.0, 3.0]), 1.0)
+    with pytest.raises(ValueError, match="focus_m"):
+        depth_from_bokeh_sweep(r, torch.tensor([1.0, 2.0]), 0.0)
+    with pytest.raises(ValueError, match="radius_px"):
+        depth_from_bokeh_sweep(torch.ones(1, 2, 3, 3), torch.tensor([1.0, 2.0]), 1.0)
+    with pytest.raises(ValueError, match="at least one frame with K > 0"):
+        depth_from_bokeh_sweep(r, torch.tensor([0.0, 0.0]), 1.0)
+
+
+# ---- disk blur and radius estimation --------------------------------------------------------------------------------
+
+
+def test_disk_kernel_normalised_with_disk_area():
+    k = disk_kernel(6.0)
+    assert k.sum().item() == pytest.approx(1.0, abs=1e-6)
+    support = (k > 0).sum().item()
+    assert abs(support - math.pi * 6.5**2) < 0.1 * math.pi * 36  # anti-aliased rim reaches r + 0.5
+    assert disk_kernel(0.4).max().item() == 1.0  # inside the centre pixel: a delta
+
+
+def test_blur_bank_matches_direct_convolution():
+    img = _texture(20, 24)
+    out = blur_bank(img, [0.0, 2.5])
+    assert torch.allclose(out[0], img, atol=1e-5)
+    direct = kornia.filters.filter2d(img, disk_kernel(2.5)[None], border_type="reflect")
+    assert torch.allclose(out[1][..., 4:-4, 4:-4], direct[..., 4:-4, 4:-4], atol=1e-5)
+
+
+def test_estimate_radius_subpixel_on_uniform_blur():
+    ref = _texture(64, 64, seed=1)
+    lin = kornia.color.rgb_to_linear_rgb(ref)
+    true = [1.6, 3.1, 4.7]
+    frames = torch.stack([kornia.color.linear_rgb_to_rgb(blur_bank(lin, [r])[0]) for r in true], dim=1)
+    radius = estimate_blur_radius(ref, frames, max_radius_px=6.0, step_px=0.25)
+    for i, r in enumerate(true):
+        err = (radius[0, i, 0, 8:-8, 8:-8] - r).abs()
+        assert err.median().item() < 0.08
+
+
+def test_confidence_low_on_textureless_high_on_texture():
+    ref = _texture(48, 48, seed=2)
+    ref[..., :, :24] = 0.4  # left half textureless
+    lin = kornia.color.rgb_to_linear_rgb(ref)
+    frame = kornia.color.linear_rgb_to_rgb(blur_bank(lin, [2.0])[0])
+    _, conf = estimate_blur_radius(ref, frame[:, None], max_radius_px=5.0, return_confidence=True)
+    assert conf[0, 0, 0, 8:-8, 2:12].max() < 0.05
+    assert conf[0, 0, 0, 8:-8, 34:-4].median() > 0.5
+
+
+def test_relative_k_quadrature():
+    assert relative_k(5.0, 3.0) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="larger than K_reference_px_m"):
+        relative_k(2.0, 3.0)
+
+
+def test_aperture_pair_recovers_depth_of_blurred_plane():
+    # sharp frame with its own blur r_s = K_s*Delta, wide frame r_w = K_w*Delta; pair -> Delta via K_rel
+    K_s, K_w, focus, depth = 3.0, 9.0, 1.0, 2.5
+    delta = 1 / focus - 1 / depth  # 0.6 -> r_s = 1.8, r_w = 5.4 px
+    tex = kornia.color.rgb_to_linear_rgb(_texture(64, 64, seed=3))
+    sharp = kornia.color.linear_rgb_to_rgb(blur_bank(tex, [K_s * delta])[0])
+    wide = kornia.color.linear_rgb_to_rgb(blur_bank(tex, [K_w * delta])[0])
+    out = depth_from_aperture_pair(sharp, wide, K_s, K_w, focus, max_radius_px=8.0)
+    d = out["depth_m"][0, 0, 10:-10, 10:-10]
+    assert d.median().item() == pytest.approx(depth, rel=0.02)
+
+
+def test_estimate_radius_bad_inputs():
+    ref = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="frames must be"):
+        estimate_blur_radius(ref, torch.rand(1, 2, 3, 16, 15), max_radius_px=3)
+    with pytest.raises(ValueError, match="reference must be"):
+        estimate_blur_radius(torch.rand(3, 16, 16), torch.rand(1, 2, 3, 16, 16), max_radius_px=3)
+    with pytest.raises(ValueError, match="max_radius_px"):
+        estimate_blur_radius(ref, torch.rand(1, 1, 3, 16, 16), max_radius_px=0)
+    with pytest.raises(ValueError, match="window_px"):
+        estimate_blur_radius(ref, torch.rand(1, 1, 3, 16, 16), max_radius_px=3, window_px=4)
+    with pytest.raises(ValueError, match="color_space"):
+        estimate_blur_radius(ref, torch.rand(1, 1, 3, 16, 16), max_radius_px=3, color_space="lab")
