@@ -227,7 +227,7 @@ def cloud_distances(pred: Any, gt: Any) -> dict[str, float]:
 
 
 def compare_depth_clouds(pred_depth_m: Any, gt_depth_m: Any, intrinsics: Any, valid: Any = None, *,
-                         min_depth_m: float = 1e-3, max_depth_m: float | None = None, max_points: int = 200_000,
+                         min_depth_m: float = 1e-3, max_depth_m: float | None = None, max_points: int = 100_000,
                          seed: int = 0) -> dict[str, float]:
     """3-D errors of a predicted depth map against ground truth, both lifted with the same intrinsics.
 
@@ -541,9 +541,98 @@ def side_by_side(renders: Mapping[str, RenderResult], pad: int = 4) -> np.ndarra
     return image_grid(rows, labels=labels, pad=pad)
 
 
+def lift_compare_render(depths: Mapping[str, Any], intrinsics: Any, *, image: Any = None, gt_depth_m: Any = None,
+                        valid: Any = None, out_dir: str | Path | None = None, gt_label: str = "ground truth",
+                        views: Mapping[str, tuple[float, float]] | Sequence[str] = DEFAULT_VIEWS,
+                        render_size: tuple[int, int] = (480, 360), backend: str = "auto", point_size: int = 2,
+                        voxel_size_m: float | None = None, outlier_std_ratio: float | None = 2.0,
+                        outlier_neighbors: int = 20, min_depth_m: float = 1e-3, max_depth_m: float | None = None,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Depth maps -> coloured clouds -> PLY files, renders from shared viewpoints, side-by-side, 3-D errors.
+
+    The one entry point tools (lift3d, infer, eval) share.
+
+    Args:
+        depths: label -> depth [1, H, W] / [H, W] metres (e.g. {"base": ..., "BokehDepth": ...}).
+        intrinsics: pinhole K of the depth maps (3x3, [fx, fy, cx, cy] or mapping), pixels.
+        image: optional [3, H, W] sRGB in [0, 1] colouring every cloud (else coloured by depth).
+        gt_depth_m: optional ground truth [1, H, W]: lifted as ``gt_label`` and each depth compared with it
+            (:func:`compare_depth_clouds`, on pixels valid in the ground truth and ``valid``).
+        out_dir: where to write ``cloud_<label>.ply``, ``render_<label>_<view>.png`` and ``side_by_side.png``;
+            None writes nothing. Existing files are refused unless ``overwrite``.
+        voxel_size_m / outlier_std_ratio / outlier_neighbors: cleaning (:func:`clean_point_cloud`) of the
+            written and rendered clouds; errors use the raw depth maps.
+
+    Returns:
+        Summary: renderer message and backend, per-label point counts and cleaning, metrics per label against
+        the ground truth (metres), written file names (relative to ``out_dir``), and under ``renders`` the
+        :class:`RenderResult` per label (pictures in memory; pop it before writing the rest as JSON).
+    """
+    from bokeh.io import write_image  # noqa: PLC0415
+
+    if not depths:
+        raise ValueError("lift_compare_render needs at least one depth map")
+    maps = dict(depths)
+    if gt_depth_m is not None:
+        if gt_label in maps:
+            raise ValueError(f"label {gt_label!r} is reserved for the ground truth")
+        maps[gt_label] = gt_depth_m
+    shapes = {label: tuple(_depth_2d(d, label).shape) for label, d in maps.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"depth maps must share one size, got (H, W) = {shapes}")
+    height, width = next(iter(shapes.values()))
+    out = Path(out_dir) if out_dir is not None else None
+    summary: dict[str, Any] = {"clouds": {}, "metrics": {}, "files": {}}
+    clouds = {}
+    for label, depth in maps.items():
+        cloud = depth_to_point_cloud(depth, intrinsics, image, valid if label != gt_label else None,
+                                     min_depth_m=min_depth_m, max_depth_m=max_depth_m)
+        if len(cloud.points) == 0:
+            raise ValueError(f"depth map {label!r} has no valid pixel in [{min_depth_m}, {max_depth_m}] m")
+        cloud, info = clean_point_cloud(cloud, voxel_size_m=voxel_size_m, outlier_std_ratio=outlier_std_ratio,
+                                        outlier_neighbors=outlier_neighbors)
+        clouds[label] = cloud
+        summary["clouds"][label] = info
+        if out is not None:
+            name = f"cloud_{_slug(label)}.ply"
+            write_point_cloud(out / name, cloud, overwrite=overwrite)
+            summary["files"].setdefault("ply", {})[label] = name
+        if gt_depth_m is not None and label != gt_label:
+            summary["metrics"][label] = compare_depth_clouds(depth, gt_depth_m, intrinsics, valid,
+                                                             min_depth_m=min_depth_m, max_depth_m=max_depth_m)
+    reference = clouds.get(gt_label, next(iter(clouds.values())))
+    cameras = view_cameras(np.asarray(reference.points), render_size[0], render_size[1], views, intrinsics,
+                           (width, height))
+    renders = render_clouds(clouds, cameras, backend=backend, point_size=point_size)
+    first = next(iter(renders.values()))
+    summary.update(renderer=first.message, backend=first.backend, views=[c.name for c in cameras])
+    if out is not None:
+        for label, result in renders.items():
+            for view, picture in result.images.items():
+                name = f"render_{_slug(label)}_{view}.png"
+                _refuse_existing(out / name, overwrite)
+                write_image(out / name, picture)
+                summary["files"].setdefault("renders", {}).setdefault(label, {})[view] = name
+        if len(renders) > 1:
+            _refuse_existing(out / "side_by_side.png", overwrite)
+            write_image(out / "side_by_side.png", side_by_side(renders))
+            summary["files"]["side_by_side"] = "side_by_side.png"
+    summary["renders"] = renders
+    return summary
+
+
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label.strip().lower()) or "cloud"
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+
+
 __all__ = [
     "DEFAULT_VIEWS", "RENDER_BACKENDS", "RenderResult", "ViewCamera", "choose_backend", "clean_point_cloud",
-    "cloud_distances", "compare_depth_clouds", "depth_to_point_cloud", "lift_depth", "render_clouds",
+    "cloud_distances", "compare_depth_clouds", "lift_compare_render", "depth_to_point_cloud", "lift_depth", "render_clouds",
     "read_point_cloud", "render_views", "side_by_side", "splat_render", "to_open3d", "view_cameras",
     "write_point_cloud",
 ]

@@ -1,0 +1,106 @@
+"""tools/lift3d.py end to end on tiny fixtures: files written, 3-D errors against the formula, bad input refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+H, W = 24, 32
+CAMERA = ["--fx", "40", "--fy", "40", "--cx", "15.5", "--cy", "11.5"]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("lift3d_tool", REPO / "tools" / "lift3d.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lift3d():
+    return _tool()
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "gt.npy", np.full((H, W), 2.0, np.float32))
+    np.save(tmp_path / "pred.npy", np.full((H, W), 2.1, np.float32))
+    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    return {"gt": tmp_path / "gt.npy", "pred": tmp_path / "pred.npy", "rgb": tmp_path / "rgb.png"}
+
+
+def test_lift3d_writes_clouds_renders_and_exact_errors(lift3d, inputs, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = ["--depth", f"pred={inputs['pred']}", "--image", str(inputs["rgb"]), "--gt", str(inputs["gt"]), *CAMERA,
+            "--out", str(out), "--render-size", "64x48", "--views", "camera,left"]
+    assert lift3d.main(argv) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"cloud_pred.ply", "cloud_ground_truth.ply", "render_pred_camera.png", "render_pred_left.png",
+            "side_by_side.png", "metrics.json", "summary.json"} <= names
+    metrics = json.loads((out / "metrics.json").read_text())["pred"]
+    # Plane at 2.0 m predicted at 2.1 m: each point moves 0.1 m * |(x/z, y/z, 1)| along its ray.
+    v, u = np.mgrid[0:H, 0:W]
+    ray = np.sqrt(((u - 15.5) / 40) ** 2 + ((v - 11.5) / 40) ** 2 + 1)
+    assert metrics["pixel_rmse_m"] == pytest.approx(0.1 * float(np.sqrt(np.mean(ray**2))), rel=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["intrinsics"] == {"fx": 40.0, "fy": 40.0, "cx": 15.5, "cy": 11.5}
+    assert summary["renderer"].startswith("renderer:") and summary["arguments"]["out"] == str(out)
+    render = np.asarray(Image.open(out / "render_pred_camera.png"))
+    assert render.shape == (48, 64, 3) and (render != 255).any()
+    assert summary["renderer"] in capsys.readouterr().out
+
+
+def test_existing_output_is_refused_unless_overwrite(lift3d, inputs, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(out), "--backend", "splat", "--views", "camera",
+            "--render-size", "32x24"]
+    assert lift3d.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "old.txt").exists()
+    assert lift3d.main(argv + ["--overwrite"]) == 0
+    assert not (out / "old.txt").exists() and (out / "cloud_depth.ply").exists()
+
+
+def test_dataset_sample_supplies_image_intrinsics_and_ground_truth(lift3d, tmp_path: Path) -> None:
+    root = tmp_path / "scan"
+    (root / "rgb").mkdir(parents=True)
+    (root / "depth").mkdir()
+    Image.fromarray(np.full((H, W, 3), 128, np.uint8)).save(root / "rgb" / "a.png")
+    np.save(root / "depth" / "a.npy", np.full((H, W), 3.0, np.float32))
+    (root / "intrinsics.json").write_text(json.dumps({"fx": 40, "fy": 40, "cx": 15.5, "cy": 11.5}))
+    np.save(tmp_path / "pred.npy", np.full((H, W), 3.0, np.float32))
+    out = tmp_path / "out"
+    argv = ["--dataset", str(root), "--sample", "a", "--depth", f"model={tmp_path / 'pred.npy'}", "--out", str(out),
+            "--backend", "splat", "--views", "camera", "--render-size", "32x24"]
+    assert lift3d.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["model"]
+    assert metrics["pixel_rmse_m"] == 0.0 and metrics["chamfer_m"] == 0.0
+    assert json.loads((out / "summary.json").read_text())["sample"] == "a"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "intrinsics missing"),
+    (["--fx", "0", "--fy", "40", "--cx", "15.5", "--cy", "11.5"], "fx and fy must be > 0"),
+    (["--fx", "40"], "all four"),
+])
+def test_bad_intrinsics_are_refused(lift3d, inputs, tmp_path: Path, capsys, extra, message) -> None:
+    argv = ["--depth", str(inputs["pred"]), *extra, "--out", str(tmp_path / "out"), "--backend", "splat"]
+    assert lift3d.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_of_another_size_is_refused_naming_both(lift3d, inputs, tmp_path: Path, capsys) -> None:
+    Image.fromarray(np.zeros((H // 2, W // 2, 3), np.uint8)).save(tmp_path / "small.png")
+    argv = ["--depth", str(inputs["pred"]), "--image", str(tmp_path / "small.png"), *CAMERA, "--out",
+            str(tmp_path / "out"), "--backend", "splat"]
+    assert lift3d.main(argv) == 2
+    assert "image is 16x12 but the depth map is 32x24" in capsys.readouterr().err
