@@ -1,0 +1,103 @@
+"""tools/report.py on a fixture run directory: tables, embedded or linked pictures, warnings, refusals."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("report_tool", REPO / "tools" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (run / "config.yaml").write_text("model:\n  encoder: vits\nseed: 0\n")
+    (run / "metrics.json").write_text(json.dumps({
+        "base": {"abs_rel": 0.123456, "delta1": 0.8},
+        "BokehDepth (physics stacks, oracle)": {"abs_rel": 0.0987654, "delta1": 0.9}}))
+    (run / "summary.json").write_text(json.dumps({"checkpoint": "none", "skipped": [
+        {"name": "img_003", "path": "in/img_003.jpg", "reason": "corrupt image"}]}))
+    (run / "metrics.csv").write_text("epoch,loss\n" + "".join(f"{i},{1.0 / (i + 1)}\n" for i in range(30)))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(run / "samples" / "grid_000.png")
+    Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(run / "samples" / "render_a.png")
+    (run / "samples" / "cloud_a.ply").write_bytes(b"ply\n" + b"0" * 2000)
+    return run
+
+
+def test_report_tables_pictures_config_and_warnings(report, run_dir: Path) -> None:
+    assert report.main([str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    # metric table: one row per method, values to 4 significant digits
+    assert "<th>abs_rel</th><th>delta1</th>" in page
+    assert "<td>BokehDepth (physics stacks, oracle)</td><td class=\"num\">0.09877</td>" in page
+    assert '<td>base</td><td class="num">0.1235</td><td class="num">0.8</td>' in page
+    # skipped samples are gathered into the warnings box
+    assert "Warnings" in page and "img_003" in page and "corrupt image" in page
+    # resolved config and the last CSV rows (loss of epoch 29 = 1/30), point-cloud file listed
+    assert "encoder: vits" in page and "last 20 of 30 rows" in page and '<td class="num">0.03333</td>' in page
+    assert "cloud_a.ply" in page
+    assert "last.ckpt" not in page  # checkpoints are not results
+    # pictures are embedded and decode back to the same pixels; the grid comes first in its folder
+    sources = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)"', page)
+    assert [alt for _, alt in sources] == ["grid_000.png", "render_a.png"]
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(sources[0][0]))))
+    np.testing.assert_array_equal(decoded, np.asarray(Image.open(run_dir / "samples" / "grid_000.png")))
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # atomic write left no temporary
+
+
+def test_linked_pictures_resolve_relative_to_the_page(report, run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pages" / "r.html"
+    assert report.main([str(run_dir), "--out", str(out), "--link-images"]) == 0
+    sources = re.findall(r'<img src="([^"]+)"', out.read_text())
+    assert sources and all((out.parent / s).resolve().is_file() for s in sources)
+
+
+def test_large_pictures_are_downscaled_when_embedded(report, run_dir: Path) -> None:
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(run_dir / "big.png")
+    assert report.main([str(run_dir), "--max-image-side", "100"]) == 0
+    page = (run_dir / "report.html").read_text()
+    data = dict((alt, src) for src, alt in re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)"', page))
+    assert Image.open(io.BytesIO(base64.b64decode(data["big.png"]))).size == (100, 75)
+
+
+def test_existing_page_is_refused_unless_overwrite(report, run_dir: Path, capsys) -> None:
+    (run_dir / "report.html").write_text("old")
+    assert report.main([str(run_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (run_dir / "report.html").read_text() == "old"
+    assert report.main([str(run_dir), "--overwrite"]) == 0
+    assert (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_missing_or_empty_run_directory_is_an_error(report, tmp_path: Path, capsys) -> None:
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "holds no results" in capsys.readouterr().err
+
+
+def test_broken_json_is_reported_not_fatal(report, run_dir: Path) -> None:
+    (run_dir / "broken.json").write_text("{not json")
+    assert report.main([str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "broken.json: not valid JSON" in page and "abs_rel" in page
