@@ -11,8 +11,8 @@ and ``decode(encode(x))`` is the wrapped model's own forward, computed with the 
 Families:
   * ``depth_anything_v2``: DepthAnythingForDepthEstimation (DINOv2 backbone, DPT neck, relative or metric head).
     Patch 14, ImageNet mean/std. The metric head is sigmoid * max_depth (metres).
-  * ``dpt``: DPTForDepthEstimation with a plain ViT (patch 16, CLS readout projection, post-LN-free pre-norm ViT
-    blocks without LayerScale, mean/std 0.5). Its last activation (ReLU, relative inverse depth) is replaced by
+  * ``dpt``: DPTForDepthEstimation with a plain ViT (patch 16, CLS readout projection, ViT blocks without
+    LayerScale, mean/std 0.5, inputs at multiples of 32 px). Its last activation (ReLU, relative inverse depth) is replaced by
     sigmoid * max_depth so that it predicts metric depth like Depth Anything's metric head.
 """
 
@@ -111,7 +111,8 @@ class DepthBackbone(nn.Module):
 
     Attributes:
         hf: the wrapped transformers model (its state_dict keys are the checkpoint's, under ``hf.``).
-        patch_size: input H and W must be multiples of it.
+        patch_size: ViT patch size (px).
+        size_multiple: input H and W must be multiples of it (the patch size, or more when the decoder halves the grid).
         hidden_size, num_heads: token width D and attention heads of the ViT.
         tap_blocks: 0-based index of the ViT block whose output feeds each decoder tap.
         is_metric: True when decode() returns metres.
@@ -121,6 +122,7 @@ class DepthBackbone(nn.Module):
     family = "base"
     hf: nn.Module
     patch_size: int
+    size_multiple: int
     hidden_size: int
     num_heads: int
     tap_blocks: list[int]
@@ -158,6 +160,7 @@ class DepthAnythingBackbone(DepthBackbone):
         if getattr(bcfg, "reshape_hidden_states", False):
             raise ValueError("Depth Anything backbone must keep token taps (backbone_config.reshape_hidden_states=False)")
         self.patch_size = int(cfg.patch_size)
+        self.size_multiple = self.patch_size  # the neck resizes to explicit sizes: any grid works
         self.hidden_size = int(bcfg.hidden_size)
         self.num_heads = int(bcfg.num_attention_heads)
         stage_names = list(hf_model.backbone.stage_names)
@@ -199,6 +202,9 @@ class DPTBackbone(DepthBackbone):
         self.hf.head.head[-1] = nn.Sigmoid()
         self.max_depth_m = float(max_depth_m)
         self.patch_size = int(cfg.patch_size)
+        # DPT's fusion stage doubles the grid from the stride-2 (factor 0.5) tap upwards: an odd patch grid would give
+        # an output of another size than the input, so inputs are kept at multiples of 2 patches.
+        self.size_multiple = 2 * self.patch_size
         self.hidden_size = int(cfg.hidden_size)
         self.num_heads = int(cfg.num_attention_heads)
         self.tap_blocks = [int(i) for i in cfg.backbone_out_indices]

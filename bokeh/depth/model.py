@@ -222,8 +222,8 @@ class BokehDepthModel(nn.Module):
         return n
 
     def _working_size(self, h: int, w: int) -> tuple[int, int]:
-        p = self.backbone.patch_size
-        return max(p, int(round(h / p)) * p), max(p, int(round(w / p)) * p)
+        m = self.backbone.size_multiple
+        return max(m, int(round(h / m)) * m), max(m, int(round(w / m)) * m)
 
     # ------------------------------------------------------------------ forward
     def forward(self, image: torch.Tensor, stack: torch.Tensor | None = None, K_px_m: torch.Tensor | None = None) -> torch.Tensor:
@@ -237,44 +237,50 @@ class BokehDepthModel(nn.Module):
         Returns:
             depth [B,1,H,W] in metres (>= min_depth_m) for a metric head; relative inverse depth for a relative head.
         """
-        n = self._check_inputs(image, stack, K_px_m)
-        b, _, h, w = image.shape
-        if n and stack.shape[-2:] != image.shape[-2:]:
-            if not self._warned_resize:
-                warnings.warn(f"stack frames {tuple(stack.shape[-2:])} differ in size from the reference "
-                              f"{(h, w)}: resized bilinearly to the reference size", stacklevel=2)
-                self._warned_resize = True
-            stack = F.interpolate(stack.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False,
-                                  antialias=True).view(b, n, 3, h, w)
-        hw, ww = self._working_size(h, w)
-        resize = (hw, ww) != (h, w)
-        if resize and not self._warned_patch:
-            warnings.warn(f"input {(h, w)} is not a multiple of the patch size {self.backbone.patch_size}: the model "
-                          f"runs at {(hw, ww)} and the depth is resized back", stacklevel=2)
-            self._warned_patch = True
-        use_dsfa = self.dsfa_enabled
-        K = None
-        if use_dsfa and n:
-            K = K_px_m.to(image.dtype) * (ww / w)  # blur radius scales with the image width
-
-        def prep(x: torch.Tensor) -> torch.Tensor:
-            if resize:
-                x = F.interpolate(x, size=(hw, ww), mode="bilinear", align_corners=False, antialias=True)
-            return self.normalise(x)
-
-        ph, pw = hw // self.backbone.patch_size, ww // self.backbone.patch_size
-        if not use_dsfa:
-            taps = self.backbone.encode(prep(image))
-        elif self.placement == "posthoc":
-            taps = self._posthoc(prep, image, stack, K, n, b)
-        else:
-            taps = self._inside(prep, image, stack, K, n, b)
+        h, w = image.shape[-2:] if torch.is_tensor(image) and image.ndim == 4 else (0, 0)
+        taps, (ph, pw) = self._features(image, stack, K_px_m)
         depth = self.backbone.decode(taps, ph, pw)
         if depth.shape[-2:] != (h, w):
             depth = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
         if self.backbone.is_metric:
             depth = depth.clamp_min(self.min_depth_m)
         return depth
+
+    def tap_features(self, image: torch.Tensor, stack: torch.Tensor | None = None,
+                     K_px_m: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The reference frame's decoder inputs [B,1+P,D] per tap (after DSFA), same arguments as forward."""
+        return self._features(image, stack, K_px_m)[0]
+
+    def _features(self, image, stack, K_px_m) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        n = self._check_inputs(image, stack, K_px_m)
+        b, _, h, w = image.shape
+        if n and stack.shape[-2:] != image.shape[-2:]:
+            if not self._warned_resize:
+                warnings.warn(f"stack frames {tuple(stack.shape[-2:])} differ in size from the reference "
+                              f"{(h, w)}: resized bilinearly to the reference size", stacklevel=3)
+                self._warned_resize = True
+            stack = F.interpolate(stack.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False,
+                                  antialias=True).view(b, n, 3, h, w)
+        hw, ww = self._working_size(h, w)
+        resize = (hw, ww) != (h, w)
+        if resize and not self._warned_patch:
+            warnings.warn(f"input {(h, w)} is not a multiple of {self.backbone.size_multiple} px (patch size {self.backbone.patch_size}): the model "
+                          f"runs at {(hw, ww)} and the depth is resized back", stacklevel=3)
+            self._warned_patch = True
+
+        def prep(x: torch.Tensor) -> torch.Tensor:
+            if resize:
+                x = F.interpolate(x, size=(hw, ww), mode="bilinear", align_corners=False, antialias=True)
+            return self.normalise(x)
+
+        K = K_px_m.to(image.dtype) * (ww / w) if n else None  # blur radius scales with the image width
+        if not self.dsfa_enabled:
+            taps = self.backbone.encode(prep(image))
+        elif self.placement == "posthoc":
+            taps = self._posthoc(prep, image, stack, K, n, b)
+        else:
+            taps = self._inside(prep, image, stack, K, n, b)
+        return taps, (hw // self.backbone.patch_size, ww // self.backbone.patch_size)
 
     def _stack_pixels(self, prep, stack: torch.Tensor, n: int, b: int) -> torch.Tensor:
         # frame-major [N*B,3,h,w]: frame i of every sample, then frame i+1 ...

@@ -1,0 +1,174 @@
+"""DSFA block: exact identity at init, gradients open it, the focus bias formula, K normalisation, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bokeh.depth import DSFA
+
+B, P, D = 2, 5, 16
+
+
+def _inputs(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(B, P, D, generator=g)
+    S = torch.randn(B, n, P, D, generator=g)
+    K = torch.rand(B, n, generator=g) * 30 + 1
+    return R, S, K
+
+
+def _open(block: DSFA, seed: int = 1) -> DSFA:
+    """Give every zero-initialised residual path a random non-zero value (a 'trained' block)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name.endswith("gamma") or name.startswith("film"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return block
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_identity_at_init_bit_for_bit(n: int) -> None:
+    block = DSFA(D, num_heads=2)
+    R, S, K = _inputs(n)
+    out = block(R, S, K)
+    assert out.shape == (B, P, D)
+    assert torch.equal(out, R)
+    assert torch.equal(block(R, None, None), R)
+
+
+def test_one_step_opens_the_block_and_stack_then_matters() -> None:
+    torch.manual_seed(0)
+    block = DSFA(D, num_heads=2)
+    R, S, K = _inputs(3)
+    target = torch.randn(B, P, D)
+    loss = F.mse_loss(block(R, S, K), target)
+    loss.backward()
+    # zero LayerScale gammas see non-zero inputs, so they get gradients at init
+    assert block.focus_ls1.gamma.grad.abs().sum() > 0
+    assert block.spatial_ls1.gamma.grad.abs().sum() > 0
+    assert block.film.weight.grad.abs().sum() > 0
+    torch.optim.Adam(block.parameters(), lr=1e-2).step()
+    with torch.no_grad():
+        out = block(R, S, K)
+        out_other_stack = block(R, S.flip(0), K)
+    assert not torch.equal(out, R)
+    assert (out - R).abs().max() > 1e-4
+    assert (out - out_other_stack).abs().max() > 1e-6  # the stack reaches the reference tokens
+
+
+def test_alpha_is_positive_and_starts_at_alpha_init() -> None:
+    block = DSFA(D, num_heads=2, alpha_init=0.3)
+    assert math.isclose(float(block.alpha.detach()), 0.3, rel_tol=1e-6)
+    with torch.no_grad():
+        block.alpha_raw.fill_(-50.0)
+    assert float(block.alpha.detach()) > 0
+
+
+def test_focus_attention_matches_hand_formula() -> None:
+    """Only the focus attention path open: out = R + gamma * Wo softmax(q k^T / sqrt(d) - alpha |k_0 - k_j|) v."""
+    torch.manual_seed(0)
+    block = DSFA(D, num_heads=1, attn_ratio=1.0, spatial=False, k_scale=10.0, alpha_init=2.0)
+    with torch.no_grad():
+        block.focus_ls1.gamma.fill_(1.0)
+    R, S, K = _inputs(2)
+    out = block(R, S, K)
+
+    attn = block.focus_attn
+    X = torch.cat([R.unsqueeze(1), S], 1).transpose(1, 2)  # [B,P,F,D]
+    Xn = F.layer_norm(X, (D,), block.focus_norm1.weight, block.focus_norm1.bias, 1e-6)
+    q = Xn[:, :, 0] @ attn.q.weight.T + attn.q.bias  # [B,P,D]
+    kv = Xn @ attn.kv.weight.T + attn.kv.bias
+    k, v = kv[..., :D], kv[..., D:]
+    knorm = torch.cat([torch.zeros(B, 1), K / 10.0], 1)  # reference at k = 0
+    logits = torch.einsum("bpd,bpfd->bpf", q, k) / math.sqrt(D) - 2.0 * knorm.abs()[:, None, :]
+    expected = R + (torch.einsum("bpf,bpfd->bpd", logits.softmax(-1), v) @ attn.proj.weight.T + attn.proj.bias)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_focus_bias_slope_controls_stack_influence() -> None:
+    """Large alpha: attention stays on the reference (k = 0), so the stack no longer matters; small alpha: it does."""
+    torch.manual_seed(0)
+    block = DSFA(D, num_heads=2, spatial=False)
+    with torch.no_grad():
+        block.focus_ls1.gamma.fill_(1.0)
+    R, S, K = _inputs(3)
+    S2 = S + torch.randn_like(S)
+
+    def influence(alpha: float) -> float:
+        with torch.no_grad():
+            block.alpha_raw.fill_(math.log(math.expm1(alpha)) if alpha < 30 else alpha)
+            return float((block(R, S, K) - block(R, S2, K)).abs().max())
+
+    assert influence(200.0) < 1e-6
+    assert influence(1e-3) > 1e-2
+
+
+def test_k_is_normalised_by_k_scale() -> None:
+    """Same K / k_scale -> same output; another K -> another output."""
+    a = _open(DSFA(D, num_heads=2, k_scale=10.0))
+    b = DSFA(D, num_heads=2, k_scale=20.0)
+    b.load_state_dict(a.state_dict())
+    R, S, K = _inputs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(a(R, S, K), b(R, S, 2 * K))
+        assert (a(R, S, K) - a(R, S, 2 * K)).abs().max() > 1e-5
+
+
+def test_stack_order_does_not_matter() -> None:
+    block = _open(DSFA(D, num_heads=2))
+    R, S, K = _inputs(3)
+    perm = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(block(R, S, K), block(R, S[:, perm], K[:, perm]), atol=1e-6, rtol=1e-5)
+
+
+def test_reference_only_equals_empty_stack() -> None:
+    block = _open(DSFA(D, num_heads=2))
+    R, S, K = _inputs(0)
+    with torch.no_grad():
+        out = block(R, S, K)
+        torch.testing.assert_close(out, block(R))
+        assert not torch.equal(out, R)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda R, S, K: (R, S, K.clone().fill_(float("nan"))), "finite"),
+        (lambda R, S, K: (R, S, -K), ">= 0"),
+        (lambda R, S, K: (R, S, K[:, :1]), r"\[2,3\]"),
+        (lambda R, S, K: (R, S, None), "K_px_m"),
+        (lambda R, S, K: (R, S[..., :4], K), "stack tokens"),
+        (lambda R, S, K: (R[..., :4], S, K), "reference tokens"),
+        (lambda R, S, K: (R, None, K), "no stack"),
+    ],
+)
+def test_bad_input(make, match: str) -> None:
+    block = DSFA(D, num_heads=2)
+    R, S, K = make(*_inputs(3))
+    with pytest.raises(ValueError, match=match):
+        block(R, S, K)
+
+
+@pytest.mark.parametrize("kwargs", [dict(k_scale=0.0), dict(alpha_init=0.0), dict(mlp_ratio=0.0), dict(num_heads=0)])
+def test_bad_construction(kwargs) -> None:
+    with pytest.raises(ValueError):
+        DSFA(D, **kwargs)
+
+
+def test_parameter_count_matches_formula() -> None:
+    """Per block (attn width a = D*attn_ratio, MLP width m = D*mlp_ratio): kappa MLP + FiLM + 2 x (attn + MLP) + ..."""
+    d, a, m = 64, 32, 64
+    block = DSFA(d, num_heads=4, mlp_ratio=1.0, attn_ratio=0.5)
+    kappa = (1 * d // 4 + d // 4) + (d // 4 * d + d)
+    film = d * 2 * d + 2 * d
+    attn = (d * a + a) + (d * 2 * a + 2 * a) + (a * d + d)
+    mlp = (d * m + m) + (m * d + d)
+    norms, scales = 4 * 2 * d, 4 * d
+    expected = kappa + film + 2 * (attn + mlp) + norms + scales + 1
+    assert sum(p.numel() for p in block.parameters()) == expected
