@@ -27,7 +27,7 @@ def silog_loss(
         gt_m: ground-truth depth in metres, same shape.
         mask: valid pixels (bool, same shape) or None; pixels with gt <= 0 or non-finite gt are dropped as well.
         lambda_: variance weight in [0, 1] (0: log-RMSE, 1: fully scale-invariant).
-        eps: floor on pred (m) and on the radicand (keeps the square root differentiable).
+        eps: floor on pred (m); the radicand is floored at eps^2 (keeps the square root finite and differentiable).
         on_empty: no valid pixel -> "zero" returns 0 still attached to ``pred_m``'s graph (a batch of sky or
             invalid depth then neither crashes training nor leaves DDP with unused parameters); "raise" -> ValueError.
 
@@ -52,4 +52,4 @@ def silog_loss(
         return pred_m.sum() * 0.0
     g = torch.log(gt_m[valid].to(pred_m.dtype)) - torch.log(pred_m[valid].clamp_min(eps))
     radicand = (g**2).mean() - lambda_ * g.mean() ** 2
-    return torch.sqrt(radicand.clamp_min(eps))
+    return torch.sqrt(radicand.clamp_min(eps * eps))
