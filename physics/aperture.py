@@ -1,0 +1,208 @@
+"""Aperture shapes for thin-lens bokeh: disk, n-blade polygon, any user image; soft-rimmed, unit-area kernels.
+
+An aperture is a function ``weights(dx, dy, radius_px)``: the (unnormalised) coverage, in [0, 1], of the pixel at
+integer offset (dx, dy) (x right, y DOWN, image convention) by the blur spot of signed radius ``radius_px``.
+The rim is anti-aliased (coverage ramps linearly over one pixel across the edge), so the area is right for
+sub-pixel radii and the kernels vary continuously with the radius (needed for gradients and for smooth layer blends).
+
+Sign and orientation convention (the same as Blender Cycles, see METHOD.md): for ``radius_px > 0`` (behind the focal
+plane) a polygon has its corners at angles ``rotation + pi/blades + 2*pi*k/blades`` counter-clockwise from +x with y
+UP; an image aperture looks like the image as displayed (row 0 at the top). For ``radius_px < 0`` (in front of the
+focal plane) the spot is rotated by 180 degrees. ``radius_px`` is the circumradius: polygon corners lie on the circle
+of radius |r|, an image aperture's square [-1, 1]^2 is scaled by |r|.
+
+Hand-written: kornia has box/gaussian kernels only, no disk, polygon or image-shaped (bokeh) kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Aperture",
+    "DiskAperture",
+    "PolygonAperture",
+    "ImageAperture",
+    "make_aperture",
+    "kernel_half_size",
+    "disk_kernel",
+    "polygon_kernel",
+]
+
+
+def kernel_half_size(radius_px: float) -> int:
+    """Half width (px) of the smallest odd square that holds a soft-rimmed spot of radius ``|radius_px|``."""
+    r = abs(float(radius_px))
+    return max(0, int(math.ceil(r + 0.5)) - 1)
+
+
+class Aperture:
+    """Base class. Subclasses implement :meth:`weights`; :meth:`kernel` rasterises and normalises it."""
+
+    name = "aperture"
+
+    def weights(self, dx: torch.Tensor, dy: torch.Tensor, radius_px: torch.Tensor) -> torch.Tensor:
+        """Soft coverage in [0, 1] of offset (dx, dy) px (y down) by a spot of signed radius ``radius_px`` (px).
+
+        All arguments broadcast together; the result has their broadcast shape. Differentiable w.r.t. radius_px.
+        """
+        raise NotImplementedError
+
+    def kernel(self, radius_px: float, *, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None, half_size: int | None = None) -> torch.Tensor:
+        """Unit-sum kernel [k, k] (k = 2*half_size + 1, y down) for the signed radius ``radius_px`` (px).
+
+        The kernel is the spread of one pixel's light onto the image (scatter form); its centre is the source pixel.
+        """
+        h = kernel_half_size(radius_px) if half_size is None else int(half_size)
+        offs = torch.arange(-h, h + 1, dtype=dtype, device=device)
+        dy, dx = torch.meshgrid(offs, offs, indexing="ij")
+        w = self.weights(dx, dy, torch.tensor(float(radius_px), dtype=dtype, device=device))
+        total = w.sum()
+        if not float(total) > 0:
+            raise ValueError(f"aperture {self.name} has zero area at radius {radius_px} px")
+        return w / total
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class DiskAperture(Aperture):
+    """Circular aperture: coverage ``clamp(|r| + 0.5 - dist, 0, 1)`` (a one-pixel linear rim)."""
+
+    name = "disk"
+
+    def weights(self, dx, dy, radius_px):
+        dist = torch.sqrt(dx * dx + dy * dy)
+        return (radius_px.abs() + 0.5 - dist).clamp(0.0, 1.0)
+
+
+class PolygonAperture(Aperture):
+    """Regular n-blade polygon with circumradius |r|, corners at ``rotation + pi/blades`` CCW from +x (y up).
+
+    Coverage ``clamp(apothem - max_k <v, n_k> + 0.5, 0, 1)`` with the outward edge normals n_k at angles
+    ``rotation + 2*pi*k/blades``: the distance to the nearest edge line, exact inside and along the edges.
+    """
+
+    name = "polygon"
+
+    def __init__(self, blades: int, rotation: float = 0.0) -> None:
+        if isinstance(blades, bool) or not isinstance(blades, (int, np.integer)) or blades < 3:
+            raise ValueError(f"blades must be an integer >= 3 (number of aperture blades); got {blades!r}")
+        if not math.isfinite(float(rotation)):
+            raise ValueError(f"rotation must be a finite angle in radians; got {rotation!r}")
+        self.blades = int(blades)
+        self.rotation = float(rotation)
+        self.name = f"polygon{self.blades}"
+
+    def weights(self, dx, dy, radius_px):
+        # flip 180 degrees in front of the focal plane; y up for the angle convention
+        sign = torch.where(radius_px < 0, -1.0, 1.0).to(dx.dtype)
+        vx, vy = dx * sign, -dy * sign
+        angles = self.rotation + 2.0 * math.pi * torch.arange(self.blades, dtype=dx.dtype, device=dx.device) / self.blades
+        proj = vx.unsqueeze(-1) * torch.cos(angles) + vy.unsqueeze(-1) * torch.sin(angles)
+        support = proj.max(dim=-1).values
+        apothem = radius_px.abs() * math.cos(math.pi / self.blades)
+        return (apothem - support + 0.5).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"PolygonAperture(blades={self.blades}, rotation={self.rotation})"
+
+
+class ImageAperture(Aperture):
+    """User-given aperture image (2-D, >= 0), mapped onto the square [-|r|, |r|]^2 px, row 0 at the top.
+
+    Coverage at an offset is the mean of the bilinearly sampled image over ``oversample**2`` sub-pixel positions
+    (area anti-aliasing), divided by the image maximum so that a fully open pixel has coverage 1.
+    """
+
+    name = "image"
+
+    def __init__(self, image: Union[torch.Tensor, np.ndarray], *, oversample: int = 4,
+                 name: str = "aperture_image") -> None:
+        t = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).detach()
+        if t.dim() == 3 and t.shape[0] in (1, 3, 4) and t.shape[0] < t.shape[-1]:
+            t = t[:3].float().mean(0)  # channels first -> grey
+        elif t.dim() == 3 and t.shape[-1] in (1, 3, 4):
+            t = t[..., :3].float().mean(-1)  # channels last -> grey
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D image [h, w] (or grey/RGB); got shape {tuple(t.shape)}")
+        if t.numel() == 0 or min(t.shape) < 1:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); give a non-empty aperture image")
+        t = t.to(torch.float64)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or infinite values; expected finite values >= 0")
+        if (t < 0).any():
+            raise ValueError(f"{name} contains negative values; expected an aperture transmission >= 0")
+        if not float(t.max()) > 0:
+            raise ValueError(f"{name} is all zero: an aperture needs some open (> 0) pixels")
+        self.image = (t / t.max()).to(torch.float32)
+        self.oversample = int(oversample)
+
+    def weights(self, dx, dy, radius_px):
+        dx, dy, radius_px = torch.broadcast_tensors(dx, dy, radius_px)
+        shape = dx.shape
+        img = self.image.to(device=dx.device, dtype=dx.dtype)[None, None]
+        n = self.oversample
+        sub = (torch.arange(n, dtype=dx.dtype, device=dx.device) + 0.5) / n - 0.5
+        r = radius_px.abs().clamp_min(1e-6)
+        sign = torch.where(radius_px < 0, -1.0, 1.0).to(dx.dtype)
+        # flip 180 degrees in front of the focal plane
+        gx = (dx.reshape(-1, 1, 1) + sub.view(1, 1, n)) * sign.reshape(-1, 1, 1) / r.reshape(-1, 1, 1)
+        gy = (dy.reshape(-1, 1, 1) + sub.view(1, n, 1)) * sign.reshape(-1, 1, 1) / r.reshape(-1, 1, 1)
+        gx, gy = torch.broadcast_tensors(gx, gy)
+        grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, n * n, 2)
+        vals = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        w = vals.reshape(-1, n * n).mean(dim=-1)
+        # a point-like spot (|r| < 0.5 px) falls in its own pixel whatever the shape
+        tiny = (radius_px.abs() < 0.5).reshape(-1)
+        centre = ((dx == 0) & (dy == 0)).reshape(-1).to(dx.dtype)
+        w = torch.where(tiny, centre, w)
+        return w.reshape(shape)
+
+    def __repr__(self) -> str:
+        return f"ImageAperture(shape={tuple(self.image.shape)})"
+
+
+def make_aperture(spec: Union[str, Aperture, torch.Tensor, np.ndarray] = "disk", *, blades: int | None = None,
+                  rotation: float = 0.0) -> Aperture:
+    """Build an aperture from ``"disk"``, ``"polygon"`` (with ``blades``), ``"hexagon"``/``"pentagon"``/...,
+    ``"polygon6"``, an :class:`Aperture`, or a 2-D aperture image (tensor / ndarray)."""
+    if isinstance(spec, Aperture):
+        return spec
+    if torch.is_tensor(spec) or isinstance(spec, np.ndarray):
+        return ImageAperture(spec, name="aperture")
+    if isinstance(spec, str):
+        s = spec.strip().lower()
+        if s in ("disk", "disc", "circle"):
+            return DiskAperture()
+        named = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6, "heptagon": 7, "octagon": 8}
+        if s in named:
+            return PolygonAperture(named[s], rotation)
+        if s.startswith("polygon"):
+            n = s[len("polygon"):]
+            if n:
+                try:
+                    blades = int(n)
+                except ValueError:
+                    raise ValueError(f"aperture {spec!r}: expected 'polygon<N>' with an integer N") from None
+            if blades is None:
+                raise ValueError("aperture 'polygon' needs blades=<int >= 3>")
+            return PolygonAperture(blades, rotation)
+    raise ValueError(f"aperture must be 'disk', 'polygon<N>', 'hexagon' etc., an Aperture or a 2-D aperture image; "
+                     f"got {spec!r}")
+
+
+def disk_kernel(radius_px: float, **kw) -> torch.Tensor:
+    """Unit-sum soft-rimmed disk kernel [k, k] of radius |radius_px| px."""
+    return DiskAperture().kernel(radius_px, **kw)
+
+
+def polygon_kernel(radius_px: float, blades: int, rotation: float = 0.0, **kw) -> torch.Tensor:
+    """Unit-sum polygon kernel [k, k] (circumradius |radius_px| px; flipped 180 degrees for radius_px < 0)."""
+    return PolygonAperture(blades, rotation).kernel(radius_px, **kw)
