@@ -1,0 +1,208 @@
+"""tools/infer.py: intrinsics (user / EXIF / default), sizes and K scaling, outputs, skipped files, refusals."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+H, W = 30, 45  # not multiples of 14: the working size differs and the depth must come back to 30x45
+FAST = ["--resolution", "56", "--outlier-std", "0"]
+
+
+@pytest.fixture(scope="module")
+def infer():
+    spec = importlib.util.spec_from_file_location("infer_tool", REPO / "tools" / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["infer_tool"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def _photo(path: Path, seed: int = 0, size: tuple[int, int] = (W, H), f35: float | None = None) -> Path:
+    rgb = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    picture = Image.fromarray(rgb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if f35 is None:
+        picture.save(path)
+    else:
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0xA405] = int(f35)  # FocalLengthIn35mmFilm
+        picture.save(path, exif=exif)
+    return path
+
+
+def _args(infer, *argv: str) -> argparse.Namespace:
+    return infer.parse_args(list(argv))
+
+
+def test_working_size_keeps_the_aspect_ratio_in_multiples_of_14(infer) -> None:
+    for (h, w), resolution in [((480, 640), 518), ((375, 1242), 518), ((H, W), 56), ((1024, 768), 252)]:
+        wh, ww = infer.working_size(h, w, resolution)
+        assert wh % 14 == 0 and ww % 14 == 0 and abs(max(wh, ww) - resolution) <= 7
+        assert abs(wh / ww - h / w) <= 14 / min(wh, ww)  # rounding to the patch grid is the only distortion
+
+
+def test_exif_35mm_equivalent_gives_fx(infer, tmp_path: Path) -> None:
+    path = _photo(tmp_path / "exif.jpg", size=(60, 40), f35=36)
+    camera, fields = infer.exif_intrinsics(path, 60, 40)
+    # f35 / 43.27 mm * diagonal: a 36 mm-equivalent lens on a 3:2 photo has fx = W (f35 / 36 * W).
+    assert camera.fx == pytest.approx(36 * math.hypot(60, 40) / 43.2666) == pytest.approx(60.0, abs=0.01)
+    assert (camera.cx, camera.cy) == (29.5, 19.5) and fields["FocalLengthIn35mmFilm"] == 36.0
+    item = infer.Item("exif", path)
+    resolved, source, _ = infer.resolve_intrinsics(_args(infer, str(path), "--out", "x"), item, 60, 40, None)
+    assert source == "exif" and resolved.fx == camera.fx
+
+
+def test_default_intrinsics_are_documented_and_warned(infer, tmp_path: Path, capsys) -> None:
+    path = _photo(tmp_path / "plain.png")
+    camera, source, details = infer.resolve_intrinsics(_args(infer, str(path), "--out", "x"), infer.Item("p", path),
+                                                       W, H, None)
+    assert source == "default" and camera.fx == camera.fy == 0.8 * max(W, H)
+    assert (camera.cx, camera.cy) == ((W - 1) / 2, (H - 1) / 2) and details["fx_fraction_of_long_side"] == 0.8
+    assert "WARNING" in capsys.readouterr().err
+
+
+def test_user_intrinsics_win_and_bad_ones_are_refused(infer, tmp_path: Path) -> None:
+    path = _photo(tmp_path / "a.png", f35=50)
+    item = infer.Item("a", path)
+    flags = _args(infer, str(path), "--out", "x", "--fx", "40", "--fy", "41", "--cx", "22", "--cy", "14.5")
+    camera, source, _ = infer.resolve_intrinsics(flags, item, W, H, None)
+    assert (camera.fx, camera.fy, source) == (40.0, 41.0, "user (--fx --fy --cx --cy)")
+    by_name = {"a": {"fx": 30, "fy": 30, "cx": 22, "cy": 14.5}}
+    camera, source, _ = infer.resolve_intrinsics(_args(infer, str(path), "--out", "x", "--intrinsics", "c.json"),
+                                                 item, W, H, by_name)
+    assert camera.fx == 30 and source == "user (--intrinsics)"
+    with pytest.raises(ValueError, match="all four"):
+        infer.resolve_intrinsics(_args(infer, str(path), "--out", "x", "--fx", "40"), item, W, H, None)
+    with pytest.raises(ValueError, match="fx and fy must be > 0"):
+        infer.resolve_intrinsics(_args(infer, str(path), "--out", "x", "--fx", "-1", "--fy", "40", "--cx", "22",
+                                       "--cy", "14"), item, W, H, None)
+    with pytest.raises(ValueError, match="principal point"):
+        infer.resolve_intrinsics(_args(infer, str(path), "--out", "x", "--fx", "40", "--fy", "40", "--cx", "400",
+                                       "--cy", "14"), item, W, H, None)
+
+
+@pytest.mark.slow  # imports diffusers + transformers + Lightning once (most of its time)
+def test_folder_with_a_corrupt_image_runs_stage1_and_stage2_end_to_end(infer, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    _photo(folder / "a.png", 1)
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    _photo(folder / "c.jpg", 2, f35=28)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="skipping"):
+        assert infer.main([str(folder), "--out", str(out), "--steps", "1", *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["name"] for r in summary["images"]] == ["a", "c"]
+    assert [s["name"] for s in summary["skipped"]] == ["b"]
+    assert summary["stage1"]["random_weights"] and summary["stage2"]["random_weights"]
+    a, c = summary["images"]
+    assert a["intrinsics_source"] == "default" and c["intrinsics_source"] == "exif"
+    assert a["working_size_hw"] == [42, 56] and a["size_hw"] == [H, W]
+    # Default K: Stage-2 training strengths [4, 10, 24] px*m at 112 px, scaled to the 45 px photo.
+    assert a["stack"]["K_px_m_input"] == pytest.approx([4 * W / 112, 10 * W / 112, 24 * W / 112])
+    depth = np.load(out / "a" / "depth.npy")
+    assert depth.shape == (H, W) and depth.dtype == np.float32 and (depth > 0).all()
+    for name in ("depth.png", "stack.png", "cloud.ply"):
+        assert (out / "a" / name).stat().st_size > 0
+    from bokeh.pointcloud import read_point_cloud
+
+    assert len(read_point_cloud(out / "a" / "cloud.ply").points) == H * W  # outlier removal off: every pixel
+
+
+def _stage2_checkpoint(path: Path) -> None:
+    import lightning
+    from omegaconf import OmegaConf
+
+    from lightning_modules.config import load_config
+    from lightning_modules.stage2 import Stage2Module
+
+    cfg = OmegaConf.to_container(load_config(["model/stage2_tiny.yaml"]), resolve=True)
+    cfg.update(use_stack=True, data={"synthetic": {"K_px_m": [2.0, 5.0], "width": 56}})
+    module = Stage2Module(cfg)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move the weights off their initialisation so that the depth varies across the picture
+        for parameter in module.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"cfg": cfg},
+                "pytorch-lightning_version": lightning.__version__}, path)
+
+
+@pytest.mark.slow
+def test_checkpoint_with_real_frames_matches_the_model_and_scales_K(infer, tmp_path: Path) -> None:
+    from lightning_modules.stage2 import Stage2Module
+
+    ckpt = tmp_path / "s2.ckpt"
+    _stage2_checkpoint(ckpt)
+    _photo(tmp_path / "ref.png", 3)
+    _photo(tmp_path / "wide.png", 4)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"image": "ref.png", "stack": ["wide.png"], "K_px_m": [6.0],
+                                                     "fx": 50, "fy": 50, "cx": 22, "cy": 14.5}) + "\n")
+    out = tmp_path / "out"
+    assert infer.main([str(tmp_path / "rows.jsonl"), "--stack", "real", "--checkpoint", str(ckpt), "--out", str(out),
+                       "--no-cloud", *FAST]) == 0
+    record = json.loads((out / "summary.json").read_text())["images"][0]
+    h, w = record["working_size_hw"]
+    assert record["stack"]["K_px_m_working"] == pytest.approx([6.0 * w / W])  # K follows the width
+    assert record["intrinsics_source"] == "manifest" and record["intrinsics"]["fx"] == 50
+    module = Stage2Module.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False).eval()
+    from bokeh.io import read_image
+
+    ref = infer._resize(read_image(tmp_path / "ref.png")[None], (h, w))
+    wide = infer._resize(read_image(tmp_path / "wide.png")[None], (h, w))
+    with torch.no_grad():
+        expected = module(ref, wide[:, None], torch.tensor([[6.0 * w / W]]))
+    expected = F.interpolate(expected, size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+    depth = np.load(out / "ref" / "depth.npy")
+    np.testing.assert_allclose(depth, expected, rtol=1e-5)
+    assert depth.std() > 1e-4  # a real picture of depth, not a constant
+
+
+def test_physics_stack_renders_from_the_given_depth(infer, tmp_path: Path) -> None:
+    pytest.importorskip("physics.render")
+    photo = _photo(tmp_path / "p.png", 5)
+    depth = np.linspace(1.0, 4.0, H * W, dtype=np.float32).reshape(H, W)
+    np.save(tmp_path / "d.npy", depth)
+    out = tmp_path / "out"
+    assert infer.main([str(photo), "--stack", "physics", "--stack-depth", str(tmp_path / "d.npy"), "--K", "20",
+                       "--out", str(out), "--no-cloud", *FAST]) == 0
+    stack = json.loads((out / "summary.json").read_text())["images"][0]["stack"]
+    assert stack["kind"].startswith("physics") and stack["focus_m"] == pytest.approx(np.quantile(depth, 0.05), 1e-3)
+
+
+def test_existing_output_is_refused_unless_overwrite(infer, tmp_path: Path, capsys) -> None:
+    photo = _photo(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    argv = [str(photo), "--out", str(out), "--stack", "none", "--no-cloud", *FAST]
+    assert infer.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert infer.main(argv + ["--overwrite"]) == 0 and (out / "a" / "depth.npy").exists()
+
+
+def test_bad_inputs_are_refused_with_a_reason(infer, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert infer.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o1")]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    photo = _photo(tmp_path / "a.png")
+    small = _photo(tmp_path / "small.png", size=(20, 10))
+    assert infer.main([str(photo), "--stack", "real", "--frames", str(small), "--frame-K", "3", "--out",
+                       str(tmp_path / "o2"), "--no-cloud", *FAST]) == 2
+    assert "small.png is 20x10 but the photo is 45x30" in capsys.readouterr().err
+    assert infer.main([str(photo), "--stack", "real", "--out", str(tmp_path / "o3"), *FAST]) == 2
+    assert "needs frames and their K" in capsys.readouterr().err
+    assert infer.main([str(photo), "--K", "3,-1", "--out", str(tmp_path / "o4"), *FAST]) == 2
+    assert ">= 0" in capsys.readouterr().err
+    assert infer.main([str(tmp_path / "missing.png"), "--out", str(tmp_path / "o5")]) == 2
+    assert "not found" in capsys.readouterr().err
