@@ -478,14 +478,19 @@ def dfd_indoor_intrinsics(width: int, height: int) -> Intrinsics:
     return Intrinsics(fx, fx, (width - 1) / 2.0, (height - 1) / 2.0)
 
 
-def dfd_indoor_dataset(root: str | Path, *, image: str = "f8", index: str = "index.csv", **kwargs: Any
-                       ) -> RGBDDataset:
+def dfd_indoor_dataset(root: str | Path, *, image: str = "f8", index: str = "index.csv", focus_m: float = 1.7,
+                       **kwargs: Any) -> RGBDDataset:
     """Aperture pairs with depth (DFD-indoor layout): ``index.csv`` with id, rgb_f2_8, rgb_f8, depth_mm.
 
     ``image`` picks the exposure returned as ``image`` ("f8": deep depth of field, the usual model input; or
-    "f2_8"); the other one is ``frames`` [1, 3, H, W] with ``frame_f_numbers``. Depth is millimetres (dense,
-    holes filled by the dataset authors); caps default to 0.5..4 m where the values are measured.
+    "f2_8"); the other one is ``frames`` [1, 3, H, W] with ``frame_f_numbers`` and ``K_px_m`` [1]: the thin-lens
+    strength of that frame at the image's width, ``K = f^2 s1 / (2 N (s1 - f)) * W / sensor_width``
+    (physics.camera.k_from_lens; 6.1 px*m at f/2.8 and 2.1 at f/8 for 645 px), with the focus distance
+    ``focus_m`` (not recorded by the dataset; ~1.6-1.7 m measured from the f/2.8 blur). Depth is millimetres
+    (dense, holes filled by the dataset authors); caps default to 0.5..4 m where the values are measured.
     """
+    from physics.camera import k_from_lens  # noqa: PLC0415 - physics is the lower layer; imported when used
+
     root = Path(root)
     index_path = root / index
     if not index_path.is_file():
@@ -511,10 +516,13 @@ def dfd_indoor_dataset(root: str | Path, *, image: str = "f8", index: str = "ind
         except ValueError:
             pass  # reported (and skipped) by the dataset's checks
         camera = dfd_indoor_intrinsics(*width_height) if width_height else Intrinsics(1.0, 1.0, 0.0, 0.0)
+        K = k_from_lens(DFD_INDOOR_CAMERA["f_mm"], f_numbers[other], focus_m, width_height[0],
+                        sensor_width_mm=DFD_INDOOR_CAMERA["sensor_width_mm"]) if width_height else 0.0
         records.append(Record(
             name=row["id"], image_path=image_path, depth_path=root / row["depth_mm"], intrinsics=camera,
             depth_scale=1000.0, frame_paths={other: root / row[f"rgb_{other}"]},
             meta={"f_number": f_numbers[image], "frame_f_numbers": torch.tensor([f_numbers[other]]),
+                  "K_px_m": torch.tensor([K], dtype=torch.float32), "focus_m": float(focus_m),
                   "f_mm": DFD_INDOOR_CAMERA["f_mm"]},
         ))
     return RGBDDataset(records, kind="dfd_indoor", source=str(root), **kwargs)

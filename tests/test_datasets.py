@@ -148,6 +148,10 @@ def test_aperture_pairs_dfd_layout(tmp_path: Path) -> None:
     assert sample["frames"].shape == (1, 3, 29, 43)
     assert sample["f_number"] == 8.0 and sample["frame_f_numbers"].tolist() == [pytest.approx(2.8)]
     assert sample["depth_m"].unique().tolist() == [pytest.approx(1.701)]
+    # Thin-lens K of the f/2.8 frame at this width: f^2 s1 / (2 N (s1 - f)) * W / sensor width, focus 1.7 m.
+    f, s1 = 0.035, 1.7
+    expected_K = f * f * s1 / (2 * 2.8 * (s1 - f)) * 43 / 0.0236
+    assert sample["K_px_m"].tolist() == [pytest.approx(expected_K, rel=1e-5)] and sample["focus_m"] == 1.7
     # f/2.8 as the image: the f/8 photo becomes the extra frame.
     swapped = dfd_indoor_dataset(root, image="f2_8")[1]
     assert torch.equal(swapped["frames"][0], sample["image"]) and swapped["f_number"] == 2.8
