@@ -676,29 +676,41 @@ class FileDataModule(L.LightningDataModule):
 
 
 def build_datamodule(data_cfg: Mapping[str, Any]) -> L.LightningDataModule:
-    """Build a DataModule from ``cfg.data`` (``kind``: synthetic | manifest | aperture_pairs).
+    """Build a DataModule from ``cfg.data``: loader settings at the top, one section per dataset kind.
 
-    synthetic: the keyword arguments of :class:`SyntheticStackDataModule`.
-    manifest: ``train``/``val``/``test`` manifest paths (null to skip), ``crop``, ``resize``, ``hflip``,
-        ``depth_scale``, ``min_depth_m``, ``max_depth_m``, ``batch_size``, ``num_workers``.
-    aperture_pairs: ``root`` and the keyword arguments of :class:`AperturePairsDataset`; used for every split.
+        data:
+          kind: synthetic            # synthetic | manifest | aperture_pairs: which section below is used
+          batch_size: 16             # per process
+          eval_batch_size: 32
+          num_workers: 0
+          synthetic: {...}           # keyword arguments of SyntheticStackDataModule
+          manifest: {train, val, test (paths or null), crop, resize, hflip, depth_scale, min_depth_m, max_depth_m}
+          aperture_pairs: {...}      # keyword arguments of AperturePairsDataset (root, ...); used for every split
+
+    Sections of other kinds are ignored, so configs of several kinds can be merged and switched with ``data.kind``.
     """
     from omegaconf import DictConfig, OmegaConf
 
     cfg = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
-    kind = cfg.pop("kind", "synthetic")
+    kind = cfg.get("kind", "synthetic")
+    kinds = ("synthetic", "manifest", "aperture_pairs")
+    if kind not in kinds:
+        raise DataError(f"data.kind='{kind}' is unknown; expected one of {', '.join(kinds)}")
+    loader = {k: cfg[k] for k in ("batch_size", "eval_batch_size", "num_workers") if k in cfg}
+    section = dict(cfg.get(kind) or {})
     if kind == "synthetic":
-        return SyntheticStackDataModule(**cfg)
-    loader = {k: cfg.pop(k) for k in ("batch_size", "eval_batch_size", "num_workers") if k in cfg}
+        return SyntheticStackDataModule(**section, **loader)
     if kind == "manifest":
-        splits = {s: cfg.pop(s, None) for s in ("train", "val", "test")}
-        crop, hflip = cfg.pop("crop", None), cfg.pop("hflip", False)
+        splits = {s: section.pop(s, None) for s in ("train", "val", "test")}
+        if not any(splits.values()):
+            raise DataError("data.manifest needs at least one of train / val / test (JSONL manifest paths)")
+        crop, hflip = section.pop("crop", None), section.pop("hflip", False)
         datasets = {
-            s: ManifestDataset(p, crop=crop, random_crop=(s == "train"), hflip=hflip and s == "train", **cfg) if p else None
+            s: ManifestDataset(p, crop=crop, random_crop=(s == "train"), hflip=bool(hflip) and s == "train", **section) if p else None
             for s, p in splits.items()
         }
         return FileDataModule(datasets, **loader)
-    if kind == "aperture_pairs":
-        ds = AperturePairsDataset(**cfg)
-        return FileDataModule({"train": ds, "val": ds, "test": ds}, **loader)
-    raise DataError(f"data.kind='{kind}' is unknown; expected one of synthetic, manifest, aperture_pairs")
+    if "root" not in section or not section["root"]:
+        raise DataError("data.aperture_pairs.root must name the folder holding the index CSV")
+    ds = AperturePairsDataset(**section)
+    return FileDataModule({"train": ds, "val": ds, "test": ds}, **loader)

@@ -47,8 +47,8 @@ class Stage2Module(L.LightningModule):
         metrics_cfg = cfg.get("metrics", {})
         self.min_depth_m = float(metrics_cfg.get("min_depth_m", 1e-3))
         self.max_depth_m = float(metrics_cfg.get("max_depth_m", 100.0))
-        self.val_metrics = DepthMetrics()
-        self.test_metrics = DepthMetrics()
+        self.val_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
+        self.test_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
         self.test_results: dict[str, float] = {}
 
     # ------------------------------------------------------------------ forward / loss
@@ -92,9 +92,8 @@ class Stage2Module(L.LightningModule):
         values = {k: float(v) for k, v in metrics.compute().items()}  # torchmetrics syncs across processes here
         metrics.reset()
         # Values are already global; sync_dist averages identical numbers (and silences Lightning's warning).
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=True)
-        if "abs_rel" in values:
-            self.log(f"{prefix}/abs_rel", values["abs_rel"], prog_bar=True, sync_dist=True)
+        for k, v in values.items():
+            self.log(f"{prefix}/{k}", v, prog_bar=(k == "abs_rel"), sync_dist=True)
         return values
 
     def on_validation_epoch_end(self) -> None:
@@ -142,12 +141,29 @@ class warmup_cosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+# Keys a Stage-2 config may hold (None: anything below, checked by the builder of that section).
+CONFIG_SCHEMA: dict[str, Any] = {
+    "task": None, "name": None, "seed": None, "ckpt_path": None, "compare_base": None, "base_overrides": None,
+    "use_stack": None, "trainer": None, "model": None,
+    "run": {"root": None, "dir": None, "overwrite": None},
+    "loss": {"silog_lambda": None},
+    "optim": {"lr": {"dsfa": None, "encoder": None, "decoder": None}, "weight_decay": None, "betas": None,
+              "warmup_steps": None, "warmup_ratio": None, "min_lr_ratio": None},
+    "metrics": {"min_depth_m": None, "max_depth_m": None},
+    "log": {"num_images": None},
+    "data": {"kind": None, "batch_size": None, "eval_batch_size": None, "num_workers": None,
+             "synthetic": None, "manifest": None, "aperture_pairs": None},
+}
+
+
 def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:
     """Build (LightningModule, DataModule) from a task config; unknown keys raise ConfigError naming them."""
     from lightning_modules.data import build_datamodule
-    from lightning_modules.tasks import config_call
+    from lightning_modules.tasks import check_keys, config_call
 
-    datamodule = config_call(build_datamodule, cfg.data, "data")
+    check_keys(_container(cfg), CONFIG_SCHEMA)
+    kind = cfg.data.get("kind", "synthetic")
+    datamodule = config_call(build_datamodule, cfg.data, f"data.{kind}")
     module = config_call(Stage2Module, cfg, "model")
     return module, datamodule
 
@@ -181,7 +197,7 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
 
     With ``compare_base`` the variants train in ``<run_dir>/base`` and ``<run_dir>/bokehdepth`` from the same seed
     on the same cached data; the comparison is printed and written as ``comparison.json`` / ``comparison.md``.
-    ``resume`` continues each unfinished variant from its last.ckpt and skips finished ones.
+    ``resume`` continues each variant from its last.ckpt (a finished one stops at once and is tested again).
     """
     from bokeh.io import write_json, write_text
 
@@ -200,12 +216,6 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     for name, vcfg in variants.items():
         sub = run_dir / name if multi else run_dir
         done = sub / "result.json"
-        if resume and done.is_file():
-            import json
-
-            results[name] = json.loads(done.read_text())
-            print(f"[{name}] finished earlier; result read from {done}")
-            continue
         from lightning_modules.tasks import find_last_checkpoint
 
         L.seed_everything(seed, workers=True, verbose=False)  # same data order for every variant

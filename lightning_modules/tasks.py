@@ -34,27 +34,34 @@ def get_task(name: str) -> ModuleType:
 
 
 def config_call(fn: Callable[..., Any], cfg: Any, prefix: str) -> Any:
-    """Call ``fn(cfg)``; an unexpected keyword from a config section becomes a ConfigError naming ``prefix.key``."""
+    """Call ``fn(cfg)``; an unknown key inside a config section becomes a ConfigError naming ``<prefix>.<key>``.
+
+    Recognised: ``TypeError: ... unexpected keyword argument 'x'`` (a section passed as **kwargs) and
+    ``ValueError: unknown ... key 'x'`` (builders that check their own keys, e.g. bokeh.depth.build_depth_model).
+    """
     try:
         return fn(cfg)
-    except TypeError as error:
-        match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    except (TypeError, ValueError) as error:
+        text = str(error)
+        match = re.search(r"unexpected keyword argument '([\w.]+)'", text) or re.search(r"unknown [\w -]*key '([\w.]+)'", text)
         if not match:
             raise
-        key = match.group(1)
-        allowed = _allowed_keys(fn, cfg)
-        raise ConfigError(f"config key '{prefix}.{key}' is unknown" + (f"; expected one of {allowed}" if allowed else "")) from error
+        raise ConfigError(f"config key '{prefix}.{match.group(1)}' is unknown ({text})") from error
 
 
-def _allowed_keys(fn: Callable[..., Any], cfg: Any) -> list[str]:
-    try:
-        from lightning_modules.data import SyntheticStackDataModule
+def check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
+    """Every key of ``cfg`` must be in ``schema`` (a nested dict; a value None means "anything below")."""
+    import difflib
 
-        kind = cfg.get("kind", "synthetic") if hasattr(cfg, "get") else None
-        target = SyntheticStackDataModule.__init__ if kind == "synthetic" else fn
-        return sorted(p for p in inspect.signature(target).parameters if p not in ("self", "cfg", "data_cfg"))
-    except (TypeError, ValueError, ImportError):
-        return []
+    for key in cfg:
+        if key not in schema:
+            hint = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            raise ConfigError(
+                f"config key '{prefix}{key}' is unknown; expected one of {sorted(schema)}" + (f" (did you mean '{prefix}{hint[0]}'?)" if hint else "")
+            )
+        sub = schema[key]
+        if isinstance(sub, Mapping) and isinstance(cfg[key], Mapping):
+            check_keys(cfg[key], sub, f"{prefix}{key}.")
 
 
 def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:

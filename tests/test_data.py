@@ -157,8 +157,9 @@ def test_depth_without_valid_pixel_is_an_error(tmp_path):
 def test_manifest_datamodule_batches(tmp_path):
     recs = [_write_sample(tmp_path, n) for n in "abc"]
     _write_manifest(tmp_path / "train.jsonl", recs)
-    dm = build_datamodule({"kind": "manifest", "train": str(tmp_path / "train.jsonl"), "val": str(tmp_path / "train.jsonl"),
-                           "test": None, "crop": [28, 28], "hflip": True, "batch_size": 2})
+    dm = build_datamodule({"kind": "manifest", "batch_size": 2, "synthetic": {"height": 5},  # other kinds ignored
+                           "manifest": {"train": str(tmp_path / "train.jsonl"), "val": str(tmp_path / "train.jsonl"),
+                                        "test": None, "crop": [28, 28], "hflip": True}})
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 28, 28) and batch["stack"].shape == (2, 2, 3, 28, 28)
     assert batch["K_px_m"].shape == (2, 2) and batch["valid"].dtype == torch.bool

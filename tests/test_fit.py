@@ -1,0 +1,109 @@
+"""tools/fit.py: a fast_dev_run, a real one-epoch run with its run dir, resume from last.ckpt, config errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _fit_main():
+    spec = importlib.util.spec_from_file_location("bokehdepth_tool_fit", REPO / "tools" / "fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_fast_dev_run_compares_base_and_bokehdepth(tmp_path, capsys):
+    results = _fit_main()(["--config", "stage2_smoke", f"run.root={tmp_path}", "trainer.fast_dev_run=true"])
+    run_dir = Path(results["bokehdepth"]["run_dir"]).parent
+    assert run_dir.parent == tmp_path / "stage2_smoke"
+    table = json.loads((run_dir / "comparison.json").read_text())
+    assert set(table["base"]) >= {"abs_rel", "rmse", "delta1", "silog"}
+    assert table["abs_rel_ratio"] == pytest.approx(table["bokehdepth"]["abs_rel"] / table["base"]["abs_rel"])
+    assert "AbsRel ratio" in (run_dir / "comparison.md").read_text()
+    assert "| abs_rel" in capsys.readouterr().out
+
+
+def test_run_dir_checkpoints_and_resume(tmp_path):
+    main = _fit_main()
+    run = tmp_path / "run"
+    first = main(["--config", "stage2_smoke", f"run.dir={run}", "compare_base=false", "optim.lr.encoder=0.0003"])
+    # the resolved config is saved (includes merged, override applied), loggers and checkpoints are there
+    saved = (run / "config.yaml").read_text()
+    assert "encoder: 0.0003" in saved and "task: stage2" in saved and "accelerator: cpu" in saved
+    assert (run / "logs" / "metrics.csv").is_file() and any((run / "tensorboard").iterdir())
+    assert (run / "checkpoints" / "last.ckpt").is_file() and list((run / "checkpoints").glob("best*.ckpt"))
+    assert list((run / "images").glob("val_epoch000.png")) and (run / "images" / "test.png").is_file()
+    steps_per_epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert steps_per_epoch == 2  # 8 scenes / batch 4
+    # per-group learning rates reached the optimiser
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]
+    assert sorted(g["name"] for g in state["param_groups"]) == ["decoder", "dsfa", "encoder"]
+    assert {g["name"]: g["initial_lr"] for g in state["param_groups"]}["encoder"] == pytest.approx(3e-4)
+    assert set(first["bokehdepth"]["test"]) >= {"abs_rel", "delta1"}
+    # resume: the same run dir, training continues from epoch 1 to 2
+    second = main(["--config", "stage2_smoke", f"run.dir={run}", "compare_base=false", "ckpt_path=last", "trainer.max_epochs=2"])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2 * steps_per_epoch and ckpt["epoch"] == 1
+    assert (run / "config_resume.yaml").is_file()
+    assert second["bokehdepth"]["run_dir"] == str(run)
+
+
+def test_ckpt_path_last_without_a_run_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="ckpt_path=last: no earlier run"):
+        _fit_main()(["--config", "stage2_smoke", f"run.root={tmp_path}", "ckpt_path=last"])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr.encodr=1e-3", r"unknown key 'optim.lr.encodr'.*did you mean 'encoder'"),
+        ("trainer.max_epochs=two", r"trainer.max_epochs=.two.*expected an integer"),
+        ("data.synthetic.num_train=1.5", r"data.synthetic.num_train.*expected an integer"),
+        ("task=stage9", r"task='stage9' is unknown"),
+    ],
+)
+def test_override_errors_name_the_key_and_write_nothing(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _fit_main()(["--config", "stage2_smoke", f"run.root={tmp_path}", override])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("optim:\n  lr: {dsfa: 1.0e-3, encoder: 1.0e-3, decoder: 1.0e-3, dfsa: 1.0}\n", r"'optim.lr.dfsa' is unknown"),
+        ("trainer:\n  max_epoch: 3\n", r"'trainer.max_epoch' is not a lightning.Trainer argument.*max_epochs"),
+        ("model:\n  dsfa: {k_scal: 3.0}\n", r"'model.dsfa.k_scal' is unknown"),
+        ("data:\n  synthetic: {num_trian: 3}\n", r"'data.synthetic.num_trian' is unknown"),
+        ("data:\n  batch_sise: 3\n", r"'data.batch_sise' is unknown.*did you mean 'data.batch_size'"),
+    ],
+)
+def test_typos_in_config_files_name_the_key_and_write_nothing(tmp_path, yaml_text, message):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml_text)
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=message):
+        _fit_main()(["--config", "stage2_smoke", "--config", str(extra), f"run.root={runs}"])
+    assert not runs.exists()
+
+
+def test_cli_reports_config_errors_with_exit_code(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "fit.py"), "--config", "stage2_smoke", f"run.root={tmp_path}", "optim.lr.dsfa=fast"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "config error" in proc.stderr and "optim.lr.dsfa" in proc.stderr and "expected a number" in proc.stderr
+    assert not any(tmp_path.iterdir())
