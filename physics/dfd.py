@@ -13,8 +13,8 @@
    ``K_rel = sqrt(K^2 - K_ref^2)`` of the extra blur (a disk convolved with a disk has the second moment of a disk
    with the quadratic sum of the radii).
 
-Hand-written here: disk blurs of one reference at many radii share one FFT (kornia has no disk kernel or
-per-radius FFT bank); local windows use kornia's box blur.
+Hand-written here: blurs of one reference at many radii share one FFT (kornia has no disk kernel or per-radius
+FFT bank); kernels come from physics.aperture, local windows from kornia's box blur.
 """
 
 from __future__ import annotations
@@ -26,29 +26,18 @@ import kornia
 import torch
 import torch.nn.functional as F
 
+from physics.aperture import Aperture, make_aperture
 from physics.camera import check_focus, check_k
 
 
-def disk_kernel(radius_px: float, size: int | None = None, *, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised disk PSF [S,S] of radius ``radius_px`` with an anti-aliased rim (coverage ``clamp(r+0.5-dist)``).
+def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor,
+              aperture: str | Aperture = "disk") -> torch.Tensor:
+    """Blur ``image`` [B,C,H,W] by aperture spots of every radius in ``radii_px`` (C_r radii) -> [C_r,B,C,H,W].
 
-    Pixel-area sampling: a disk of radius <= 0.5 px lies inside its centre pixel, so it is a delta.
-    ``size`` (odd) defaults to ``2*ceil(r+1)+1``.
+    Kernels are :mod:`physics.aperture`'s (soft rim, unit area). One FFT of the reflect-padded image, one product
+    per radius (exact linear convolution inside the frame).
     """
-    if radius_px < 0 or not math.isfinite(radius_px):
-        raise ValueError(f"radius_px must be finite and >= 0, got {radius_px}")
-    half = (size // 2) if size is not None else int(math.ceil(radius_px + 1))
-    ax = torch.arange(-half, half + 1, dtype=dtype, device=device)
-    dist = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2)
-    k = (radius_px + 0.5 - dist).clamp(0.0, 1.0)
-    return k / k.sum()
-
-
-def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """Blur ``image`` [B,C,H,W] by disks of every radius in ``radii_px`` (C_r radii) -> [C_r,B,C,H,W].
-
-    One FFT of the reflect-padded image, one product per radius (exact linear convolution inside the frame).
-    """
+    ap = make_aperture(aperture)
     radii = [float(r) for r in (radii_px.tolist() if isinstance(radii_px, torch.Tensor) else radii_px)]
     pad = int(math.ceil(max(radii) + 1)) + 1
     b, c, h, w = image.shape
@@ -57,7 +46,7 @@ def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor) -> 
     ph, pw = padded.shape[-2:]
     spec = torch.fft.rfft2(padded)
     size = 2 * pad + 1
-    kernels = torch.stack([disk_kernel(r, size, dtype=image.dtype, device=image.device) for r in radii])
+    kernels = torch.stack([ap.kernel(r, half_size=pad, dtype=image.dtype, device=image.device) for r in radii])
     # place each kernel centred at (0, 0) of a [ph, pw] canvas (circular shift), then its spectrum
     canvas = torch.zeros(len(radii), ph, pw, dtype=image.dtype, device=image.device)
     canvas[:, :size, :size] = kernels
@@ -78,7 +67,8 @@ def _to_linear(x: torch.Tensor, color_space: str) -> torch.Tensor:
 def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_radius_px: float,
                          step_px: float = 0.25, window_px: int = 9, color_space: str = "srgb",
                          reference_blur_ratio: float | Sequence[float] | torch.Tensor = 0.0,
-                         noise_floor: float = 1e-5, return_confidence: bool = False,
+                         aperture: str | Aperture = "disk", noise_floor: float = 1e-5,
+                         return_confidence: bool = False,
                          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel disk blur radius of each frame of a stack.
 
@@ -96,6 +86,7 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
         step_px: candidate spacing (px). window_px: side of the square error window (px, odd).
         color_space: "srgb" (inputs in sRGB, matched in linear light) or "linear".
         reference_blur_ratio: rho, a float or N values in [0, 1).
+        aperture: spot shape of the candidates (:func:`physics.aperture.make_aperture`), "disk" by default.
         noise_floor: added to the error in the confidence denominator (squared linear units).
     Returns:
         radius_px [B,N,1,H,W] (unsigned frame radius, px) and, with ``return_confidence``, confidence
@@ -122,15 +113,16 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     frm = _to_linear(frames, color_space)
     n_cand = int(math.floor(max_radius_px / step_px + 1e-6)) + 1
     radii = [i * step_px for i in range(n_cand)]
-    bank = blur_bank(ref, radii)  # [C,B,3,H,W]
-    norm_ref = torch.tensor([float((disk_kernel(r) ** 2).sum()) for r in radii], dtype=ref.dtype)
+    ap = make_aperture(aperture)
+    bank = blur_bank(ref, radii, ap)  # [C,B,3,H,W]
+    norm_ref = torch.tensor([float((ap.kernel(r) ** 2).sum()) for r in radii], dtype=ref.dtype)
     h, w = ref.shape[-2:]
     errors = []
     for i in range(n):  # N is small (2-6 frames); each step is one batched window filter over all candidates
         rho = float(ratios[i])
         if rho > 0:
-            frame_bank = blur_bank(frm[:, i], [rho * r for r in radii])  # [C,B,3,H,W]
-            norm_frm = torch.tensor([float((disk_kernel(rho * r) ** 2).sum()) for r in radii], dtype=ref.dtype)
+            frame_bank = blur_bank(frm[:, i], [rho * r for r in radii], ap)  # [C,B,3,H,W]
+            norm_frm = torch.tensor([float((ap.kernel(rho * r) ** 2).sum()) for r in radii], dtype=ref.dtype)
         else:
             frame_bank = frm[:, i][None]
             norm_frm = torch.ones(n_cand, dtype=ref.dtype)
@@ -244,5 +236,5 @@ def depth_from_aperture_pair(sharp: torch.Tensor, wide: torch.Tensor, K_sharp_px
     return {"radius_px": radius[:, 0], "confidence": conf[:, 0], "inv_depth_offset": delta, "depth_m": depth}
 
 
-__all__ = ["blur_bank", "depth_from_aperture_pair", "depth_from_bokeh_sweep", "disk_kernel",
+__all__ = ["blur_bank", "depth_from_aperture_pair", "depth_from_bokeh_sweep",
            "estimate_blur_radius", "relative_k"]

@@ -8,11 +8,11 @@ import kornia
 import pytest
 import torch
 
+from physics.aperture import disk_kernel
 from physics.dfd import (
     blur_bank,
     depth_from_aperture_pair,
     depth_from_bokeh_sweep,
-    disk_kernel,
     estimate_blur_radius,
     relative_k,
 )
@@ -98,14 +98,6 @@ def test_sweep_bad_inputs():
 
 
 # ---- disk blur and radius estimation --------------------------------------------------------------------------------
-
-
-def test_disk_kernel_normalised_with_disk_area():
-    k = disk_kernel(6.0)
-    assert k.sum().item() == pytest.approx(1.0, abs=1e-6)
-    support = (k > 0).sum().item()
-    assert abs(support - math.pi * 6.5**2) < 0.1 * math.pi * 36  # anti-aliased rim reaches r + 0.5
-    assert disk_kernel(0.4).max().item() == 1.0  # inside the centre pixel: a delta
 
 
 def test_blur_bank_matches_direct_convolution():
