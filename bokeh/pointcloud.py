@@ -558,6 +558,7 @@ def lift_compare_render(depths: Mapping[str, Any], intrinsics: Any, *, image: An
         image: optional [3, H, W] sRGB in [0, 1] colouring every cloud (else coloured by depth).
         gt_depth_m: optional ground truth [1, H, W]: lifted as ``gt_label`` and each depth compared with it
             (:func:`compare_depth_clouds`, on pixels valid in the ground truth and ``valid``).
+        valid: optional [1, H, W] bool mask (e.g. a dataset's caps and crop) applied to every cloud and metric.
         out_dir: where to write ``cloud_<label>.ply``, ``render_<label>_<view>.png`` and ``side_by_side.png``;
             None writes nothing. Existing files are refused unless ``overwrite``.
         voxel_size_m / outlier_std_ratio / outlier_neighbors: cleaning (:func:`clean_point_cloud`) of the
@@ -585,7 +586,7 @@ def lift_compare_render(depths: Mapping[str, Any], intrinsics: Any, *, image: An
     summary: dict[str, Any] = {"clouds": {}, "metrics": {}, "files": {}}
     clouds = {}
     for label, depth in maps.items():
-        cloud = depth_to_point_cloud(depth, intrinsics, image, valid if label != gt_label else None,
+        cloud = depth_to_point_cloud(depth, intrinsics, image, valid,
                                      min_depth_m=min_depth_m, max_depth_m=max_depth_m)
         if len(cloud.points) == 0:
             raise ValueError(f"depth map {label!r} has no valid pixel in [{min_depth_m}, {max_depth_m}] m")
