@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .conditioning import KEmbedding
@@ -35,7 +36,7 @@ class CompactBokehUNet(nn.Module):
     """
 
     def __init__(self, unet: dict[str, Any] | None = None, *, k_scale: float = 30.0, residual_scale: float = 4.0,
-                 num_k_tokens: int = 1) -> None:
+                 num_k_tokens: int = 1, space_to_depth: int = 1) -> None:
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -43,13 +44,17 @@ class CompactBokehUNet(nn.Module):
         cfg.update(dict(unet or {}))
         for key in ("block_out_channels", "down_block_types", "up_block_types"):
             cfg[key] = tuple(cfg[key])
-        cfg.update(in_channels=6, out_channels=3)
+        # space_to_depth > 1 folds s x s pixel blocks into channels (pixel_unshuffle) so the UNet's first level runs
+        # at 1/s resolution: s^2 times fewer positions for the same receptive field, the main cost lever on a CPU.
+        self.space_to_depth = int(space_to_depth)
+        s2 = self.space_to_depth**2
+        cfg.update(in_channels=6 * s2, out_channels=3 * s2)
         self.unet = UNet2DConditionModel(**cfg)
         self.context_dim = int(cfg["cross_attention_dim"])
         self.k_embed = KEmbedding(self.context_dim, k_scale=k_scale, num_tokens=num_k_tokens)
         self.const_tokens = nn.Parameter(torch.randn(1, 1, self.context_dim) * 0.02)
         self.residual_scale = float(residual_scale)
-        self.size_multiple = 2 ** (len(cfg["block_out_channels"]) - 1)
+        self.size_multiple = 2 ** (len(cfg["block_out_channels"]) - 1) * self.space_to_depth
         # Start as the identity (zero residual): the output conv predicts exactly zero at init.
         nn.init.zeros_(self.unet.conv_out.weight)
         nn.init.zeros_(self.unet.conv_out.bias)
@@ -67,8 +72,11 @@ class CompactBokehUNet(nn.Module):
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"CompactBokehUNet needs H, W divisible by {self.size_multiple}, got {h}x{w}")
         inp = torch.cat([x_t, sharp * 2.0 - 1.0], dim=1)
+        if self.space_to_depth > 1:
+            inp = F.pixel_unshuffle(inp, self.space_to_depth)
         sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        return self.unet(inp, sigma * 1000.0, encoder_hidden_states=self.context(K_px_m, null_mask)).sample
+        out = self.unet(inp, sigma * 1000.0, encoder_hidden_states=self.context(K_px_m, null_mask)).sample
+        return F.pixel_shuffle(out, self.space_to_depth) if self.space_to_depth > 1 else out
 
     # state <-> image maps (linear, so exact in both directions)
     def to_image(self, state: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:

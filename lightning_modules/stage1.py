@@ -1,0 +1,528 @@
+"""Stage-1 training: the K-conditioned bokeh generator, calibrated on physics renders.
+
+``python tools/fit.py --config configs/stage1.yaml`` trains the embedded default (compact pixel-space UNet) on
+synthetic scenes; ``configs/stage1_flux_tiny.yaml`` trains the FLUX.1-Kontext K adapter on a tiny Flux built from
+config (``model.flux.pretrained_dir`` points at a user's local FLUX.1-Kontext-dev diffusers folder instead).
+
+Data (``data.kind``):
+- ``synthetic``: physics.scenes, targets rendered by physics.render at K ~ U[K_min, K_max] (metric axis, at the
+  training width) with each scene's own focus (its nearest subject: the subject stays sharp, the rest lies behind
+  the focal plane).
+- ``rgbd_manifest``: a JSONL of {image, depth[, depth_scale][, focus_m]}; targets rendered like the synthetic ones.
+  Focus policy when focus_m is absent: the 5th percentile of valid depth (the nearest subject), documented in
+  :func:`nearest_subject_focus`.
+- ``pairs``: a JSONL of real (sharp, bokeh) photos {image, target, K_px_m | camera: {f_mm, f_number, focus_m,
+  sensor_width_mm | f35_mm}}: the real bokeh photo IS the target (never re-rendered); K from physics.camera.
+
+Checkpoints hold only trainable tensors (the adapter for Flux, the whole compact network otherwise). At the end of
+a fit the generator is exported to ``<run>/generator.safetensors`` (+ ``generator.json``), which
+``tools/make_stack.py`` and ``tools/compare_bokeh.py`` load with :func:`load_generator`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from bokeh.generation import (CompactBokehGenerator, CompactBokehUNet, FluxKontextBokehGenerator, GuidanceConfig,
+                              KRange, install_k_adapter)
+from bokeh.generation.flow import sample_t
+from bokeh.generation.flux_adapter import load_adapter, save_adapter, tiny_flux_transformer, tiny_flux_vae
+from lightning_modules.config import ConfigError
+
+SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+
+
+def _container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig,)) else cfg
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def nearest_subject_focus(depth_m: torch.Tensor, quantile: float = 0.05) -> float:
+    """Focus policy for RGB-D data without a focus distance: the ``quantile`` of valid depth (the nearest subject,
+    so most of the scene lies behind the focal plane, as in the synthetic scenes)."""
+    valid = depth_m[torch.isfinite(depth_m) & (depth_m > 0)]
+    if valid.numel() == 0:
+        raise ValueError("depth map has no valid (finite, > 0) pixel")
+    return float(torch.quantile(valid.float(), quantile))
+
+
+def physics_targets(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: torch.Tensor, focus_m: torch.Tensor,
+                    render_options: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """Physics renders [B,3,H,W] (physics.render.render_bokeh, occlusion-aware) at K [B], focus [B]."""
+    from physics.render import render_bokeh
+
+    with torch.no_grad():
+        out = render_bokeh(image, depth_m, K_px_m, focus_m, **dict(render_options or {}))
+    return out.clamp(0, 1)
+
+
+class SyntheticSplit(Dataset):
+    """physics.scenes scenes of one split (seeds disjoint across splits): image, depth_m, focus_m."""
+
+    def __init__(self, split: str, count: int, height: int, width: int, seed: int, scene_options: Mapping[str, Any]):
+        from physics.scenes import make_scene
+
+        self.make_scene = make_scene
+        self.count, self.height, self.width = int(count), int(height), int(width)
+        self.base = int(seed) * 10_000_019 + SPLIT_OFFSETS[split]
+        self.options = dict(scene_options)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene = self.make_scene(self.base + index, self.height, self.width, **self.options)
+        return {"image": scene.image, "depth_m": scene.depth_m, "focus_m": torch.tensor(float(scene.focus_m)),
+                "index": torch.tensor(index)}
+
+
+def _resize_crop(t: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """Scale so the image covers (height, width), then centre-crop (aspect ratio kept, no distortion)."""
+    h, w = t.shape[-2:]
+    s = max(height / h, width / w)
+    nh, nw = max(height, round(h * s)), max(width, round(w * s))
+    kwargs = {"mode": mode} if mode == "nearest" else {"mode": mode, "align_corners": False, "antialias": True}
+    t = F.interpolate(t[None], size=(nh, nw), **kwargs)[0]
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return t[..., top:top + height, left:left + width]
+
+
+def _read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{i}: not valid JSON ({error})") from error
+    if not rows:
+        raise ValueError(f"manifest {path} has no entries")
+    return rows
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+class RGBDManifest(Dataset):
+    """JSONL rows {image, depth[, depth_scale][, focus_m]}; paths relative to the manifest's folder."""
+
+    def __init__(self, manifest: str | Path, height: int, width: int) -> None:
+        self.rows, self.base = _read_jsonl(manifest), Path(manifest).parent
+        self.height, self.width = height, width
+        for i, row in enumerate(self.rows, 1):
+            for key in ("image", "depth"):
+                if key not in row:
+                    raise ValueError(f"{manifest}:{i}: missing '{key}' (rows need image and depth)")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from bokeh.io import read_depth, read_image
+
+        row = self.rows[index]
+        image = read_image(_resolve(self.base, row["image"]))
+        depth = read_depth(_resolve(self.base, row["depth"]), depth_scale=row.get("depth_scale"))
+        image = _resize_crop(image, self.height, self.width, "bilinear").clamp(0, 1)
+        depth = _resize_crop(depth, self.height, self.width, "nearest")
+        focus = float(row["focus_m"]) if row.get("focus_m") else nearest_subject_focus(depth)
+        depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.full_like(depth, 1e3))
+        return {"image": image, "depth_m": depth, "focus_m": torch.tensor(focus), "index": torch.tensor(index)}
+
+
+def pair_k_px_m(row: Mapping[str, Any], image_width_px: int) -> float:
+    """K of a real bokeh photo: given directly (``K_px_m``, for the stored width) or from its camera settings."""
+    if "K_px_m" in row:
+        return float(row["K_px_m"])
+    cam = row.get("camera")
+    if not cam:
+        raise ValueError("a pair needs K_px_m or camera: {f_mm, f_number, focus_m, sensor_width_mm | f35_mm}")
+    from physics.camera import k_from_lens
+
+    return float(k_from_lens(cam["f_mm"], cam["f_number"], cam["focus_m"], image_width_px,
+                             sensor_width_mm=cam.get("sensor_width_mm"), f35_mm=cam.get("f35_mm")))
+
+
+class PairManifest(Dataset):
+    """Real (sharp, bokeh) pairs used as they are: rows {image, target, K_px_m | camera}. K is converted to the
+    training width (K scales with width)."""
+
+    def __init__(self, manifest: str | Path, height: int, width: int) -> None:
+        self.rows, self.base = _read_jsonl(manifest), Path(manifest).parent
+        self.height, self.width = height, width
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from bokeh.io import read_image
+
+        row = self.rows[index]
+        image = read_image(_resolve(self.base, row["image"]))
+        target = read_image(_resolve(self.base, row["target"]))
+        if image.shape != target.shape:
+            raise ValueError(f"pair {index}: image {tuple(image.shape)} and target {tuple(target.shape)} differ in size")
+        h0, w0 = image.shape[-2:]
+        K = pair_k_px_m(row, w0)
+        image = _resize_crop(image, self.height, self.width, "bilinear").clamp(0, 1)
+        target = _resize_crop(target, self.height, self.width, "bilinear").clamp(0, 1)
+        scale = max(self.height / h0, self.width / w0)
+        return {"image": image, "target": target, "K_px_m": torch.tensor(K * scale), "index": torch.tensor(index)}
+
+
+class Stage1DataModule(L.LightningDataModule):
+    """Train/val/test splits of one data kind (see the module docstring)."""
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.cfg = dict(cfg)
+        kind = self.cfg.get("kind", "synthetic")
+        if kind not in ("synthetic", "rgbd_manifest", "pairs"):
+            raise ConfigError(f"data.kind must be synthetic, rgbd_manifest or pairs, got {kind!r}")
+        self.kind = kind
+        self.splits: dict[str, Dataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.cfg
+        h, w = int(c["height"]), int(c["width"])
+        if self.splits:
+            return
+        if self.kind == "synthetic":
+            syn = dict(c.get("synthetic") or {})
+            for split in ("train", "val", "test"):
+                self.splits[split] = SyntheticSplit(split, int(syn[f"num_{split}"]), h, w, int(c.get("seed", 0)),
+                                                    syn.get("scene_options") or {})
+        else:
+            cls = RGBDManifest if self.kind == "rgbd_manifest" else PairManifest
+            for split in ("train", "val", "test"):
+                path = (c.get("manifest") or {}).get(split)
+                if path:
+                    self.splits[split] = cls(path, h, w)
+            if "train" not in self.splits:
+                raise ConfigError(f"data.manifest.train is required for data.kind={self.kind}")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader | list:
+        if split not in self.splits:
+            return []
+        bs = int(self.cfg["batch_size"] if split == "train" else self.cfg.get("eval_batch_size", self.cfg["batch_size"]))
+        return DataLoader(self.splits[split], batch_size=bs, shuffle=shuffle, num_workers=int(self.cfg.get("num_workers", 0)),
+                          drop_last=shuffle and len(self.splits[split]) >= bs, persistent_workers=False)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+
+# ------------------------------------------------------------------------------------------------------- models
+def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: int | None):
+    """Generator from ``cfg.model``: kind compact (embedded default) or flux (adapter on FLUX.1-Kontext)."""
+    model_cfg = dict(model_cfg)
+    kind = model_cfg.get("kind", "compact")
+    k_scale = float(model_cfg.get("k_scale", 4.0))
+    if kind == "compact":
+        compact = dict(model_cfg.get("compact") or {})
+        net = CompactBokehUNet(compact.get("unet"), k_scale=k_scale,
+                               residual_scale=float(compact.get("residual_scale", 4.0)),
+                               space_to_depth=int(compact.get("space_to_depth", 1)))
+        return CompactBokehGenerator(net, k_range, resolution=resolution)
+    if kind == "flux":
+        flux = dict(model_cfg.get("flux") or {})
+        adapter_cfg = dict(flux.get("adapter") or {})
+        transformer, vae, scheduler = load_flux_backbone(flux)
+        adapter = install_k_adapter(transformer, k_scale=k_scale, **adapter_cfg)
+        vae.requires_grad_(False)
+        return FluxKontextBokehGenerator(transformer, vae, adapter, k_range, resolution=resolution, scheduler=scheduler,
+                                         guidance_scale=float(flux.get("guidance_scale", 2.5)))
+    raise ConfigError(f"model.kind must be 'compact' or 'flux', got {kind!r}")
+
+
+def load_flux_backbone(flux: Mapping[str, Any]):
+    """(transformer, vae, scheduler) from a local diffusers folder (``pretrained_dir``; never downloaded) or tiny."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    path = flux.get("pretrained_dir")
+    if path:
+        path = Path(path)
+        if not (path / "transformer").is_dir() or not (path / "vae").is_dir():
+            raise ConfigError(f"model.flux.pretrained_dir={path}: expected a diffusers folder with transformer/ and vae/ "
+                              "(e.g. a local copy of FLUX.1-Kontext-dev); nothing is downloaded")
+        dtype = getattr(torch, str(flux.get("dtype", "bfloat16")))
+        transformer = FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype,
+                                                             local_files_only=True).eval()
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, local_files_only=True).eval()
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+        return transformer, vae, scheduler
+    tiny = dict(flux.get("tiny") or {})
+    return tiny_flux_transformer(int(tiny.pop("seed", 0)), **tiny), tiny_flux_vae(), None
+
+
+# --------------------------------------------------------------------------------------------- lightning module
+class Stage1Module(L.LightningModule):
+    """Rectified-flow training of a Stage-1 generator on physics targets (or real pairs), null-K dropout for CFG."""
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        cfg = _container(cfg)
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        k = cfg["k"]
+        self.k_range = KRange(float(k["min"]), float(k["max"]), str(k.get("policy", "clamp")))
+        self.generator = build_generator(cfg["model"], self.k_range, resolution=int(cfg["data"]["width"]))
+        self.render_options = dict(cfg.get("render_options") or {})
+        self.p_null = float(cfg["train"].get("p_null_k", 0.1))
+        self.t_dist = str(cfg["train"].get("t_distribution", "logit_normal"))
+        self.eval_steps = int(cfg["eval"].get("num_steps", 4))
+        self.eval_k = [float(x) for x in cfg["eval"].get("K_px_m", [k["min"], k["max"]])]
+        self.test_results: dict[str, float] = {}
+        self._test_sums: dict[str, list[float]] = {}
+
+    # trainable parameters: the adapter (flux) or the whole compact network
+    def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def targets_for(self, batch: Mapping[str, torch.Tensor], K: torch.Tensor) -> torch.Tensor:
+        if "target" in batch:
+            return batch["target"]
+        return physics_targets(batch["image"], batch["depth_m"], K, batch["focus_m"], self.render_options)
+
+    def draw_k(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if "K_px_m" in batch:
+            return batch["K_px_m"].float()
+        b = batch["image"].shape[0]
+        u = torch.rand(b, device=self.device)
+        return self.k_range.k_min + u * (self.k_range.k_max - self.k_range.k_min)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        K = self.draw_k(batch)
+        target = self.targets_for(batch, K)
+        sharp = batch["image"]
+        b = sharp.shape[0]
+        null = torch.rand(b, device=self.device) < self.p_null
+        t = sample_t(b, device=self.device, distribution=self.t_dist)
+        out = self.generator.training_loss(sharp, target, K, null, t)
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=b, sync_dist=True)
+        self.log("train/v_mse", out["v_mse"], batch_size=b, sync_dist=True)
+        return out["loss"]
+
+    def _sample(self, sharp: torch.Tensor, K: float, guidance: GuidanceConfig | None = None) -> torch.Tensor:
+        res = self.generator.generate_stack(sharp, [K], num_steps=self.eval_steps, seed=0, guidance=guidance)
+        return res.frames[:, 0].to(sharp.device)
+
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], prefix: str) -> dict[str, float]:
+        sharp = batch["image"]
+        b = sharp.shape[0]
+        out: dict[str, float] = {}
+        Ks = [float(batch["K_px_m"][0])] if "K_px_m" in batch else self.eval_k
+        # fixed-t flow loss (comparable across epochs)
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        losses, psnrs, psnr_id = [], [], []
+        for K in Ks:
+            Kt = torch.full((b,), K, device=self.device)
+            target = self.targets_for(batch, Kt)
+            t = torch.full((b,), 0.5, device=self.device)
+            noise = torch.randn(target.shape, generator=gen).to(self.device) if self.cfg["model"].get("kind", "compact") == "compact" else None
+            losses.append(float(self.generator.training_loss(sharp, target, Kt, torch.zeros(b, dtype=torch.bool, device=self.device), t, noise)["loss"]))
+            pred = self._sample(sharp, K)
+            psnrs.append(float(psnr(pred, target).mean()))
+            psnr_id.append(float(psnr(sharp, target).mean()))
+        out[f"{prefix}/loss"] = sum(losses) / len(losses)
+        out[f"{prefix}/psnr"] = sum(psnrs) / len(psnrs)
+        out[f"{prefix}/psnr_identity"] = sum(psnr_id) / len(psnr_id)
+        for key, value in out.items():
+            self.log(key, value, prog_bar=key.endswith("psnr"), batch_size=b, sync_dist=True)
+        return out
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    @torch.no_grad()
+    def test_step(self, batch, batch_idx):
+        out = self._eval_step(batch, "test")
+        for key, value in out.items():
+            self._test_sums.setdefault(key.split("/", 1)[1], []).append(value)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {k: sum(v) / len(v) for k, v in self._test_sums.items()}
+        self._test_sums = {}
+
+    def configure_optimizers(self):
+        opt_cfg = self.cfg["optim"]
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(opt_cfg["lr"]), weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
+                                betas=tuple(opt_cfg.get("betas", (0.9, 0.999))))
+        total = self.trainer.estimated_stepping_batches if self.trainer else 1000
+        total = int(total) if math.isfinite(total) else 100_000
+        warmup = int(opt_cfg.get("warmup_steps", 0))
+        min_ratio = float(opt_cfg.get("min_lr_ratio", 0.1))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / max(1, warmup)
+            frac = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                                                    "interval": "step"}}
+
+    # checkpoints: only trainable tensors
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = set(self.trainable_named_parameters())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["stage1_trainable_keys"] = sorted(keep)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint["state_dict"]
+        expected = set(self.trainable_named_parameters())
+        missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)
+        if missing or unexpected:
+            raise ValueError(f"Stage-1 checkpoint does not fit this model: missing {missing[:10]} "
+                             f"(+{max(0, len(missing) - 10)}), unexpected {unexpected[:10]} (+{max(0, len(unexpected) - 10)})")
+        full = {k: v for k, v in self.state_dict().items()}
+        full.update(saved)
+        checkpoint["state_dict"] = full
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """[B] PSNR (dB) for images in [0,1]."""
+    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / (mse + eps))
+
+
+# ------------------------------------------------------------------------------------------ export / load generator
+def export_generator(module: Stage1Module, run_dir: str | Path) -> Path:
+    """Write ``generator.safetensors`` (trainable weights only) and ``generator.json`` (config) into run_dir."""
+    from safetensors.torch import save_file
+
+    from bokeh.io import atomic_path, write_json
+
+    run_dir = Path(run_dir)
+    cfg = module.cfg
+    meta = {"model": cfg["model"], "k": cfg["k"], "resolution": int(cfg["data"]["width"]),
+            "eval_steps": int(cfg["eval"].get("num_steps", 4)), "trained_on": cfg["data"].get("kind", "synthetic")}
+    gen = module.generator
+    if isinstance(gen, FluxKontextBokehGenerator):
+        path = save_adapter(gen.adapter, run_dir / "generator.safetensors")
+    else:
+        path = run_dir / "generator.safetensors"
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in gen.net.state_dict().items()}, str(tmp),
+                      metadata={"format": "bokehdepth-compact-generator/1"})
+    write_json(run_dir / "generator.json", meta)
+    return path
+
+
+def load_generator(path: str | Path, *, k_policy: str | None = None, map_location: str = "cpu"):
+    """A generator from an exported ``generator.safetensors`` (with ``generator.json`` beside it), a run directory,
+    or a Lightning ``.ckpt`` of this module. Returns (generator in eval mode, meta dict)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "generator.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"no Stage-1 generator at {path}")
+    if path.suffix == ".ckpt":
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        cfg = ckpt["hyper_parameters"]["cfg"]
+        if k_policy:
+            cfg["k"]["policy"] = k_policy
+        module = Stage1Module(cfg)
+        module.on_load_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+        meta = {"model": cfg["model"], "k": cfg["k"], "resolution": int(cfg["data"]["width"]),
+                "eval_steps": int(cfg["eval"].get("num_steps", 4))}
+        return module.generator.eval(), meta
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} (the generator's config) is missing beside {path}")
+    meta = json.loads(meta_path.read_text())
+    k = dict(meta["k"])
+    if k_policy:
+        k["policy"] = k_policy
+    k_range = KRange(float(k["min"]), float(k["max"]), str(k.get("policy", "clamp")))
+    model_cfg = dict(meta["model"])
+    if model_cfg.get("kind", "compact") == "flux":
+        flux = dict(model_cfg.get("flux") or {})
+        transformer, vae, scheduler = load_flux_backbone(flux)
+        adapter = load_adapter(transformer, path)
+        gen = FluxKontextBokehGenerator(transformer, vae, adapter, k_range, resolution=int(meta["resolution"]),
+                                        scheduler=scheduler)
+    else:
+        from safetensors.torch import load_file
+
+        gen = build_generator(model_cfg, k_range, int(meta["resolution"]))
+        state = load_file(str(path))
+        expected = gen.net.state_dict()
+        bad = sorted(set(state) ^ set(expected)) + sorted(k for k in set(state) & set(expected)
+                                                          if state[k].shape != expected[k].shape)
+        if bad:
+            raise ValueError(f"generator weights {path} do not fit the configured network; mismatching keys: {bad[:12]}")
+        gen.net.load_state_dict(state, strict=True)
+    gen.default_steps = int(meta.get("eval_steps", gen.default_steps))
+    return gen.eval(), meta
+
+
+# ------------------------------------------------------------------------------------------------------- build/run
+def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
+    container = _container(cfg)
+    for key in ("model", "data", "k", "train", "eval", "optim", "trainer"):
+        if key not in container:
+            raise ConfigError(f"stage1 config needs a '{key}' section")
+    module = Stage1Module(container)
+    datamodule = Stage1DataModule(container["data"])
+    return module, datamodule
+
+
+def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_path: str | None = None) -> dict[str, Any]:
+    """fit + test, export the generator, write result.json."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bokeh.io import write_json
+    from lightning_modules.tasks import check_trainer_config, find_last_checkpoint
+
+    trainer_cfg = check_trainer_config(cfg.trainer)
+    module, datamodule = build(cfg)
+    run_dir = Path(prepare_run_dir())
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-step{step}", monitor="val/psnr",
+                                 mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False)
+    trainer = L.Trainer(default_root_dir=str(run_dir), logger=[CSVLogger(run_dir, name="logs", version="")],
+                        callbacks=[checkpoint], **trainer_cfg)
+    ckpt = ckpt_path or (str(find_last_checkpoint(run_dir)) if resume and find_last_checkpoint(run_dir) else None)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+    fit_s = time.perf_counter() - t0
+    best = checkpoint.best_model_path or None
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        module.on_load_checkpoint(state)
+        module.load_state_dict(state["state_dict"], strict=True)
+    t1 = time.perf_counter()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    results = {"test": dict(module.test_results), "fit_s": fit_s, "test_s": time.perf_counter() - t1,
+               "best_checkpoint": best or "", "run_dir": str(run_dir),
+               "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
+    if trainer.is_global_zero:
+        results["generator"] = str(export_generator(module, run_dir))
+        write_json(run_dir / "result.json", results)
+        print(json.dumps(results["test"], indent=2))
+    return results

@@ -1,0 +1,289 @@
+"""Stage-1 generation (bokeh.generation): K conditioning, Flux K adapter, compact backbone, sampler, guidance.
+
+diffusers-test style: tiny components built from config under a fixed seed, 2 inference steps, 16-32 px.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from bokehdepth_guard import require_bokehdepth
+
+require_bokehdepth()
+
+from bokeh.generation import (AdapterMismatchError, CompactBokehGenerator, CompactBokehUNet,  # noqa: E402
+                              FluxKontextBokehGenerator, GuidanceConfig, KEmbedding, KRange, KRangeError,
+                              install_k_adapter, lab_color_transfer, load_adapter, save_adapter, working_size)
+from bokeh.generation.flow import flow_matching_loss, sample_flow  # noqa: E402
+from bokeh.generation.flux_adapter import tiny_flux_transformer, tiny_flux_vae  # noqa: E402
+from bokeh.generation.guidance import (PhysicsGuidance, flux_conservation_loss,  # noqa: E402
+                                       stack_consistency_loss)
+
+TINY_UNET = dict(block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, cross_attention_dim=16,
+                 attention_head_dim=8)
+
+
+def flux_inputs(batch: int = 2, seq: int = 16, txt: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(seq, 3)
+    ids[:, 1] = torch.arange(seq) // 4
+    ids[:, 2] = torch.arange(seq) % 4
+    return dict(hidden_states=torch.randn(batch, seq, 16, generator=g),
+                encoder_hidden_states=torch.randn(batch, txt, 32, generator=g),
+                pooled_projections=torch.randn(batch, 32, generator=g), timestep=torch.full((batch,), 0.5),
+                img_ids=ids, txt_ids=torch.zeros(txt, 3), return_dict=False)
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.2, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+# ------------------------------------------------------------------------------------------------ K conditioning
+def test_k_embedding_uses_null_rows_only_where_masked():
+    emb = KEmbedding(8, k_scale=4.0)
+    K = torch.tensor([1.0, 2.0, 3.0])
+    out = emb(K, torch.tensor([False, True, False]))
+    assert torch.equal(out[1], emb.null.detach()) or torch.allclose(out[1], emb.null)
+    plain = emb(K)
+    assert torch.allclose(out[[0, 2]], plain[[0, 2]])
+    assert not torch.allclose(plain[0], plain[2])  # K reaches the output
+
+
+def test_k_range_clamps_with_warning_and_error_policy_refuses():
+    rng = KRange(1.0, 4.0, "clamp")
+    with pytest.warns(UserWarning, match=r"outside the trained range \[1, 4\]"):
+        out = rng.apply(torch.tensor([0.5, 2.0, 9.0]))
+    assert out.tolist() == [1.0, 2.0, 4.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rng.apply(torch.tensor([1.0, 4.0])).tolist() == [1.0, 4.0]
+    with pytest.raises(KRangeError, match=r"\[9\.0\] outside the trained range"):
+        KRange(1.0, 4.0, "error").apply(torch.tensor([2.0, 9.0]))
+    for bad in ([-1.0], [float("nan")]):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            rng.apply(torch.tensor(bad))
+    with pytest.raises(ValueError, match="policy"):
+        KRange(1.0, 4.0, "ignore")
+
+
+# ---------------------------------------------------------------------------------------------------- Flux adapter
+def test_flux_adapter_is_identity_at_init_bit_for_bit():
+    transformer = tiny_flux_transformer()
+    inputs = flux_inputs()
+    with torch.no_grad():
+        base = transformer(**inputs)[0]
+    adapter = install_k_adapter(transformer, rank=4, k_dim=24)
+    assert len(adapter.processors) == 2  # one double-stream and one single-stream block, both adapted
+    with torch.no_grad():
+        out = transformer(**inputs, joint_attention_kwargs={"k_embedding": adapter.embed(torch.tensor([1.0, 3.0]))})[0]
+    assert torch.equal(out, base)
+
+
+def test_flux_adapter_only_adapter_trains_and_k_changes_the_output():
+    transformer = tiny_flux_transformer()
+    adapter = install_k_adapter(transformer, rank=4, k_dim=24)
+    trainable = {id(p) for p in transformer.parameters() if p.requires_grad}
+    adapter_params = {id(p) for p in adapter.processors.parameters()}
+    assert trainable == adapter_params and all(p.requires_grad for p in adapter.parameters())
+    perturb(adapter)
+    inputs = flux_inputs()
+    out = transformer(**inputs, joint_attention_kwargs={"k_embedding": adapter.embed(torch.tensor([1.0, 1.0]))})[0]
+    out.square().mean().backward()
+    assert all(p.grad is None for n, p in transformer.named_parameters() if "processor" not in n)
+    assert all(p.grad is not None for p in adapter.processors.parameters())
+    with torch.no_grad():
+        other = transformer(**inputs, joint_attention_kwargs={"k_embedding": adapter.embed(torch.tensor([4.0, 4.0]))})[0]
+    assert (other - out.detach()).abs().max() > 1e-4
+
+
+def test_flux_adapter_save_load_round_trip(tmp_path):
+    transformer = tiny_flux_transformer()
+    adapter = install_k_adapter(transformer, rank=4, k_dim=24)
+    perturb(adapter)
+    path = save_adapter(adapter, tmp_path / "adapter.safetensors")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    assert set(saved) == set(adapter.state_dict())  # only adapter weights are saved
+    assert sum(v.numel() for v in saved.values()) == sum(p.numel() for p in adapter.parameters())
+    fresh = tiny_flux_transformer()
+    loaded = load_adapter(fresh, path)
+    inputs = flux_inputs()
+    K = torch.tensor([1.0, 3.0])
+    with torch.no_grad():
+        a = transformer(**inputs, joint_attention_kwargs={"k_embedding": adapter.embed(K)})[0]
+        b = fresh(**inputs, joint_attention_kwargs={"k_embedding": loaded.embed(K)})[0]
+    assert torch.equal(a, b)
+    assert not any(p.requires_grad for n, p in fresh.named_parameters() if "processor" not in n)
+
+
+def test_flux_adapter_mismatch_names_the_keys(tmp_path):
+    path = save_adapter(install_k_adapter(tiny_flux_transformer(), rank=4, k_dim=24), tmp_path / "a.safetensors")
+    with pytest.raises(AdapterMismatchError, match=r"transformer_blocks__1__attn__processor\.q_up\.weight"):
+        load_adapter(tiny_flux_transformer(num_layers=2), path)
+    wider = tiny_flux_transformer(num_attention_heads=3, axes_dims_rope=(4, 6, 6))
+    with pytest.raises(AdapterMismatchError, match=r"shape mismatches: .*q_up\.weight \(checkpoint \(32, 4\) vs backbone \(48, 4\)\)"):
+        load_adapter(wider, path)
+    # nothing was installed on the refused backbone
+    assert all(type(p).__name__ != "KAdapterAttnProcessor" for p in wider.attn_processors.values())
+    bogus = tmp_path / "not_an_adapter.safetensors"
+    bogus.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="cannot read adapter checkpoint"):
+        load_adapter(tiny_flux_transformer(), bogus)
+
+
+def test_flux_kontext_generator_two_steps_same_noise_and_aspect():
+    transformer, vae = tiny_flux_transformer(), tiny_flux_vae()
+    adapter = install_k_adapter(transformer, rank=4, k_dim=24)
+    gen = FluxKontextBokehGenerator(transformer, vae, adapter, KRange(0.0, 8.0), resolution=32)
+    image = torch.rand(3, 24, 40)
+    res = gen.generate_stack(image, [2.0, 2.0, 6.0], num_steps=2, cfg_scale=2.0,
+                             guidance=GuidanceConfig(flux_strength=0.5))
+    assert res.frames.shape == (1, 3, 3, 24, 40) and torch.isfinite(res.frames).all()
+    assert res.work_size[0] % gen.size_multiple == 0 and res.work_size[1] % gen.size_multiple == 0
+    assert torch.allclose(res.frames[0, 0], res.frames[0, 1], atol=1e-5)  # same K + same noise -> same frame
+
+
+def test_flux_training_loss_reaches_only_the_adapter():
+    transformer, vae = tiny_flux_transformer(), tiny_flux_vae()
+    adapter = install_k_adapter(transformer, rank=4, k_dim=24)
+    gen = FluxKontextBokehGenerator(transformer, vae, adapter, KRange(0.0, 8.0), resolution=16)
+    sharp, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    out = gen.training_loss(sharp, target, torch.tensor([1.0, 5.0]), torch.tensor([False, True]), torch.tensor([0.3, 0.7]))
+    out["loss"].backward()
+    grads = {n for n, p in gen.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(n.startswith("adapter.") or ".processor." in n for n in grads)
+    assert all(p.grad is None for p in vae.parameters())
+
+
+# --------------------------------------------------------------------------------------------------- compact model
+def tiny_compact(seed: int = 0, **kw) -> CompactBokehGenerator:
+    torch.manual_seed(seed)
+    net = CompactBokehUNet(TINY_UNET, k_scale=4.0, **kw).eval()
+    return CompactBokehGenerator(net, KRange(0.5, 4.0), resolution=32).eval()
+
+
+def test_compact_generator_is_the_identity_at_init():
+    gen = tiny_compact()
+    image = torch.rand(3, 20, 30)
+    res = gen.generate_stack(image, [1.0, 3.0], num_steps=2)
+    assert torch.allclose(res.frames[0], image.expand(2, -1, -1, -1), atol=1e-6)
+
+
+def test_stack_uses_the_same_initial_noise_for_every_frame():
+    gen = tiny_compact()
+    perturb(gen.net, 0.05)
+    seen = []
+    original = gen.predict_x0
+
+    def spy(x_t, sigma, cond, K, null_mask):
+        seen.append(x_t.clone())
+        return original(x_t, sigma, cond, K, null_mask)
+
+    gen.predict_x0 = spy
+    image = torch.rand(2, 3, 32, 32)
+    res = gen.generate_stack(image, [0.5, 2.0, 4.0], num_steps=2, seed=3)
+    first = seen[0].view(2, 3, 3, 32, 32)
+    assert torch.equal(first[:, 0], first[:, 1]) and torch.equal(first[:, 0], first[:, 2])
+    assert not torch.equal(first[0, 0], first[1, 0])  # images of a batch get their own noise
+    assert len(seen) == 2 and seen[0].shape[0] == 6  # one batched call per step over all B*N frames
+    assert not torch.equal(res.frames[0, 0], res.frames[0, 2])  # K matters once the network is not zero
+
+
+def test_aspect_ratio_is_kept_and_k_follows_the_width():
+    assert working_size(480, 640, 8, 64) == (48, 64)
+    assert working_size(1024, 1536, 16, 512) == (336, 512)
+    gen = tiny_compact()
+    image = torch.rand(3, 45, 70)
+    res = gen.generate_stack(image, [3.5], num_steps=1)
+    h, w = res.work_size
+    assert res.frames.shape[-2:] == (45, 70)
+    assert abs(h / w - 45 / 70) < 0.1 and h % 2 == 0 and w % 2 == 0
+    assert math.isclose(float(res.K_work_px_m[0]), 3.5 * w / 70, rel_tol=1e-6)
+
+
+def test_generator_k_outside_range_is_clamped_with_warning_or_refused():
+    gen = tiny_compact()
+    image = torch.rand(3, 32, 32)
+    with pytest.warns(UserWarning, match="outside the trained range"):
+        res = gen.generate_stack(image, [10.0], num_steps=1)
+    assert float(res.K_work_px_m[0]) == 4.0
+    gen.k_range = KRange(0.5, 4.0, "error")
+    with pytest.raises(KRangeError):
+        gen.generate_stack(image, [10.0], num_steps=1)
+
+
+@pytest.mark.parametrize("bad", [torch.rand(1, 16, 16), torch.rand(4, 16, 16), torch.full((3, 16, 16), float("nan"))])
+def test_generator_rejects_non_rgb_or_nan_tensors(bad):
+    with pytest.raises(ValueError, match="RGB|NaN"):
+        tiny_compact().generate_stack(bad, [1.0], num_steps=1)
+
+
+def test_lab_colour_transfer_matches_the_reference_statistics():
+    import kornia
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 32, 32, generator=g)
+    shifted = (ref * 0.6 + torch.tensor([0.3, 0.0, 0.1]).view(1, 3, 1, 1)).clamp(0, 1)
+    out = lab_color_transfer(shifted, ref)
+    lab_out, lab_ref = kornia.color.rgb_to_lab(out), kornia.color.rgb_to_lab(ref)
+    assert (lab_out.mean((-2, -1)) - lab_ref.mean((-2, -1))).abs().max() < 3.0  # sRGB gamut clipping
+    before = (kornia.color.rgb_to_lab(shifted).mean((-2, -1)) - lab_ref.mean((-2, -1))).abs().max()
+    assert before > 5
+
+
+# -------------------------------------------------------------------------------------------------- flow + guidance
+def test_sampler_recovers_x0_with_a_perfect_predictor():
+    x0 = torch.randn(2, 3, 8, 8)
+    out = sample_flow(lambda x, s: x0, torch.randn(2, 3, 8, 8), num_steps=2)
+    assert torch.allclose(out, x0, atol=1e-5)
+
+
+def test_flow_matching_loss_equals_x0_mse():
+    x0, noise, t = torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4), torch.tensor([0.1, 0.4, 0.7, 1.0])
+    guess = torch.zeros_like(x0)
+    out = flow_matching_loss(lambda x_t, tt: guess, x0, noise, t)
+    assert torch.allclose(out["loss"], (guess - x0).pow(2).mean(), atol=1e-6)
+    tt = t.view(-1, 1, 1, 1)
+    v_hat = ((1 - tt) * x0 + tt * noise - guess) / tt
+    assert torch.allclose(out["v_mse"], (v_hat - (noise - x0)).pow(2).mean(), atol=1e-5)
+
+
+def test_flux_guidance_step_restores_the_local_mean():
+    import kornia
+
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.rand(1, 3, 32, 32, generator=g)
+    lin = kornia.color.rgb_to_linear_rgb(sharp)
+    bokeh = kornia.color.linear_rgb_to_rgb(kornia.filters.box_blur(lin, (5, 5)))  # blur in linear light: flux kept
+    pred = bokeh * 0.7  # a "bokeh" that lost light
+    cfg = GuidanceConfig(flux_strength=1.0, min_sigma_px=3.0)
+    K = torch.tensor([2.0])
+    before = flux_conservation_loss(pred, sharp, K, cfg)
+    after = flux_conservation_loss(PhysicsGuidance(cfg).step(pred, sharp, K, 1), sharp, K, cfg)
+    assert after < 0.5 * before
+    assert flux_conservation_loss(bokeh, sharp, K, cfg) < 0.1 * before
+
+
+def test_stack_consistency_prefers_blur_linear_in_k():
+    import kornia
+
+    g = torch.Generator().manual_seed(0)
+    sharp = kornia.filters.gaussian_blur2d(torch.rand(1, 3, 48, 48, generator=g), (3, 3), (0.6, 0.6))
+    K = torch.tensor([[1.0, 2.0, 3.0]])
+    cfg = GuidanceConfig(stack_strength=1.0)
+
+    def stack(sigmas):
+        return torch.stack([kornia.filters.gaussian_blur2d(sharp, (15, 15), (s, s)) for s in sigmas], dim=1)
+
+    linear = stack_consistency_loss(stack([0.8, 1.6, 2.4]), sharp, K, cfg)
+    broken = stack_consistency_loss(stack([2.4, 0.8, 1.6]), sharp, K, cfg)
+    assert linear < 0.5 * broken
