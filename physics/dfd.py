@@ -68,7 +68,8 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
                          step_px: float = 0.25, window_px: int = 9, color_space: str = "srgb",
                          reference_blur_ratio: float | Sequence[float] | torch.Tensor = 0.0,
                          aperture: str | Aperture = "disk", noise_floor: float = 1e-5,
-                         return_confidence: bool = False,
+                         reference_noise: bool = True, return_confidence: bool = False,
+                         confidence: str = "contrast",
                          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel disk blur radius of each frame of a stack.
 
@@ -87,12 +88,19 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
         color_space: "srgb" (inputs in sRGB, matched in linear light) or "linear".
         reference_blur_ratio: rho, a float or N values in [0, 1).
         aperture: spot shape of the candidates (:func:`physics.aperture.make_aperture`), "disk" by default.
+        reference_noise: True when the reference carries sensor noise like the frames (photos); False for a
+            noise-free reference (rendered or denoised): sets the noise-variance normalisation.
+        confidence: "contrast" (in [0,1]; ~0 on textureless pixels) or "curvature" (the error curve's curvature at
+            its minimum over its mean level, 1/px^2: an inverse-variance weight that is also ~0 for radii below
+            ~0.5 px, where a pixel-sampled disk is a delta and the radius is not identifiable), or "both"
+            (then the return is radius, contrast, curvature).
         noise_floor: added to the error in the confidence denominator (squared linear units).
     Returns:
         radius_px [B,N,1,H,W] (unsigned frame radius, px) and, with ``return_confidence``, confidence
-        [B,N,1,H,W] in [0,1]: ``(mean_c e_c - min_c e_c) / (mean_c e_c + noise_floor)``; ~0 where the error curve is
-        flat (textureless pixels).
+        [B,N,1,H,W] (see ``confidence``; contrast = ``(mean_c e_c - min_c e_c) / (mean_c e_c + noise_floor)``).
     """
+    if confidence not in ("contrast", "curvature", "both"):
+        raise ValueError(f"confidence must be 'contrast' or 'curvature'; got {confidence!r}")
     if reference.dim() != 4 or reference.shape[1] != 3:
         raise ValueError(f"reference must be [B,3,H,W]; got {tuple(reference.shape)}")
     if frames.dim() != 5 or frames.shape[0] != reference.shape[0] or frames.shape[2:] != reference.shape[1:]:
@@ -129,7 +137,7 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
         diff2 = ((bank - frame_bank) ** 2).sum(dim=2)  # [C,B,H,W]
         e = kornia.filters.box_blur(diff2.reshape(n_cand * b, 1, h, w), (window_px, window_px),
                                     border_type="reflect")
-        var_factor = (norm_ref + norm_frm).to(ref.device).reshape(n_cand, 1, 1, 1)
+        var_factor = ((norm_ref if reference_noise else 0.0) + norm_frm).to(ref.device).reshape(n_cand, 1, 1, 1)
         errors.append(e.reshape(n_cand, b, h, w) / var_factor)
     err = torch.stack(errors, dim=2)  # [C,B,N,H,W]
     best = err.argmin(dim=0)  # [B,N,H,W]
@@ -144,8 +152,12 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     if not return_confidence:
         return radius
     mean_e = err.mean(dim=0)
-    conf = ((mean_e - e0) / (mean_e + noise_floor)).clamp(0.0, 1.0)[:, :, None]
-    return radius, conf
+    contrast = ((mean_e - e0) / (mean_e + noise_floor)).clamp(0.0, 1.0)
+    # curvature of the error curve at its minimum relative to the error level (~ inverse variance of r)
+    curvature = (em - 2 * e0 + ep).clamp_min(0.0) / step_px**2 / (mean_e + noise_floor)
+    if confidence == "both":
+        return radius, contrast[:, :, None], curvature[:, :, None]
+    return radius, (contrast if confidence == "contrast" else curvature)[:, :, None]
 
 
 def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_m: float | torch.Tensor, *,
@@ -199,6 +211,31 @@ def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_
     return delta, depth
 
 
+def depth_from_stack(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torch.Tensor,
+                     focus_m: float | torch.Tensor, *, max_radius_px: float | None = None, max_depth_m: float = 1e3,
+                     behind_focus: bool = True, **estimate_kwargs) -> dict[str, torch.Tensor]:
+    """Closed-form depth from a bokeh stack with known K: radii per frame, then the sweep weighted by curvature.
+
+    Args: reference [B,3,H,W] sharp; frames [B,N,3,H,W]; K_px_m [B,N] or [N]; focus_m float or [B].
+        max_radius_px: candidate range (default: the largest K times 1/focus_m, the radius of a point at infinity,
+        plus one pixel). ``estimate_kwargs`` go to :func:`estimate_blur_radius`.
+    Returns dict(radius_px [B,N,1,H,W], confidence [B,1,H,W] (mean contrast over frames), weight [B,N,1,H,W],
+    inv_depth_offset [B,1,H,W], depth_m [B,1,H,W]).
+    """
+    K = torch.as_tensor(K_px_m, dtype=reference.dtype)
+    if max_radius_px is None:
+        s1_min = float(torch.as_tensor(focus_m).min())
+        if not s1_min > 0:
+            raise ValueError(f"focus_m must be > 0; got {focus_m}")
+        max_radius_px = float(K.max()) / s1_min + 1.0
+    radius, contrast, weight = estimate_blur_radius(reference, frames, max_radius_px=max_radius_px,
+                                                    return_confidence=True, confidence="both", **estimate_kwargs)
+    delta, depth = depth_from_bokeh_sweep(radius, K, focus_m, weights=weight, behind_focus=behind_focus,
+                                          max_depth_m=max_depth_m)
+    return {"radius_px": radius, "confidence": contrast.mean(dim=1), "weight": weight, "inv_depth_offset": delta,
+            "depth_m": depth}
+
+
 def relative_k(K_px_m: float | torch.Tensor, K_reference_px_m: float | torch.Tensor) -> float | torch.Tensor:
     """Strength of the extra blur between a reference with its own blur (K_ref) and a frame (K):
     ``sqrt(K^2 - K_ref^2)`` (second-moment match of disk-on-disk blur). Requires K > K_ref >= 0."""
@@ -236,5 +273,5 @@ def depth_from_aperture_pair(sharp: torch.Tensor, wide: torch.Tensor, K_sharp_px
     return {"radius_px": radius[:, 0], "confidence": conf[:, 0], "inv_depth_offset": delta, "depth_m": depth}
 
 
-__all__ = ["blur_bank", "depth_from_aperture_pair", "depth_from_bokeh_sweep",
+__all__ = ["blur_bank", "depth_from_aperture_pair", "depth_from_bokeh_sweep", "depth_from_stack",
            "estimate_blur_radius", "relative_k"]
