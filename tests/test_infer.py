@@ -138,12 +138,18 @@ def _stage2_checkpoint(path: Path) -> None:
                 "pytorch-lightning_version": lightning.__version__}, path)
 
 
+@pytest.fixture(scope="module")
+def stage2_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("stage2") / "s2.ckpt"
+    _stage2_checkpoint(path)
+    return path
+
+
 @pytest.mark.slow
-def test_checkpoint_with_real_frames_matches_the_model_and_scales_K(infer, tmp_path: Path) -> None:
+def test_checkpoint_with_real_frames_matches_the_model_and_scales_K(infer, stage2_ckpt: Path, tmp_path: Path) -> None:
     from lightning_modules.stage2 import Stage2Module
 
-    ckpt = tmp_path / "s2.ckpt"
-    _stage2_checkpoint(ckpt)
+    ckpt = stage2_ckpt
     _photo(tmp_path / "ref.png", 3)
     _photo(tmp_path / "wide.png", 4)
     (tmp_path / "rows.jsonl").write_text(json.dumps({"image": "ref.png", "stack": ["wide.png"], "K_px_m": [6.0],
@@ -206,3 +212,39 @@ def test_bad_inputs_are_refused_with_a_reason(infer, tmp_path: Path, capsys) -> 
     assert ">= 0" in capsys.readouterr().err
     assert infer.main([str(tmp_path / "missing.png"), "--out", str(tmp_path / "o5")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_exported_stage1_generator_feeds_stage2_with_the_K_it_used(infer, stage2_ckpt: Path, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from bokeh.io import read_image
+    from lightning_modules.config import load_config
+    from lightning_modules.stage1 import Stage1Module, export_generator, load_generator
+    from lightning_modules.stage2 import Stage2Module
+
+    stage1 = Stage1Module(OmegaConf.to_container(load_config(["stage1.yaml"]), resolve=True))
+    generator_ = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a generator that is not at its initialisation
+        for parameter in stage1.generator.parameters():
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator_))
+    export_generator(stage1, tmp_path / "stage1")
+    photo = _photo(tmp_path / "g.png", 6)
+    out = tmp_path / "out"
+    assert infer.main([str(photo), "--generator", str(tmp_path / "stage1"), "--checkpoint", str(stage2_ckpt), "--K",
+                       "2.0", "--steps", "1", "--out", str(out), "--no-cloud", *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    record = summary["images"][0]
+    assert summary["stage1"]["random_weights"] is False and summary["stage1"]["source"].endswith("stage1")
+    h, w = record["working_size_hw"]
+    assert record["stack"]["K_px_m_requested_working"] == pytest.approx([2.0 * w / W])
+    generator, _ = load_generator(tmp_path / "stage1")
+    image = infer._resize(read_image(photo)[None], (h, w)).clamp(0, 1)
+    stack = generator.generate_stack(image, torch.tensor([2.0 * w / W]), num_steps=1, seed=0)
+    K_used = stack.K_work_px_m * (w / stack.work_size[1])  # what the generator drew, at the Stage-2 width
+    assert record["stack"]["K_px_m_working"] == pytest.approx(K_used.tolist())
+    module = Stage2Module.load_from_checkpoint(str(stage2_ckpt), map_location="cpu", weights_only=False).eval()
+    with torch.no_grad():
+        expected = module(image, stack.frames, K_used[None])
+    expected = F.interpolate(expected, size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(np.load(out / "g" / "depth.npy"), expected, rtol=1e-5)
