@@ -200,3 +200,17 @@ def test_bad_inputs_name_the_problem() -> None:
         pc.render_views((np.zeros((0, 3)), None), views=["camera"])
     with pytest.raises(ValueError, match="unknown views"):
         pc.view_cameras(np.ones((3, 3)), 8, 8, ["front"])
+
+
+def test_without_gpu_drivers_the_real_chain_falls_back_to_the_splat(monkeypatch) -> None:
+    # No Vulkan driver and no Mesa DRI driver for the child renderers: both Open3D renderers must fail to start
+    # (whatever this machine has installed) and the picture must still come, from the splat, with the reasons.
+    monkeypatch.setenv("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+    monkeypatch.setenv("LIBGL_DRIVERS_PATH", "/nonexistent")
+    monkeypatch.setattr(pc, "_failed_backends", {})
+    points, colours = _square_cloud()
+    with pytest.warns(UserWarning, match="unavailable"):
+        result = pc.render_views((points, colours), width=48, height=36, views=["camera"])
+    assert result.backend == "splat"
+    assert "offscreen:" in result.message and "legacy:" in result.message
+    assert (result.images["camera"] != 255).any()
