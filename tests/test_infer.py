@@ -156,7 +156,7 @@ def test_checkpoint_with_real_frames_matches_the_model_and_scales_K(infer, stage
                                                      "fx": 50, "fy": 50, "cx": 22, "cy": 14.5}) + "\n")
     out = tmp_path / "out"
     assert infer.main([str(tmp_path / "rows.jsonl"), "--stack", "real", "--checkpoint", str(ckpt), "--out", str(out),
-                       "--no-cloud", *FAST]) == 0
+                       "--base-checkpoint", str(ckpt), "--render", "--render-backend", "splat", *FAST]) == 0
     record = json.loads((out / "summary.json").read_text())["images"][0]
     h, w = record["working_size_hw"]
     assert record["stack"]["K_px_m_working"] == pytest.approx([6.0 * w / W])  # K follows the width
@@ -172,6 +172,14 @@ def test_checkpoint_with_real_frames_matches_the_model_and_scales_K(infer, stage
     depth = np.load(out / "ref" / "depth.npy")
     np.testing.assert_allclose(depth, expected, rtol=1e-5)
     assert depth.std() > 1e-4  # a real picture of depth, not a constant
+    # The base model runs on the photo alone; its cloud is drawn beside BokehDepth's from the same viewpoints.
+    with torch.no_grad():
+        base = F.interpolate(module(ref), size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(np.load(out / "ref" / "base_depth.npy"), base, rtol=1e-5)
+    assert np.abs(base - depth).max() > 0  # the stack changed the answer
+    side = np.asarray(Image.open(out / "ref" / "side_by_side.png"))
+    assert side.shape[0] == 2 * 360 + 3 * 4 and (out / "ref" / "base_cloud.ply").exists()
+    assert record["renderer"] == "renderer: numpy point splat"
 
 
 def test_physics_stack_renders_from_the_given_depth(infer, tmp_path: Path) -> None:

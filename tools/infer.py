@@ -36,7 +36,9 @@ principal point at the image centre and a printed warning: the point cloud's sca
 
 Outputs in ``--out`` (new or empty unless ``--overwrite``): ``<name>/depth.npy`` (float32 [H, W] metres),
 ``<name>/depth.png`` (inverse-depth colour map), ``<name>/cloud.ply`` (coloured, statistical outliers removed),
-``<name>/stack.png`` (photo + frames, K labelled), ``<name>/render_<view>.png`` with ``--render``, and
+``<name>/stack.png`` (photo + frames, K labelled), ``<name>/render_<view>.png`` with ``--render``; with
+``--base-checkpoint`` also ``base_depth.npy``, ``base_depth.png``, ``base_cloud.ply``, ``base_render_<view>.png``
+and ``side_by_side.png`` (base and BokehDepth clouds from the same viewpoints); and
 ``summary.json`` (every argument, checkpoint, camera and K value used, per-image timings and depth range, skipped
 files).
 """
@@ -87,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--checkpoint", help="Stage-2 checkpoint (.ckpt from tools/fit.py)")
     p.add_argument("--model-config", help="YAML with a model: section (e.g. pretrained_path), used untrained")
+    p.add_argument("--base-checkpoint", help="Stage-2 checkpoint of the base model (fit.py's base/ variant), run "
+                                             "without a stack for base-vs-BokehDepth outputs and side-by-side views")
     p.add_argument("--stack", default="stage1", choices=("stage1", "physics", "real", "none"))
     p.add_argument("--generator", help="Stage-1 generator: generator.safetensors, its run folder, or a .ckpt")
     p.add_argument("--K", help="comma-separated strengths in px*m at the photo's width (default: see above)")
@@ -263,24 +267,29 @@ def resolve_intrinsics(args: argparse.Namespace, item: Item, width: int, height:
 # --------------------------------------------------------------------------------------------------- models
 
 
+def load_stage2_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(Stage2Module in eval mode, info) from a Stage-2 Lightning checkpoint."""
+    from lightning_modules.stage2 import Stage2Module
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Stage-2 checkpoint not found: {path}")
+    module = Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+    cfg = module.cfg
+    info = {"source": "checkpoint", "checkpoint": str(path.resolve()), "model": cfg.get("model"),
+            "use_stack": bool(module.use_stack), "random_weights": False}
+    synthetic = (cfg.get("data") or {}).get("synthetic") or {}
+    if synthetic.get("K_px_m") and synthetic.get("width"):
+        info["train_K_px_m"], info["train_width_px"] = list(synthetic["K_px_m"]), int(synthetic["width"])
+    return module.eval(), info
+
+
 def load_depth_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(callable model(image, stack, K) -> depth, info) from --checkpoint / --model-config / the tiny default."""
     from lightning_modules.config import load_config
 
     if args.checkpoint:
-        from lightning_modules.stage2 import Stage2Module
-
-        path = Path(args.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"Stage-2 checkpoint not found: {path}")
-        module = Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
-        cfg = module.cfg
-        info = {"source": "checkpoint", "checkpoint": str(path.resolve()), "model": cfg.get("model"),
-                "use_stack": bool(module.use_stack), "random_weights": False}
-        synthetic = (cfg.get("data") or {}).get("synthetic") or {}
-        if synthetic.get("K_px_m") and synthetic.get("width"):
-            info["train_K_px_m"], info["train_width_px"] = list(synthetic["K_px_m"]), int(synthetic["width"])
-        return module.eval(), info
+        return load_stage2_checkpoint(args.checkpoint)
     from bokeh.depth import build_depth_model
 
     config = args.model_config or DEFAULT_STAGE2_CONFIG
@@ -449,7 +458,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, stage2_info = load_depth_model(args)
     model.to(args.device)
     generator, stage1_info = (load_stage1(args) if args.stack == "stage1" else (None, None))
+    base_model, base_info = load_stage2_checkpoint(args.base_checkpoint) if args.base_checkpoint else (None, None)
+    if base_model is not None:
+        base_model.to(args.device)
     summary: dict[str, Any] = {"arguments": vars(args), "stage2": stage2_info, "stage1": stage1_info,
+                               "base": base_info,
                                "default_intrinsics": f"fx = fy = {DEFAULT_FX_FRACTION} * max(W, H), centre principal "
                                                      "point (used only without user intrinsics or EXIF)",
                                "images": [], "skipped": []}
@@ -473,6 +486,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         depth_work = model(image_work.to(dev), None if stack is None else stack.to(dev),
                            None if K is None else K.to(dev)).float().cpu()
         depth = F.interpolate(depth_work, size=(H, W), mode="bilinear", align_corners=False)[0]  # [1, H, W]
+        depth_base = None
+        if base_model is not None:
+            depth_base = F.interpolate(base_model(image_work.to(dev), None, None).float().cpu(), size=(H, W),
+                                       mode="bilinear", align_corners=False)[0]
         seconds = time.perf_counter() - t0
         folder = out / item.name
         files = {"depth": f"{item.name}/depth.npy", "depth_color": f"{item.name}/depth.png",
@@ -480,29 +497,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_npy(folder / "depth.npy", depth[0].numpy().astype("float32"))
         write_image(folder / "depth.png", colorize_depth(depth))
         write_image(folder / "stack.png", _stack_picture(image_work, stack, K))
+        if depth_base is not None:
+            write_npy(folder / "base_depth.npy", depth_base[0].numpy().astype("float32"))
+            write_image(folder / "base_depth.png", colorize_depth(depth_base))
+            files.update(base_depth=f"{item.name}/base_depth.npy", base_depth_color=f"{item.name}/base_depth.png")
         record: dict[str, Any] = {
             "name": item.name, "input": str(item.image), "size_hw": [H, W], "working_size_hw": [h, w],
             "intrinsics": camera.as_dict(), "intrinsics_source": camera_source, "intrinsics_details": camera_fields,
             "K_source": K_note, "stack": stack_info,
             "depth_m": {"min": float(depth.min()), "median": float(depth.median()), "max": float(depth.max())},
             "seconds": {"stack": round(t_stack, 3), "total": round(seconds, 3)}, "files": files}
+        if depth_base is not None:
+            record["base_depth_m"] = {"min": float(depth_base.min()), "median": float(depth_base.median()),
+                                      "max": float(depth_base.max())}
         if not args.no_cloud:
             from bokeh import pointcloud as pc
 
-            cloud = pc.depth_to_point_cloud(depth, camera.matrix(), image, max_depth_m=args.max_depth)
-            cloud, cleaning = pc.clean_point_cloud(cloud, voxel_size_m=args.voxel_size,
-                                                   outlier_std_ratio=args.outlier_std or None)
-            pc.write_point_cloud(folder / "cloud.ply", cloud, overwrite=True)
-            files["cloud"] = f"{item.name}/cloud.ply"
-            record["cloud"] = cleaning
+            clouds = {}
+            for prefix, label, values in (("", "BokehDepth", depth), ("base_", "base", depth_base)):
+                if values is None:
+                    continue
+                cloud = pc.depth_to_point_cloud(values, camera.matrix(), image, max_depth_m=args.max_depth)
+                cloud, cleaning = pc.clean_point_cloud(cloud, voxel_size_m=args.voxel_size,
+                                                       outlier_std_ratio=args.outlier_std or None)
+                pc.write_point_cloud(folder / f"{prefix}cloud.ply", cloud, overwrite=True)
+                files[f"{prefix}cloud"] = f"{item.name}/{prefix}cloud.ply"
+                record[f"{prefix}cloud"] = cleaning
+                clouds[label] = cloud
             if args.render:
-                result = pc.render_views(cloud, intrinsics=camera.matrix(), image_size=(W, H),
-                                         backend=args.render_backend)
-                for view, picture in result.images.items():
-                    write_image(folder / f"render_{view}.png", picture)
-                    files[f"render_{view}"] = f"{item.name}/render_{view}.png"
-                record["renderer"] = result.message
-                print(result.message)
+                import numpy as np
+
+                cameras = pc.view_cameras(np.asarray(clouds["BokehDepth"].points), 480, 360,
+                                          intrinsics=camera.matrix(), image_size=(W, H))
+                results = pc.render_clouds(dict(reversed(list(clouds.items()))), cameras,
+                                           backend=args.render_backend)
+                for label, result in results.items():
+                    prefix = "base_" if label == "base" else ""
+                    for view, picture in result.images.items():
+                        write_image(folder / f"{prefix}render_{view}.png", picture)
+                        files[f"{prefix}render_{view}"] = f"{item.name}/{prefix}render_{view}.png"
+                if len(results) > 1:
+                    write_image(folder / "side_by_side.png", pc.side_by_side(results))
+                    files["side_by_side"] = f"{item.name}/side_by_side.png"
+                record["renderer"] = next(iter(results.values())).message
+                print(record["renderer"])
         summary["images"].append(record)
         print(f"{item.name}: {W}x{H} -> depth {record['depth_m']['min']:.2f}-{record['depth_m']['max']:.2f} m "
               f"(median {record['depth_m']['median']:.2f}), intrinsics from {camera_source}, {seconds:.1f} s")
