@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Open3D imports libusb-1.0 and, for offscreen rendering, a Vulkan loader + software driver.
+# Open3D links libusb-1.0, libGL and libEGL (software GL through Mesa's DRI swrast for its hidden-window renderer);
+# its OffscreenRenderer (Filament) needs a Vulkan loader and a software Vulkan driver.
 need_debs=()
-for pkg in libusb-1.0-0 libgl1 libgomp1; do
+for pkg in libusb-1.0-0 libgl1 libegl1 libgl1-mesa-dri libvulkan1 mesa-vulkan-drivers; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_debs+=("$pkg")
 done
 if [ ${#need_debs[@]} -gt 0 ]; then
