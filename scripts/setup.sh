@@ -12,6 +12,7 @@ for pkg in libusb-1.0-0 libgl1 libegl1 libgl1-mesa-dri libvulkan1 mesa-vulkan-dr
 done
 if [ ${#need_debs[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
     echo "[setup] installing Debian packages: ${need_debs[*]}"
     (apt-get install -y --no-install-recommends "${need_debs[@]}" >/dev/null 2>&1) || {
       apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "${need_debs[@]}" >/dev/null
