@@ -306,6 +306,10 @@ class BokehDepthModel(nn.Module):
         return out
 
     def _inside(self, prep, image, stack, K, n, b) -> list[torch.Tensor]:
+        if getattr(self.backbone.hf, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+            # checkpointed blocks re-run in backward, after the hooks' context is gone: refinement would be lost
+            raise RuntimeError("dsfa.placement='inside' does not support gradient checkpointing of the encoder; "
+                               "use placement='posthoc' or disable gradient checkpointing")
         try:
             if n and self.stack_no_grad:
                 self._ctx = {"mode": "record", "B": b, "N": n, "K": K, "cache": {}}

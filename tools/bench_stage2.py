@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Stage-2 cost: parameters and forward latency of a base depth model vs the same model with DSFA, N = 1, 3, 5 frames.
+
+    python tools/bench_stage2.py [--sizes tiny small] [--frames 1 3 5] [--repeats 7] [--out runs/bench_stage2.json]
+
+Definitions (all timings: median over ``--repeats`` interleaved runs, batch 1, eval mode, no_grad, 2 threads):
+  * params ratio      = DSFA parameters / encoder parameters (the ViT backbone).           goal <= 0.15
+  * T_base            = base model on the reference alone (one encoder pass + decoder).
+  * T_stack(N)        = the unavoidable cost of using a stack: encoder on the N+1 frames (one batched pass) + decoder
+                        on the reference, with no fusion.
+  * T_dsfa(N)         = the model with DSFA on (reference, N frames, K).
+  * DSFA overhead(N)  = T_dsfa(N) / T_stack(N) - 1: latency DSFA adds beyond the (N+1) encoder passes. goal <= 0.10
+  * total ratio(N)    = T_dsfa(N) / T_base: what the stack costs in all (~ N+1 for a decoder-light model).
+  * FLOP overhead(N)  = the DSFA overhead in FLOPs counted by torch.utils.flop_counter (load-independent; on a
+                        shared or busy machine this is the reliable figure, the timings are noisy).
+Models have random weights (latency and size do not depend on them). "small" is Depth Anything V2-Small
+(24.8 M parameters) at 252 x 252; "tiny" is the default test model at 112 x 112.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from bokehdepth_guard import require_bokehdepth  # noqa: E402
+
+require_bokehdepth()
+from bokeh.depth import build_depth_model  # noqa: E402
+from bokeh.io import write_json  # noqa: E402
+
+SIZES = {"tiny": 112, "small": 252, "base": 252, "large": 252}
+
+
+def _median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, bar: tqdm) -> dict[str, float]:
+    """Median seconds of each function; runs interleaved (a, b, c, a, b, c, ...) so load drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+            bar.update(1)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call (matmuls, convolutions, attention), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def bench_size(size: str, family: str, frames: list[int], repeats: int, warmup: int, dsfa_cfg: dict, bar: tqdm) -> dict:
+    torch.manual_seed(0)
+    model = build_depth_model({"family": family, "size": size, "dsfa": dsfa_cfg}).eval()
+    base = build_depth_model({"family": family, "size": size, "dsfa": {"enabled": False}}).eval()
+    base.load_state_dict(model.state_dict(), strict=False)
+    side = SIZES[size]
+    bb = model.backbone
+    n_encoder = sum(p.numel() for m in bb.encoder_modules() for p in m.parameters())
+    n_decoder = sum(p.numel() for m in bb.decoder_modules() for p in m.parameters())
+    n_dsfa = sum(p.numel() for p in model.dsfa.parameters())
+    image = torch.rand(1, 3, side, side)
+    grid = side // bb.patch_size
+    result = {
+        "size": size, "family": family, "input": [side, side], "dsfa": dsfa_cfg,
+        "params": {"encoder": n_encoder, "decoder": n_decoder, "base_total": n_encoder + n_decoder,
+                   "dsfa": n_dsfa, "dsfa_blocks": len(model.dsfa), "dsfa_over_encoder": n_dsfa / n_encoder},
+        "frames": {},
+    }
+    with torch.no_grad():
+        for n in frames:
+            stack = torch.rand(1, n, 3, side, side)
+            K = torch.linspace(10.0, 30.0, n).view(1, n)
+            pixels = model.normalise(torch.cat([image, stack[0]], 0))
+
+            def stack_only(pixels=pixels):
+                taps = bb.encode(pixels)
+                return bb.decode([t[:1] for t in taps], grid, grid)
+
+            fns = {"base": lambda: base(image), "stack": stack_only,
+                   "dsfa": lambda stack=stack, K=K: model(image, stack, K)}
+            flops = {k: _flops(fn) for k, fn in fns.items()}
+            t = _median_times(fns, repeats, warmup, bar)
+            result["frames"][str(n)] = {
+                "T_base_s": t["base"], "T_stack_s": t["stack"], "T_dsfa_s": t["dsfa"],
+                "dsfa_overhead": t["dsfa"] / t["stack"] - 1.0, "total_ratio": t["dsfa"] / t["base"],
+                "flops_base": flops["base"], "flops_stack": flops["stack"], "flops_dsfa": flops["dsfa"],
+                "dsfa_flops_overhead": flops["dsfa"] / flops["stack"] - 1.0,
+            }
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
+    parser.add_argument("--family", default="depth_anything_v2", choices=["depth_anything_v2", "dpt"])
+    parser.add_argument("--frames", nargs="+", type=int, default=[1, 3, 5])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--placement", default="posthoc", choices=["posthoc", "inside"])
+    parser.add_argument("--mlp-ratio", type=float, default=1.0)
+    parser.add_argument("--attn-ratio", type=float, default=0.5)
+    parser.add_argument("--taps", nargs="+", type=int, default=[-2, -1])
+    parser.add_argument("--no-spatial", action="store_true", help="DSFA without the per-frame spatial step")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (written atomically)")
+    args = parser.parse_args(argv)
+    if any(n < 1 for n in args.frames) or args.repeats < 1:
+        parser.error("--frames must be >= 1 and --repeats >= 1")
+    if args.family == "dpt":
+        SIZES.update({"tiny": 128, "small": 256})
+    torch.set_num_threads(args.threads)
+    dsfa_cfg = {"placement": args.placement, "mlp_ratio": args.mlp_ratio, "attn_ratio": args.attn_ratio,
+                "taps": args.taps, "spatial": not args.no_spatial}
+    total = len(args.sizes) * len(args.frames) * 3 * args.repeats
+    results = {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "runs": []}
+    with tqdm(total=total, desc="bench_stage2", unit="fwd", mininterval=5.0) as bar:
+        for size in args.sizes:
+            results["runs"].append(bench_size(size, args.family, args.frames, args.repeats, args.warmup, dsfa_cfg, bar))
+
+    for run in results["runs"]:
+        p = run["params"]
+        print(f"\n{run['family']} {run['size']} @ {run['input'][0]}x{run['input'][1]}: encoder {p['encoder'] / 1e6:.2f} M, "
+              f"decoder {p['decoder'] / 1e6:.2f} M, DSFA {p['dsfa'] / 1e6:.3f} M in {p['dsfa_blocks']} block(s) = "
+              f"{100 * p['dsfa_over_encoder']:.1f}% of the encoder (goal <= 15%)")
+        print(f"  {'N':>2} {'T_base ms':>10} {'T_stack ms':>11} {'T_dsfa ms':>10} {'DSFA overhead':>14} "
+              f"{'total ratio':>12} {'GFLOP stack':>12} {'GFLOP dsfa':>11} {'FLOP overhead':>14}")
+        for n, f in run["frames"].items():
+            print(f"  {n:>2} {1e3 * f['T_base_s']:>10.1f} {1e3 * f['T_stack_s']:>11.1f} {1e3 * f['T_dsfa_s']:>10.1f} "
+                  f"{100 * f['dsfa_overhead']:>13.1f}% {f['total_ratio']:>11.2f}x {f['flops_stack'] / 1e9:>12.2f} "
+                  f"{f['flops_dsfa'] / 1e9:>11.2f} {100 * f['dsfa_flops_overhead']:>13.1f}%")
+    print("\nDSFA overhead = T_dsfa(N) / T_stack(N) - 1 (goal <= 10%); T_stack = encoder on N+1 frames + decoder."
+          "\nFLOP overhead: the same ratio in counted FLOPs (independent of machine load).")
+    if args.out is not None:
+        write_json(args.out, results)
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
