@@ -26,7 +26,8 @@ def _inputs(family: str, n: int = 3, seed: int = 0):
 def _pair(family: str, placement: str = "posthoc", **extra) -> tuple[BokehDepthModel, BokehDepthModel]:
     """(model with DSFA, base model with the same weights), eval mode, with a head whose output varies per pixel."""
     torch.manual_seed(0)
-    cfg = {"family": family, "dsfa": {"placement": placement}, **extra}
+    cfg = {"family": family, "dsfa": {"placement": placement}}
+    cfg.update(extra)
     model = build_depth_model(cfg).eval()
     _sharpen_head(model)
     base = build_depth_model({"family": family, "dsfa": {"enabled": False}}).eval()
@@ -113,9 +114,7 @@ def test_inside_refined_tokens_flow_into_later_blocks_posthoc_do_not() -> None:
     image, stack, K = _inputs("depth_anything_v2")
     taps = {}
     for placement in ("posthoc", "inside"):
-        model, base = _pair("depth_anything_v2", placement, **{})
-        model = build_depth_model({"family": "depth_anything_v2", "dsfa": {"placement": placement, "taps": [-2]}}).eval()
-        base.load_state_dict(model.state_dict(), strict=False)
+        model, base = _pair("depth_anything_v2", placement, dsfa={"placement": placement, "taps": [-2]})
         _open_dsfa(model)
         with torch.no_grad():
             taps[placement] = (model.tap_features(image, stack, K), base.tap_features(image))
@@ -154,15 +153,26 @@ def test_gradient_reaches_dsfa_and_one_step_changes_the_model(placement: str) ->
         assert (model(image, stack, K) - base(image)).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("n", [0, 1, 3])
-def test_stack_sizes_work(n: int) -> None:
-    model, base = _pair("depth_anything_v2")
-    image, stack, K = _inputs("depth_anything_v2", n=n)
-    with torch.no_grad():
-        out = model(image, stack, K)
-    assert out.shape == (2, 1, 42, 56) and bool(torch.isfinite(out).all()) and float(out.min()) > 0
-    with torch.no_grad():
-        assert torch.equal(out, model(image, None, None)) if n == 0 else True
+def test_stack_sizes_work() -> None:
+    model, _ = _pair("depth_anything_v2")
+    _open_dsfa(model)
+    for n in (0, 1, 3):
+        image, stack, K = _inputs("depth_anything_v2", n=n)
+        with torch.no_grad():
+            out = model(image, stack, K)
+        assert out.shape == (2, 1, 42, 56) and bool(torch.isfinite(out).all()) and float(out.min()) > 0
+        if n == 0:
+            with torch.no_grad():
+                assert torch.equal(out, model(image, None, None))
+
+
+def test_inside_placement_refuses_gradient_checkpointing() -> None:
+    model = build_depth_model({"dsfa": {"placement": "inside"}})
+    hf = model.backbone.hf
+    (getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable)()
+    image, stack, K = _inputs("depth_anything_v2", n=1)
+    with pytest.raises(RuntimeError, match="gradient checkpointing"):
+        model(image, stack, K)
 
 
 def test_mismatched_frame_size_is_resized_with_a_warning() -> None:

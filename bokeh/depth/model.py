@@ -306,7 +306,8 @@ class BokehDepthModel(nn.Module):
         return out
 
     def _inside(self, prep, image, stack, K, n, b) -> list[torch.Tensor]:
-        if getattr(self.backbone.hf, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+        checkpointed = any(getattr(block, "gradient_checkpointing", False) for block in self.backbone.blocks)
+        if checkpointed and self.training and torch.is_grad_enabled():
             # checkpointed blocks re-run in backward, after the hooks' context is gone: refinement would be lost
             raise RuntimeError("dsfa.placement='inside' does not support gradient checkpointing of the encoder; "
                                "use placement='posthoc' or disable gradient checkpointing")
