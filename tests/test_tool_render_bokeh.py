@@ -1,0 +1,119 @@
+"""tools/render_bokeh.py: outputs, CoC maps against the formula, lens strengths, clear errors for bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bokeh.io import read_image, write_image, write_npy
+from physics.scenes import make_scene
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tool(repo_root_module):
+    spec = importlib.util.spec_from_file_location("render_bokeh_tool", repo_root_module / "tools" / "render_bokeh.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def repo_root_module():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    s = make_scene(5, 32, 40)
+    write_image(tmp_path / "img.png", s.image)
+    write_npy(tmp_path / "depth.npy", s.depth_m[0])
+    return tmp_path, s
+
+
+def test_k_stack_outputs_and_coc(tool, inputs):
+    tmp, scene = inputs
+    out = tmp / "out"
+    rc = tool.main(["--image", str(tmp / "img.png"), "--depth", str(tmp / "depth.npy"), "--K", "0", "2", "5",
+                    "--focus-m", "1.2", "--out", str(out)])
+    assert rc == 0
+    for i in range(3):
+        assert (out / f"frame_{i:02d}.png").is_file() and (out / f"coc_{i:02d}.png").is_file()
+    coc = np.load(out / "coc_02.npy")
+    expected = 5.0 * (1 / 1.2 - 1 / scene.depth_m[0].numpy())
+    assert np.allclose(coc, expected, atol=1e-4)
+    # K = 0 frame is the input (up to 8-bit PNG round trip)
+    assert torch.allclose(read_image(out / "frame_00.png"), read_image(tmp / "img.png"), atol=1 / 255)
+    camera = json.loads((out / "camera.json").read_text())
+    assert [f["K_px_m"] for f in camera["frames"]] == [0.0, 2.0, 5.0]
+    grid = read_image(out / "grid.png")
+    assert grid.shape[-1] > 5 * 40  # image, depth and three frames side by side
+
+
+def test_lens_fields_give_thin_lens_k(tool, inputs):
+    tmp, _ = inputs
+    out = tmp / "lens"
+    rc = tool.main(["--image", str(tmp / "img.png"), "--depth", str(tmp / "depth.npy"), "--f-mm", "50",
+                    "--f-number", "2", "--sensor-width-mm", "36", "--focus-stack", "1.0", "2.0", "--out", str(out)])
+    assert rc == 0
+    frames = json.loads((out / "camera.json").read_text())["frames"]
+    for rec, s1 in zip(frames, (1.0, 2.0)):
+        assert rec["K_px_m"] == pytest.approx(0.05**2 * s1 / (4 * (s1 - 0.05)) * 40 / 0.036, rel=1e-6)
+        assert rec["lens"]["f_number"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--K", "-1"], "--K values must be >= 0"),
+        (["--K", "1", "--f-number", "2"], "either --K or a lens"),
+        (["--f-mm", "50", "--f-number", "2"], "sensor_width_mm"),
+        (["--K", "1", "--focus-m", "0"], "focus distances must be > 0"),
+    ],
+)
+def test_bad_arguments_exit_2_with_message(tool, inputs, capsys, extra, message):
+    tmp, _ = inputs
+    rc = tool.main(["--image", str(tmp / "img.png"), "--depth", str(tmp / "depth.npy"), "--out", str(tmp / "o")]
+                   + extra)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp / "o" / "camera.json").exists()
+
+
+def test_bad_depth_files(tool, inputs, capsys):
+    tmp, scene = inputs
+    bad = scene.depth_m[0].clone()
+    bad[0, 0] = 0.0
+    write_npy(tmp / "holes.npy", bad)
+    write_npy(tmp / "small.npy", scene.depth_m[0, :-1])
+    args = ["--image", str(tmp / "img.png"), "--K", "2", "--out", str(tmp / "o")]
+    assert tool.main(args + ["--depth", str(tmp / "holes.npy")]) == 2
+    assert "invalid (zero) pixels" in capsys.readouterr().err
+    assert tool.main(args + ["--depth", str(tmp / "small.npy")]) == 2
+    assert "same size" in capsys.readouterr().err
+    assert tool.main(args + ["--depth", str(tmp / "missing.npy")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert tool.main(args + ["--depth", str(tmp / "holes.npy"), "--fill-invalid"]) == 0
+
+
+def test_refuses_non_empty_output(tool, inputs, capsys):
+    tmp, _ = inputs
+    (tmp / "busy").mkdir()
+    (tmp / "busy" / "x.txt").write_text("keep")
+    rc = tool.main(["--image", str(tmp / "img.png"), "--depth", str(tmp / "depth.npy"), "--K", "1",
+                    "--out", str(tmp / "busy")])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tmp / "busy" / "x.txt").read_text() == "keep"
