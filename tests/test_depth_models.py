@@ -228,6 +228,12 @@ def test_config_errors() -> None:
         build_depth_model({"dsfa": {"placement": "middle"}})
     with pytest.raises(ValueError, match="dsfa.taps entry 7"):
         build_depth_model({"dsfa": {"taps": [7]}})
+    with pytest.raises(ValueError, match="'dsfa.k_scale' must be int or float"):
+        build_depth_model({"dsfa": {"k_scale": "thirty"}})
+    with pytest.raises(ValueError, match="'stack_no_grad' must be bool"):
+        build_depth_model({"stack_no_grad": "yes"})
+    with pytest.raises(ValueError, match="'family' must not be null"):
+        build_depth_model({"family": None})
     with pytest.raises(FileNotFoundError, match="/no/such/checkpoint"):
         build_depth_model({"pretrained_path": "/no/such/checkpoint"})
 

@@ -83,8 +83,35 @@ def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
                 raise ValueError(f"depth model config '{prefix}{key}' must be a mapping, got {value!r}")
             out[key] = _merge(defaults[key], dict(value), f"{prefix}{key}.")
         else:
+            _check_type(f"{prefix}{key}", defaults[key], value)
             out[key] = value
     return out
+
+
+_NULLABLE = {"pretrained_path", "max_depth_m", "dsfa.num_heads"}
+
+
+def _check_type(key: str, default: Any, value: Any) -> None:
+    """A config value must have its default's type (numbers: int or float; null only where documented)."""
+    if value is None:
+        if key in _NULLABLE:
+            return
+        raise ValueError(f"depth model config '{key}' must not be null (default {default!r})")
+    if default is None:
+        expected: tuple = (str,) if key == "pretrained_path" else (int,)
+    elif isinstance(default, bool):
+        expected = (bool,)
+    elif isinstance(default, (int, float)):
+        expected = (int, float)
+    elif isinstance(default, str):
+        expected = (str,)
+    elif isinstance(default, (list, tuple)):
+        expected = (list, tuple, int)
+    else:
+        return
+    if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+        names = " or ".join(t.__name__ for t in expected)
+        raise ValueError(f"depth model config '{key}' must be {names}, got {value!r} ({type(value).__name__})")
 
 
 class BokehDepthModel(nn.Module):
@@ -253,6 +280,8 @@ class BokehDepthModel(nn.Module):
 
     def _features(self, image, stack, K_px_m) -> tuple[list[torch.Tensor], tuple[int, int]]:
         n = self._check_inputs(image, stack, K_px_m)
+        if not self.dsfa_enabled:
+            n = 0  # the base model ignores the stack (after checking it, so both models reject the same input)
         b, _, h, w = image.shape
         if n and stack.shape[-2:] != image.shape[-2:]:
             if not self._warned_resize:
@@ -273,7 +302,8 @@ class BokehDepthModel(nn.Module):
                 x = F.interpolate(x, size=(hw, ww), mode="bilinear", align_corners=False, antialias=True)
             return self.normalise(x)
 
-        K = K_px_m.to(image.dtype) * (ww / w) if n else None  # blur radius scales with the image width
+        # blur radii scale with the image width: DSFA sees K in the pixels of the grid it looks at
+        K = K_px_m.to(device=image.device, dtype=image.dtype) * (ww / w) if n else None
         if not self.dsfa_enabled:
             taps = self.backbone.encode(prep(image))
         elif self.placement == "posthoc":
@@ -346,5 +376,7 @@ def build_depth_model(cfg: Mapping[str, Any] | Any = None) -> BokehDepthModel:
     cfg = _merge(DEFAULT_CONFIG, _to_dict(cfg))
     backbone = build_backbone(cfg["family"], size=cfg["size"], arch=cfg["arch"], head=cfg["head"],
                               max_depth_m=cfg["max_depth_m"], pretrained_path=cfg["pretrained_path"])
-    return BokehDepthModel(backbone, cfg["dsfa"], stack_no_grad=bool(cfg["stack_no_grad"]),
-                           min_depth_m=float(cfg["min_depth_m"]))
+    model = BokehDepthModel(backbone, cfg["dsfa"], stack_no_grad=bool(cfg["stack_no_grad"]),
+                            min_depth_m=float(cfg["min_depth_m"]))
+    model.config = cfg  # the resolved configuration (defaults filled in), e.g. to save next to a checkpoint
+    return model
