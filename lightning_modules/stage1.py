@@ -86,6 +86,26 @@ class SyntheticSplit(Dataset):
                 "index": torch.tensor(index)}
 
 
+class RenderingCollate:
+    """Collate, then render the batch's physics targets in ONE renderer call at fresh K ~ U[k_min, k_max].
+
+    Used as the training DataLoader's collate_fn, so loader workers render while the main process trains.
+    """
+
+    def __init__(self, k_range: tuple[float, float], render_options: Mapping[str, Any] | None = None) -> None:
+        self.k_min, self.k_max = float(k_range[0]), float(k_range[1])
+        self.render_options = dict(render_options or {})
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        from torch.utils.data import default_collate
+
+        batch = default_collate(items)
+        K = self.k_min + (self.k_max - self.k_min) * torch.rand(batch["image"].shape[0])
+        batch["target"] = physics_targets(batch["image"], batch["depth_m"], K, batch["focus_m"], self.render_options)
+        batch["K_px_m"] = K
+        return batch
+
+
 def _resize_crop(t: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
     """Scale so the image covers (height, width), then centre-crop (aspect ratio kept, no distortion)."""
     h, w = t.shape[-2:]
@@ -188,9 +208,13 @@ class PairManifest(Dataset):
 class Stage1DataModule(L.LightningDataModule):
     """Train/val/test splits of one data kind (see the module docstring)."""
 
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: Mapping[str, Any], k_range: tuple[float, float] | None = None,
+                 render_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.cfg = dict(cfg)
+        self.render_k = k_range
+        self.render_options = dict(render_options or {})
+        self.render_in_loader = False
         kind = self.cfg.get("kind", "synthetic")
         if kind not in ("synthetic", "rgbd_manifest", "pairs"):
             raise ConfigError(f"data.kind must be synthetic, rgbd_manifest or pairs, got {kind!r}")
@@ -207,6 +231,7 @@ class Stage1DataModule(L.LightningDataModule):
             for split in ("train", "val", "test"):
                 self.splits[split] = SyntheticSplit(split, int(syn[f"num_{split}"]), h, w, int(c.get("seed", 0)),
                                                     syn.get("scene_options") or {})
+            self.render_in_loader = bool(syn.get("render_in_loader", False)) and self.render_k is not None
         else:
             cls = RGBDManifest if self.kind == "rgbd_manifest" else PairManifest
             for split in ("train", "val", "test"):
@@ -220,8 +245,10 @@ class Stage1DataModule(L.LightningDataModule):
         if split not in self.splits:
             return []
         bs = int(self.cfg["batch_size"] if split == "train" else self.cfg.get("eval_batch_size", self.cfg["batch_size"]))
-        return DataLoader(self.splits[split], batch_size=bs, shuffle=shuffle, num_workers=int(self.cfg.get("num_workers", 0)),
-                          drop_last=shuffle and len(self.splits[split]) >= bs, persistent_workers=False)
+        workers = int(self.cfg.get("num_workers", 0)) if split == "train" else 0
+        collate = RenderingCollate(self.render_k, self.render_options) if split == "train" and self.render_in_loader else None
+        return DataLoader(self.splits[split], batch_size=bs, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+                          drop_last=shuffle and len(self.splits[split]) >= bs, persistent_workers=workers > 0)
 
     def train_dataloader(self):
         return self._loader("train", True)
@@ -419,7 +446,8 @@ def export_generator(module: Stage1Module, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     cfg = module.cfg
     meta = {"model": cfg["model"], "k": cfg["k"], "resolution": int(cfg["data"]["width"]),
-            "eval_steps": int(cfg["eval"].get("num_steps", 4)), "trained_on": cfg["data"].get("kind", "synthetic")}
+            "eval_steps": int(cfg["eval"].get("num_steps", 4)), "eval_K_px_m": list(cfg["eval"].get("K_px_m", [])),
+            "trained_on": cfg["data"].get("kind", "synthetic")}
     gen = module.generator
     if isinstance(gen, FluxKontextBokehGenerator):
         path = save_adapter(gen.adapter, run_dir / "generator.safetensors")
@@ -488,7 +516,8 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
         if key not in container:
             raise ConfigError(f"stage1 config needs a '{key}' section")
     module = Stage1Module(container)
-    datamodule = Stage1DataModule(container["data"])
+    datamodule = Stage1DataModule(container["data"], (float(container["k"]["min"]), float(container["k"]["max"])),
+                                  container.get("render_options") or {})
     return module, datamodule
 
 

@@ -265,11 +265,15 @@ def test_flux_guidance_step_restores_the_local_mean():
     lin = kornia.color.rgb_to_linear_rgb(sharp)
     bokeh = kornia.color.linear_rgb_to_rgb(kornia.filters.box_blur(lin, (5, 5)))  # blur in linear light: flux kept
     pred = bokeh * 0.7  # a "bokeh" that lost light
-    cfg = GuidanceConfig(flux_strength=1.0, min_sigma_px=3.0)
+    cfg = GuidanceConfig(flux_strength=1.0, min_sigma_px=3.0, max_step=1.0)
     K = torch.tensor([2.0])
     before = flux_conservation_loss(pred, sharp, K, cfg)
     after = flux_conservation_loss(PhysicsGuidance(cfg).step(pred, sharp, K, 1), sharp, K, cfg)
     assert after < 0.5 * before
+    bounded = GuidanceConfig(flux_strength=1.0, min_sigma_px=3.0, max_step=0.01)
+    stepped = PhysicsGuidance(bounded).step(pred, sharp, K, 1)
+    assert (stepped - pred).abs().max() <= 0.01 + 1e-6  # trust region
+    assert flux_conservation_loss(stepped, sharp, K, cfg) < before
     assert flux_conservation_loss(bokeh, sharp, K, cfg) < 0.1 * before
 
 

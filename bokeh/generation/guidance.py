@@ -13,7 +13,8 @@
         L_stack = sum_p w(p) sum_i (rho_i - K_i Delta)^2 / (sum_i rho_i^2 + c),
     weighted by the reference's texture w(p) (flat regions carry no blur information). physics.dfd's estimator is
     the measurement in the comparison tool; this proxy is its differentiable stand-in here.
-The guided update is img <- img - grad(flux_strength * L_flux + stack_strength * L_stack), in image units.
+The guided update is img <- img - clamp(grad(flux_strength * L_flux + stack_strength * L_stack), +-max_step), in
+image units (the clamp is a trust region: the proxy's gradients can be large where blur saturates).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class GuidanceConfig:
     min_sigma_px: float = 2.0
     window_sigma_px: float = 1.5
     start_fraction: float = 0.0  # apply from this fraction of the sampling steps on (0 = from the first step)
+    max_step: float = 0.03  # trust region: no pixel moves by more than this (sRGB units) in one guidance step
+    max_rho: float = 8.0  # blur proxies saturate softly here (blur radius / edge width)
 
     @property
     def enabled(self) -> bool:
@@ -74,16 +77,19 @@ def _gradient_rms(image: torch.Tensor, window_sigma: float) -> torch.Tensor:
     energy = grad.pow(2).sum(2)
     ks = 2 * math.ceil(3 * window_sigma) + 1
     energy = kornia.filters.gaussian_blur2d(energy, (ks, ks), (window_sigma, window_sigma), border_type="replicate")
-    return (energy + 1e-8).sqrt()
+    return (energy + 1e-5).sqrt()  # floor: flat regions carry no blur information, keep their ratio bounded
 
 
-def blur_proxy(reference: torch.Tensor, frames: torch.Tensor, window_sigma: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable blur proxy rho [B,N,1,H,W] (radius / local edge width) and texture weight [B,1,H,W]."""
+def blur_proxy(reference: torch.Tensor, frames: torch.Tensor, window_sigma: float = 1.5, max_rho: float = 8.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable blur proxy rho [B,N,1,H,W] (radius / local edge width, soft-saturated at ``max_rho``) and
+    texture weight [B,1,H,W]."""
     b, n = frames.shape[:2]
     g_ref = _gradient_rms(reference, window_sigma)  # [B,1,H,W]
     g = _gradient_rms(frames.flatten(0, 1), window_sigma).view(b, n, 1, *frames.shape[-2:])
     ratio2 = (g_ref[:, None] / g).pow(2)
     rho = (torch.relu(ratio2 - 1.0) + 1e-4).sqrt()
+    rho = max_rho * torch.tanh(rho / max_rho)
     weight = g_ref / g_ref.flatten(1).mean(1).view(-1, 1, 1, 1).clamp_min(1e-6)
     return rho, weight
 
@@ -93,12 +99,12 @@ def stack_consistency_loss(frames: torch.Tensor, reference: torch.Tensor, K_px_m
     """[B] penalty: frames [B,N,3,H,W], reference [B,3,H,W], K [B,N]; zero when N < 2."""
     if frames.shape[1] < 2:
         return frames.new_zeros(frames.shape[0])
-    rho, weight = blur_proxy(reference, frames, cfg.window_sigma_px)
+    rho, weight = blur_proxy(reference, frames, cfg.window_sigma_px, cfg.max_rho)
     K = K_px_m.to(frames).view(*K_px_m.shape, 1, 1, 1)
     delta = (K * rho).sum(1) / K.pow(2).sum(1).clamp_min(1e-8)  # [B,1,H,W]
     resid = (rho - K * delta[:, None]).pow(2).sum(1)
-    norm = rho.pow(2).sum(1) + 1e-2
-    return (weight * resid / norm).flatten(1).sum(1)
+    norm = rho.pow(2).sum(1) + 1.0  # scale-free where blur is measurable, damped where it is not (rho << 1)
+    return (weight * resid / norm).flatten(1).mean(1)
 
 
 class PhysicsGuidance:
@@ -130,4 +136,4 @@ class PhysicsGuidance:
             if not torch.is_tensor(total) or not total.requires_grad:
                 return images
             (grad,) = torch.autograd.grad(total, x)
-        return (images - grad).detach()
+        return (images - grad.clamp(-self.cfg.max_step, self.cfg.max_step)).detach()

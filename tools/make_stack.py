@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Sharp image(s) -> bokeh stacks from a trained Stage-1 generator, plus a JSONL manifest Stage-2 can read.
+
+    python tools/make_stack.py --generator runs/stage1/<run> --input photo.jpg --out stacks/ --K 2 4 6
+    python tools/make_stack.py --generator runs/stage1/<run> --input folder/ --out stacks/
+    python tools/make_stack.py --generator runs/stage1/<run> --input rgbd.jsonl --out stacks/   # keeps depth, intrinsics
+
+- ``--K`` is in px*m for each input image at its own width (one K axis: radius = K (1/focus - 1/depth) px). By
+  default (``--K-at-width`` unset) the values are the generator's eval strengths at its training width, scaled to
+  each image's width. K outside the trained range is clamped with a warning (``--k-policy error`` refuses).
+- Output: ``<out>/frames/<name>_k<i>.png`` (the input size, aspect kept), ``<out>/images/<name>.png`` (the sharp
+  reference as read), ``<out>/stacks.jsonl`` with rows {image, stack: [...], K_px_m: [...], depth?, intrinsics?,
+  focus_m?} (paths relative to the manifest), and ``<out>/run.json`` (settings). Every file is written atomically.
+- Images are read with bokeh.io.read_image: grayscale and RGBA are converted to RGB with a warning; an unreadable
+  file is reported and skipped (exit code 1 if any was skipped, 2 if none could be processed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bokehdepth_guard import require_bokehdepth  # noqa: E402
+
+require_bokehdepth()
+
+import torch  # noqa: E402
+
+from bokeh.generation import GuidanceConfig  # noqa: E402
+from bokeh.io import list_images, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--generator", required=True, help="run dir, generator.safetensors, or a Stage-1 .ckpt")
+    p.add_argument("--input", required=True, help="an image, a folder of images, or a JSONL manifest {image, depth?, intrinsics?}")
+    p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--K", type=float, nargs="+", default=None, help="strengths, px*m (see --K-at-width)")
+    p.add_argument("--K-at-width", type=float, default=None,
+                   help="the image width the --K values refer to (default: each input's own width)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale on K (1 = off)")
+    p.add_argument("--flux-guidance", type=float, default=0.0, help="flux-conservation guidance strength (0 = off)")
+    p.add_argument("--stack-guidance", type=float, default=0.0, help="stack-consistency guidance strength (0 = off)")
+    p.add_argument("--color-transfer", action="store_true", help="LAB mean/std transfer back to the reference")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k-policy", choices=["clamp", "error"], default=None, help="K outside the trained range")
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+def collect_inputs(path: Path) -> list[dict[str, Any]]:
+    """Rows {image: Path, name, depth?: Path, intrinsics?, focus_m?} from an image, a folder or a JSONL manifest."""
+    if path.is_dir():
+        images = list_images(path)
+        if not images:
+            raise ValueError(f"no images found in {path}")
+        return [{"image": p, "name": p.stem} for p in images]
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{n}: not valid JSON ({error})") from error
+            if "image" not in rec:
+                raise ValueError(f"{path}:{n}: missing field 'image'")
+            row = {"image": (path.parent / rec["image"]).resolve(), "name": f"{n:05d}_{Path(rec['image']).stem}"}
+            if rec.get("depth"):
+                row["depth"] = (path.parent / rec["depth"]).resolve()
+            for key in ("intrinsics", "focus_m", "depth_scale"):
+                if key in rec:
+                    row[key] = rec[key]
+            rows.append(row)
+        if not rows:
+            raise ValueError(f"manifest {path} lists no image")
+        return rows
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    return [{"image": path, "name": path.stem}]
+
+
+def _rel(path: Path, base: Path) -> str:
+    return os.path.relpath(path, base)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from lightning_modules.stage1 import load_generator
+
+    rows = collect_inputs(Path(args.input))
+    gen, meta = load_generator(args.generator, k_policy=args.k_policy)
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    train_width = float(meta["resolution"])
+    default_k = [float(k) for k in (meta.get("eval_K_px_m") or [meta["k"]["min"], meta["k"]["max"]])]
+    guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance)
+    lines, skipped = [], []
+    t0 = time.perf_counter()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x, **_):
+            return x
+    for row in tqdm(rows, desc="stacks", unit="image"):
+        try:
+            image = read_image(row["image"])
+        except (ValueError, OSError) as error:
+            print(f"skipped {row['image']}: {error}", file=sys.stderr)
+            skipped.append({"image": str(row["image"]), "error": str(error)})
+            continue
+        width = image.shape[-1]
+        if args.K is not None:
+            ref_width = args.K_at_width or width
+            K = [k * width / ref_width for k in args.K]
+        else:
+            K = [k * width / train_width for k in default_k]
+        res = gen.generate_stack(image, K, num_steps=args.steps, cfg_scale=args.cfg, guidance=guidance,
+                                 color_transfer=args.color_transfer, seed=args.seed)
+        ref_path = write_image(out / "images" / f"{row['name']}.png", image)
+        frame_paths = [write_image(out / "frames" / f"{row['name']}_k{i}.png", res.frames[0, i]) for i in range(len(K))]
+        rec: dict[str, Any] = {"image": _rel(ref_path, out), "stack": [_rel(p, out) for p in frame_paths],
+                               "K_px_m": [round(float(k), 6) for k in K],
+                               "K_work_px_m": [round(float(k), 6) for k in res.K_work_px_m]}
+        for key in ("intrinsics", "focus_m", "depth_scale"):
+            if key in row:
+                rec[key] = row[key]
+        if "depth" in row:
+            rec["depth"] = _rel(Path(row["depth"]), out)
+        lines.append(json.dumps(rec))
+    if lines:
+        write_text(out / "stacks.jsonl", "\n".join(lines) + "\n")
+    write_json(out / "run.json", {"generator": str(args.generator), "input": str(args.input), "images": len(lines),
+                                  "skipped": skipped, "steps": args.steps or gen.default_steps, "cfg": args.cfg,
+                                  "guidance": guidance.to_dict(), "color_transfer": args.color_transfer,
+                                  "seed": args.seed, "seconds": time.perf_counter() - t0})
+    print(f"wrote {len(lines)} stack(s) to {out / 'stacks.jsonl'}" + (f"; skipped {len(skipped)}" if skipped else ""))
+    if not lines:
+        return 2
+    return 1 if skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
