@@ -1,0 +1,98 @@
+"""tools/make_stack.py: image / folder / manifest -> stack frames + a Stage-2-readable JSONL manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_modules.config import load_config
+from lightning_modules.stage1 import build, export_generator
+
+
+def _load_tool(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_stack = _load_tool("make_stack")
+
+TINY = ["data.height=16", "data.width=16", "model.compact.unet.block_out_channels=[16, 32]",
+        "model.compact.unet.cross_attention_dim=16", "model.compact.unet.attention_head_dim=8",
+        "eval.num_steps=2", "k.min=0.5", "k.max=2.0", "eval.K_px_m=[1.0, 2.0]"]
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    module, _ = build(load_config(["configs/stage1.yaml"], TINY))
+    with torch.no_grad():
+        for p in module.generator.net.unet.conv_out.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("gen")
+    export_generator(module, path)
+    return path
+
+
+def _write(path, array, mode=None):
+    Image.fromarray(array, mode=mode).save(path)
+
+
+def test_folder_with_gray_rgba_and_corrupt_images(tmp_path, generator_dir):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "a_rgb.png", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    _write(src / "b_gray.png", rng.integers(0, 255, (18, 24), dtype=np.uint8))
+    _write(src / "c_rgba.png", rng.integers(0, 255, (16, 16, 4), dtype=np.uint8))
+    (src / "d_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning) as record:
+        code = make_stack.main(["--generator", str(generator_dir), "--input", str(src), "--out", str(out),
+                                "--K", "1.0", "2.0", "--K-at-width", "16", "--steps", "2"])
+    messages = " ".join(str(w.message) for w in record)
+    assert "grayscale" in messages and "alpha" in messages
+    assert code == 1  # one image skipped
+    rows = [json.loads(line) for line in (out / "stacks.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in rows] == ["images/a_rgb.png", "images/b_gray.png", "images/c_rgba.png"]
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["skipped"]) == 1 and "d_corrupt" in run["skipped"][0]["image"]
+    first = rows[0]
+    assert first["K_px_m"] == pytest.approx([1.0 * 30 / 16, 2.0 * 30 / 16])  # K follows each image's width
+    for rel in first["stack"]:
+        assert Image.open(out / rel).size == (30, 20)  # aspect ratio and size restored
+    assert not (out / "stacks.jsonl.tmp").exists()
+
+
+def test_manifest_keeps_depth_and_intrinsics_and_refuses_a_non_empty_output(tmp_path, generator_dir):
+    rng = np.random.default_rng(1)
+    _write(tmp_path / "rgb.png", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    np.save(tmp_path / "depth.npy", np.full((16, 16), 2.0, np.float32))
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "rgb.png", "depth": "depth.npy",
+                                                  "intrinsics": [20, 20, 8, 8]}) + "\n")
+    out = tmp_path / "out"
+    assert make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "m.jsonl"), "--out", str(out),
+                            "--steps", "1"]) == 0
+    row = json.loads((out / "stacks.jsonl").read_text())
+    assert row["intrinsics"] == [20, 20, 8, 8] and (out / row["depth"]).resolve() == (tmp_path / "depth.npy").resolve()
+    assert row["K_px_m"] == pytest.approx([1.0, 2.0]) and len(row["stack"]) == 2  # the generator's eval K
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "m.jsonl"), "--out", str(out)])
+
+
+def test_k_outside_the_trained_range_is_refused_with_policy_error(tmp_path, generator_dir):
+    from bokeh.generation import KRangeError
+
+    _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(KRangeError, match="outside the trained range"):
+        make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
+                         "--out", str(tmp_path / "o"), "--K", "50", "--k-policy", "error", "--steps", "1"])
