@@ -8,7 +8,7 @@
 * Placement "posthoc": DSFA refines the tapped features right before the decoder (the published Depth Anything V2
   way); "inside": DSFA refines the reference tokens at the output of the tapped ViT block, and the refined tokens
   flow through the later blocks (the paper's figure). Implemented with forward hooks (prepend=True, so that
-  transformers' own output recording sees the refined tokens) that act only during this model's forward.
+  transformers' own output recording sees the refined tokens) registered for the duration of one forward call.
 * Only the reference frame reaches the decoder.
 * Stack None / N = 0: DSFA runs on the reference alone (F = 1). With DSFA disabled, or at initialisation (all
   DSFA residual paths start at zero), the output is the base model's, bit for bit.
@@ -135,7 +135,6 @@ class BokehDepthModel(nn.Module):
         self.dsfa = nn.ModuleDict()
         self.placement = "posthoc"
         self.dsfa_taps: list[int] = []
-        self._hooks: list[Any] = []
         self._ctx: dict[str, Any] | None = None
         self._warned_resize = False
         self._warned_patch = False
@@ -174,10 +173,6 @@ class BokehDepthModel(nn.Module):
                 alpha_init=float(cfg.get("alpha_init", 1.0)),
                 spatial=bool(cfg.get("spatial", True)),
             )
-        if placement == "inside":
-            for t in self.dsfa_taps:
-                block = self.backbone.blocks[self.backbone.tap_blocks[t]]
-                self._hooks.append(block.register_forward_hook(self._make_inside_hook(t), prepend=True))
 
     def _make_inside_hook(self, tap: int):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -341,6 +336,11 @@ class BokehDepthModel(nn.Module):
             # checkpointed blocks re-run in backward, after the hooks' context is gone: refinement would be lost
             raise RuntimeError("dsfa.placement='inside' does not support gradient checkpointing of the encoder; "
                                "use placement='posthoc' or disable gradient checkpointing")
+        # Hooks live only for this call (not in the module state), so deepcopy / pickling of the model stay correct.
+        handles = [
+            self.backbone.blocks[self.backbone.tap_blocks[t]].register_forward_hook(self._make_inside_hook(t), prepend=True)
+            for t in self.dsfa_taps
+        ]
         try:
             if n and self.stack_no_grad:
                 self._ctx = {"mode": "record", "B": b, "N": n, "K": K, "cache": {}}
@@ -356,6 +356,8 @@ class BokehDepthModel(nn.Module):
             return self.backbone.encode(prep(image))
         finally:
             self._ctx = None
+            for handle in handles:
+                handle.remove()
 
 
 def build_depth_model(cfg: Mapping[str, Any] | Any = None) -> BokehDepthModel:
