@@ -291,3 +291,24 @@ def test_stack_consistency_prefers_blur_linear_in_k():
     linear = stack_consistency_loss(stack([0.8, 1.6, 2.4]), sharp, K, cfg)
     broken = stack_consistency_loss(stack([2.4, 0.8, 1.6]), sharp, K, cfg)
     assert linear < 0.5 * broken
+
+
+def test_flux_generator_matches_flux_kontext_pipeline_at_init():
+    """With the adapter at its zero init, our sampling equals diffusers' FluxKontextPipeline run without text
+    encoders (same prompt embeddings, image, initial latents and schedule)."""
+    from diffusers import FluxKontextPipeline
+
+    transformer, vae = tiny_flux_transformer(), tiny_flux_vae()
+    adapter = install_k_adapter(transformer, rank=4, k_dim=24)
+    gen = FluxKontextBokehGenerator(transformer, vae, adapter, KRange(0.0, 8.0), resolution=None)
+    image = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, 4 * 6, 16, generator=torch.Generator().manual_seed(1))  # packed latents [B, seq, 4C]
+    ours = gen.generate_stack(image, [2.0], num_steps=2, noise=noise).frames[0, 0]
+    pipe = FluxKontextPipeline(scheduler=gen.scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                               text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(image=image, prompt_embeds=gen.prompt_embeds, pooled_prompt_embeds=gen.pooled_prompt_embeds,
+               height=16, width=24, num_inference_steps=2, latents=noise, output_type="pt",
+               max_area=16 * 24, _auto_resize=False).images[0]
+    assert ref.shape == ours.shape
+    assert torch.allclose(ours, ref.clamp(0, 1), atol=1e-4), (ours - ref).abs().max()

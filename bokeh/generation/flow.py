@@ -66,7 +66,11 @@ def sample_flow(denoise_x0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     scheduler = scheduler or make_scheduler()
-    scheduler.set_timesteps(num_inference_steps=num_steps, device=noise.device, **(set_timesteps_kwargs or {}))
+    kwargs = dict(set_timesteps_kwargs or {})
+    if "sigmas" in kwargs:  # an explicit schedule (the Flux pipelines pass one)
+        scheduler.set_timesteps(device=noise.device, **kwargs)
+    else:
+        scheduler.set_timesteps(num_inference_steps=num_steps, device=noise.device, **kwargs)
     scheduler.set_begin_index(0)
     x = noise
     for i, t in enumerate(scheduler.timesteps):

@@ -111,7 +111,7 @@ class BokehGenerator(nn.Module):
     def to_state(self, image: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
-    def make_scheduler(self, cond: dict[str, Any]):
+    def make_scheduler(self, cond: dict[str, Any], num_steps: int = 8):
         return make_scheduler(), {}
 
     def expand_cond(self, cond: dict[str, Any], repeats: int) -> dict[str, Any]:
@@ -176,7 +176,7 @@ class BokehGenerator(nn.Module):
             img = guide.step(img, sharp_flat, K_flat, n)
             return self.to_state(img, flat_cond)
 
-        scheduler, ts_kwargs = self.make_scheduler(cond)
+        scheduler, ts_kwargs = self.make_scheduler(cond, steps)
         state = sample_flow(denoise, x_init, num_steps=steps, scheduler=scheduler, correct_x0=correct,
                             set_timesteps_kwargs=ts_kwargs)
         frames = self.to_image(state, flat_cond).clamp(0, 1)
@@ -297,10 +297,13 @@ class FluxKontextBokehGenerator(BokehGenerator):
     def state_shape(self, cond: dict[str, Any]) -> tuple[int, ...]:
         return (cond["seq"], cond["channels"])
 
-    def make_scheduler(self, cond: dict[str, Any]):
+    def make_scheduler(self, cond: dict[str, Any], num_steps: int = 28):
+        """The pipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu(sequence length) when dynamic."""
+        import numpy as np
+
         from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"sigmas": np.linspace(1.0, 1.0 / num_steps, num_steps)}
         if self.scheduler.config.get("use_dynamic_shifting", False):
             kwargs["mu"] = calculate_shift(cond["seq"], self.scheduler.config.get("base_image_seq_len", 256),
                                            self.scheduler.config.get("max_image_seq_len", 4096),
