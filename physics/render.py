@@ -174,46 +174,6 @@ def _scale_for(radius: float, pyramid_radius_px: float) -> int:
     return 2 ** int(math.floor(math.log2(a / pyramid_radius_px)))
 
 
-def _hat_weights(rs: torch.Tensor, knots: list[float], idx: list[int]) -> torch.Tensor:
-    """Soft (hat) layer weights [B, len(idx), H, W] of the shifted radius map ``rs`` [B,1,H,W].
-
-    Weight of knot j is 1 at knots[j], falls linearly to 0 at its neighbours, and stays 1 beyond the end knots;
-    the weights of all knots sum to 1 at every pixel and are differentiable w.r.t. rs.
-    """
-    out = []
-    n = len(knots)
-    for j in idx:
-        k = knots[j]
-        if j > 0:
-            left = (rs - knots[j - 1]) / (k - knots[j - 1])
-        else:
-            left = torch.ones_like(rs)
-        if j < n - 1:
-            right = (knots[j + 1] - rs) / (knots[j + 1] - k)
-        else:
-            right = torch.ones_like(rs)
-        out.append(torch.minimum(left, right).clamp(0.0, 1.0))
-    return torch.cat(out, dim=1)
-
-
-def _saturating_over(alpha: torch.Tensor, color: torch.Tensor, acc: torch.Tensor | None, eps: float = 1e-6):
-    """Front-to-back saturating composite of L layers (dim 1 = layers, front first).
-
-    Each layer fills what coverage is left: take_j = min(A_j, 1 - min(1, acc + sum_{i<j} A_i)). Coverage of one
-    continuous surface split over neighbouring layers adds up (no self-occlusion); a nearer surface that already
-    covers a pixel hides what lies behind it. alpha [B,L,H,W], color [B,L,3,H,W] premultiplied, acc [B,1,H,W]|None.
-    Returns (sum of taken colour [B,3,H,W], new coverage [B,1,H,W]).
-    """
-    cum = torch.cumsum(alpha, dim=1)
-    if acc is not None:
-        cum = cum + acc
-    before = (cum - alpha).clamp(max=1.0)
-    take = torch.minimum(alpha, 1.0 - before)
-    scale = take / alpha.clamp_min(eps)
-    col = (color * scale.unsqueeze(2)).sum(dim=1)
-    return col, cum[:, -1:].clamp(max=1.0)
-
-
 def _depthwise(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Per-channel 2-D convolution, 'same' size, zero padding. x [B,C,H,W], kernels [C,k,k] (scatter kernels)."""
     k = kernels.shape[-1]
@@ -221,14 +181,14 @@ def _depthwise(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         return x * kernels.view(1, -1, 1, 1)
     # conv2d correlates; flip to convolve with the scatter kernel (matters for asymmetric apertures)
     w = torch.flip(kernels, dims=(-2, -1)).unsqueeze(1)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)  # a no-op for the renderer's channels-last layers
     return F.conv2d(x, w, padding=k // 2, groups=x.shape[1])
 
 
 def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, focus_m: Number, *,
                  aperture: Union[str, Aperture, torch.Tensor] = "disk", color_space: str = "srgb",
                  highlight_gain: float = 0.0, highlight_threshold: float = 0.8, f_mm: Number | None = None,
-                 layer_ratio: float = 1.2, pyramid_radius_px: float = 2.0, max_layers_per_chunk: int = 6,
+                 layer_ratio: float = 1.2, pyramid_radius_px: float = 3.0,
                  return_radius: bool = False):
     """Occlusion-aware, differentiable thin-lens bokeh by layers in signed-radius space.
 
@@ -243,7 +203,6 @@ def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, foc
         layer_ratio: growth factor of the layer radii beyond 1.5 px (smaller = more layers, more exact).
         pyramid_radius_px: R0; a layer of radius r >= 2*R0 is blurred at 1/s resolution with s = 2^floor(log2(r/R0))
             (its reduced radius in [R0, 2 R0)); 0 disables the pyramid (every layer at full resolution).
-        max_layers_per_chunk: layers blurred together (memory vs. speed).
         return_radius: also return the signed CoC radius map [B,1,H,W] (px).
 
     Returns: [B,3,H,W] (or [3,H,W]) in ``color_space`` (and the radius map if asked).
@@ -260,7 +219,7 @@ def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, foc
     prep = _prepare(image, depth_m, K_px_m, focus_m, color_space, f_mm, highlight_gain, highlight_threshold)
     ap = make_aperture(aperture)
     out = _render_layers(prep.linear, prep.radius, ap, layer_ratio=float(layer_ratio),
-                         pyramid_radius_px=float(pyramid_radius_px), chunk=int(max_layers_per_chunk))
+                         pyramid_radius_px=float(pyramid_radius_px))
     result = _finish(out, color_space, prep.batched, clip=highlight_gain > 0)
     if return_radius:
         return result, (prep.radius if prep.batched else prep.radius[0])
@@ -268,7 +227,7 @@ def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, foc
 
 
 def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, layer_ratio: float,
-                   pyramid_radius_px: float, chunk: int) -> torch.Tensor:
+                   pyramid_radius_px: float) -> torch.Tensor:
     B, _, H, W = lin.shape
     dtype, device = lin.dtype, lin.device
     rmax = float(radius.detach().abs().max())
@@ -277,76 +236,106 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
     unsigned = layer_radii(rmax, layer_ratio)
     signed = [-r for r in reversed(unsigned[1:])] + [0.0] + unsigned[1:]  # front (most negative) first
     knots = [math.copysign(abs(r) - 0.5, r) if r != 0 else 0.0 for r in signed]
+    n = len(knots)
     scales = [_scale_for(r, pyramid_radius_px) for r in signed]
     smax = max(scales)
 
-    # replicate-pad by the largest spot and up to a multiple of the largest pyramid factor
-    margin = kernel_half_size(rmax) + 1
+    # replicate-pad by the largest spot plus the pyramid's reach, to multiples of the largest pyramid factor so that
+    # pooling blocks are anchored at the image origin (a batch renders each item exactly as it renders alone)
+    margin = -(-(kernel_half_size(rmax) + 1 + 2 * smax) // smax) * smax
     Hp = -(-(H + 2 * margin) // smax) * smax
     Wp = -(-(W + 2 * margin) // smax) * smax
     pad = (margin, Wp - W - margin, margin, Hp - H - margin)
     rgba = F.pad(torch.cat([lin, torch.ones_like(lin[:, :1])], dim=1), pad, mode="replicate")
     rs = _shifted(F.pad(radius, pad, mode="replicate"))
 
-    # which layers hold any weight at all (a pixel weighs on the two knots around it)
+    # hat weights: a pixel sits on segment [knots[j0], knots[j0+1]] at fraction t (differentiable w.r.t. rs)
+    kt = torch.tensor(knots, dtype=dtype, device=device)
     with torch.no_grad():
-        kt = torch.tensor(knots, dtype=dtype, device=device)
-        pos = torch.bucketize(rs.reshape(-1), kt)  # knots[pos-1] < r <= knots[pos]
-        hit = torch.bincount(pos, minlength=len(knots) + 1).cpu()
-    used = [j for j in range(len(knots)) if hit[j] > 0 or hit[j + 1] > 0]
+        j0 = (torch.bucketize(rs, kt) - 1).clamp(0, n - 2)
+        hits = torch.bincount(j0.reshape(-1), minlength=n).cpu()
+    used = [j for j in range(n) if hits[j] > 0 or (j > 0 and hits[j - 1] > 0)]
+    k0, k1 = kt[j0], kt[j0 + 1]
+    t = ((rs - k0) / (k1 - k0)).clamp(0.0, 1.0)
 
-    # consecutive used layers with the same pyramid scale form a group, composited at that scale
+    # pool every used layer to its pyramid scale in one pass: each pixel adds (1-t)*rgba to layer j0 and t*rgba to
+    # layer j0+1 of a flat buffer holding all layers at their own resolutions (no per-layer full-resolution work).
+    # The buffer is pixel-major (RGBA last), so each layer is a channels-last image for free (fast convolutions).
+    base = [0] * n
+    total_len = 0
+    for j in used:
+        base[j] = total_len
+        total_len += (Hp // scales[j]) * (Wp // scales[j])
+    with torch.no_grad():
+        s_t = torch.tensor(scales, device=device)
+        b_t = torch.tensor(base, device=device)
+        yy = torch.arange(Hp, device=device).view(1, 1, Hp, 1)
+        xx = torch.arange(Wp, device=device).view(1, 1, 1, Wp)
+
+        def flat_index(j):
+            s = s_t[j]
+            return (b_t[j] + (yy // s) * (Wp // s) + xx // s).reshape(B, Hp * Wp, 1).expand(B, Hp * Wp, 4)
+
+        idx0, idx1 = flat_index(j0), flat_index(j0 + 1)
+    pix = rgba.permute(0, 2, 3, 1).reshape(B, Hp * Wp, 4)
+    src1 = pix * t.reshape(B, Hp * Wp, 1)
+    src0 = pix - src1
+    buf = torch.zeros(B, total_len, 4, dtype=dtype, device=device)
+    buf = buf.scatter_add(1, idx0, src0).scatter_add(1, idx1, src1)
+
+    # split (not slice): autograd then assembles the buffer's gradient once instead of once per layer
+    parts = dict(zip(used, buf.split([(Hp // scales[j]) * (Wp // scales[j]) for j in used], dim=1)))
+
+    def layer(j):
+        s = scales[j]
+        x = parts[j].reshape(B, Hp // s, Wp // s, 4).permute(0, 3, 1, 2)  # channels-last view
+        return x * (1.0 / float(s * s)) if s > 1 else x
+
+    # runs of used layers with the same pyramid scale form a group, composited at that scale, then upsampled
     groups: list[tuple[int, list[int]]] = []
     for j in used:
-        if groups and groups[-1][0] == scales[j] and groups[-1][1][-1] + 1 == j:
+        if groups and groups[-1][0] == scales[j]:
             groups[-1][1].append(j)
         else:
             groups.append((scales[j], [j]))
 
-    total = None
-    acc = None
+    kernels = {}
+    col, acc = None, None
     for s, idx in groups:
         col_g, acc_g = None, None
-        for c0 in range(0, len(idx), chunk):
-            part = idx[c0:c0 + chunk]
-            w = _hat_weights(rs, knots, part)  # [B,L,Hp,Wp]
-            L = len(part)
-            layers = (w.unsqueeze(2) * rgba.unsqueeze(1)).reshape(B, L * 4, Hp, Wp)
-            if s > 1:
-                layers = F.avg_pool2d(layers, s)
-            layers = _blur_layers(layers, [signed[j] / s for j in part], ap, dtype, device)
-            layers = layers.reshape(B, L, 4, layers.shape[-2], layers.shape[-1])
-            c, a = _saturating_over(layers[:, :, 3], layers[:, :, :3], acc_g)
-            col_g = c if col_g is None else col_g + c
-            acc_g = a
+        for j in idx:
+            x = layer(j)
+            rj = signed[j] / s
+            hk = kernel_half_size(rj) if abs(rj) > 0.5 else 0
+            if hk > 0:
+                if (rj, hk) not in kernels:
+                    kernels[(rj, hk)] = ap.kernel(rj, dtype=dtype, device=device, half_size=hk)
+                x = _depthwise(x, kernels[(rj, hk)].expand(4, -1, -1))
+            col_g, acc_g = _over_one(*x.split([3, 1], dim=1), col_g, acc_g)
         if s > 1:
             col_g = F.interpolate(col_g, scale_factor=s, mode="bilinear", align_corners=False)
             acc_g = F.interpolate(acc_g, scale_factor=s, mode="bilinear", align_corners=False)
-        c, a = _saturating_over(acc_g, col_g.unsqueeze(1), acc)
-        total = c if total is None else total + c
-        acc = a
-    out = total / acc.clamp_min(1e-6)
-    return out[:, :, margin:margin + H, margin:margin + W]
+        col, acc = _over_one(col_g, acc_g, col, acc)
+    out = col / acc.clamp_min(1e-6)
+    return out[:, :, margin:margin + H, margin:margin + W].contiguous()
 
 
-def _blur_layers(layers: torch.Tensor, radii: list[float], ap: Aperture, dtype, device) -> torch.Tensor:
-    """Blur the 4 channels of each layer with its aperture kernel; layers with equal kernel size share one conv."""
-    L = len(radii)
-    halves = [kernel_half_size(r) if abs(r) > 0.5 else 0 for r in radii]
-    out = [None] * L
-    for h in sorted(set(halves)):
-        members = [i for i in range(L) if halves[i] == h]
-        if h == 0:
-            for i in members:
-                out[i] = layers[:, 4 * i:4 * i + 4]
-            continue
-        kernels = torch.stack([ap.kernel(radii[i], dtype=dtype, device=device, half_size=h) for i in members])
-        kernels = kernels.repeat_interleave(4, dim=0)  # [4*len(members), k, k]
-        x = torch.cat([layers[:, 4 * i:4 * i + 4] for i in members], dim=1)
-        y = _depthwise(x, kernels)
-        for n, i in enumerate(members):
-            out[i] = y[:, 4 * n:4 * n + 4]
-    return torch.cat(out, dim=1).contiguous()
+def _over_one(color: torch.Tensor, alpha: torch.Tensor, col: torch.Tensor | None, acc: torch.Tensor | None,
+              eps: float = 1e-6):
+    """Saturating "over": composite one layer (premultiplied ``color`` [B,3,H,W], coverage ``alpha`` [B,1,H,W])
+    behind what is already composited (``col``, ``acc``; None for the first layer).
+
+    The layer fills only the coverage that is left: take = min(alpha, 1 - acc). Coverage of one continuous surface
+    split over neighbouring layers therefore adds up (a surface does not occlude itself, and a smooth slanted plane
+    matches the exact scatter), while a nearer surface that already covers a pixel hides what lies behind it (no
+    background bleeding over a sharp foreground; a blurred foreground veils the background by its coverage).
+    Hand-written (the "alpha saturate" blend of old graphics APIs, differentiable).
+    """
+    take = torch.minimum(alpha, 1.0 - acc) if acc is not None else alpha.clamp(max=1.0)
+    part = color * (take / alpha.clamp_min(eps))
+    if acc is None:
+        return part, take
+    return col + part, acc + take
 
 
 # ----------------------------------------------------------------------------------------------------------------

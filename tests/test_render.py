@@ -1,0 +1,284 @@
+"""Renderers against the thin-lens formula, the exact scatter, flux conservation, occlusion and finite differences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from physics.aperture import PolygonAperture
+from physics.render import (highlight_boost, layer_radii, render_bokeh, render_exact_reference,
+                            render_scatter_bokehme)
+
+
+def _texture(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Smooth multi-scale colour noise in [0, 1], [1,3,h,w]."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.zeros(1, 3, h, w)
+    for scale in (3, 8, 24):
+        n = torch.rand(1, 3, max(2, h // scale), max(2, w // scale), generator=g)
+        img += F.interpolate(n, size=(h, w), mode="bicubic", align_corners=False) / 3
+    return img.clamp(0, 1)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
+
+
+def _point_light(size: int, depth: float, value: float = 1.0):
+    img = torch.zeros(1, 3, size, size)
+    img[:, :, size // 2, size // 2] = value
+    return img, torch.full((1, 1, size, size), depth)
+
+
+def _ball_radius(out: torch.Tensor, expected: float) -> float:
+    """Radius from the ball's area = flux / plateau (plateau: mean over the inner half of the expected disk)."""
+    ch = out[0, 0].double()
+    n = ch.shape[-1]
+    yy, xx = torch.meshgrid(torch.arange(n) - n // 2, torch.arange(n) - n // 2, indexing="ij")
+    dist = torch.sqrt((yy**2 + xx**2).double())
+    plateau = ch[dist <= max(0.5, 0.5 * abs(expected))].mean()
+    return math.sqrt(float(ch.sum() / plateau) / math.pi)
+
+
+# K (px*m), focus (m), depth (m): behind and in front of the focal plane, small and large radii
+BALLS = [(20.0, 2.0, 4.0), (20.0, 2.0, 1.2), (40.0, 1.5, 8.0), (30.0, 3.0, 1.0), (10.0, 2.0, 3.0), (8.0, 2.0, 1.6)]
+
+
+@pytest.mark.parametrize("K, focus, depth", BALLS)
+def test_point_light_radius_matches_thin_lens(K, focus, depth):
+    expected = K * abs(1 / focus - 1 / depth)
+    img, d = _point_light(72, depth)
+    out = render_bokeh(img, d, K, focus, color_space="linear")
+    assert abs(_ball_radius(out, expected) - expected) < 0.5
+    assert float(out.sum() / img.sum()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_point_light_radius_exact_reference():
+    K, focus, depth = 30.0, 3.0, 1.0
+    expected = K * abs(1 / focus - 1 / depth)
+    img, d = _point_light(56, depth)
+    out = render_exact_reference(img, d, K, focus, color_space="linear")
+    assert abs(_ball_radius(out, expected) - expected) < 0.5
+
+
+def test_polygon_ball_orientation_and_flip():
+    # pentagon, corners at 0.3 + pi/5 + 2 pi k/5 (CCW from +x, y up) behind the focal plane, rotated 180 deg in front:
+    # the ball's 5-fold angular moment sum I * rho^2 * cos(5 (theta - corner)) is > 0 behind and < 0 in front
+    K, focus = 30.0, 2.0
+    corner = 0.3 + math.pi / 5
+    for depth, sign in ((6.0, 1.0), (1.2, -1.0)):
+        r = K * abs(1 / focus - 1 / depth)
+        img, d = _point_light(64, depth)
+        out = render_bokeh(img, d, K, focus, aperture=PolygonAperture(5, 0.3), color_space="linear")[0, 0].double()
+        yy, xx = torch.meshgrid(torch.arange(64.0) - 32, torch.arange(64.0) - 32, indexing="ij")
+        theta = torch.atan2(-yy, xx)
+        rho2 = (xx**2 + yy**2).double()
+        m5 = float((out * rho2 * torch.cos(5 * (theta - corner))).sum() / (out * rho2).sum())
+        assert sign * m5 > 0.05, (depth, m5)
+        assert abs(_ball_radius(out[None, None], r) - r) < 0.5 * r  # a ball of about the right size
+
+
+def test_flux_conserved_constant_depth():
+    img = torch.zeros(1, 3, 64, 64)
+    img[:, :, 16:48, 16:48] = _texture(32, 32)  # black margin wider than the blur: no flux leaves the frame
+    d = torch.full((1, 1, 64, 64), 5.0)
+    out = render_bokeh(img, d, 25.0, 2.0, color_space="linear")  # r = 7.5 px
+    assert torch.allclose(out.sum(dim=(-2, -1)), img.sum(dim=(-2, -1)), rtol=1e-4)
+    assert float((out - img).abs().max()) > 0.05  # it did blur
+
+
+def _slanted_plane(h: int, w: int, K: float, focus: float, rmax: float) -> torch.Tensor:
+    yy = torch.linspace(-1, 1, h).view(1, 1, h, 1)
+    xx = torch.linspace(-1, 1, w).view(1, 1, 1, w)
+    inv = 1 / focus - (rmax / K) * (0.75 * yy + 0.25 * xx)  # 1/depth linear in x, y: r from -rmax to rmax
+    return (1 / inv).expand(1, 1, h, w).contiguous()
+
+
+@pytest.mark.parametrize("aperture", ["disk", "hexagon"])
+def test_matches_exact_reference_on_occlusion_free_scenes(aperture):
+    img = _texture(64, 64, seed=1)
+    K, focus = 20.0, 2.0
+    plane = _slanted_plane(64, 64, K, focus, rmax=8.0)
+    ref = render_exact_reference(img, plane, K, focus, aperture=aperture)
+    out = render_bokeh(img, plane, K, focus, aperture=aperture)
+    assert _psnr(out, ref) >= 35.0
+    assert _psnr(img, ref) < 30.0  # the comparison is not trivial: the blur is strong
+    const = torch.full((1, 1, 64, 64), 3.0)
+    ref_c = render_exact_reference(img, const, K, focus, aperture=aperture)
+    assert _psnr(render_bokeh(img, const, K, focus, aperture=aperture), ref_c) >= 35.0
+
+
+def _edge_scene(fg_depth: float, bg_depth: float):
+    """Blue square (fg) over a red textured background; returns image, depth and the fg mask."""
+    img = torch.zeros(1, 3, 64, 64)
+    img[:, 0] = 0.5 + 0.5 * _texture(64, 64, seed=3)[:, 0]
+    mask = torch.zeros(1, 1, 64, 64, dtype=torch.bool)
+    mask[..., 20:44, 20:44] = True
+    img = torch.where(mask, torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1), img)
+    depth = torch.where(mask, torch.tensor(fg_depth), torch.tensor(bg_depth))
+    return img, depth, mask
+
+
+def test_sharp_foreground_stays_sharp_over_blurred_background():
+    img, depth, mask = _edge_scene(fg_depth=2.0, bg_depth=10.0)  # focus 2 m: r_bg = 30*(0.5-0.1) = 12 px
+    K, focus = 30.0, 2.0
+    ours = render_bokeh(img, depth, K, focus, color_space="linear")
+    inner = mask.clone()
+    inner[..., 21:43, 21:43] = False  # the one-pixel ring just inside the foreground edge
+    leak_ours = float(ours[:, 0:1][inner].mean())
+    leak_scatter = float(render_scatter_bokehme(img, depth, K, focus, color_space="linear")[:, 0:1][inner].mean())
+    assert leak_ours < 0.01  # no red bleeding over the sharp blue square
+    assert leak_scatter > 0.1  # while the order-free scatter bleeds (the test can fail)
+    assert torch.allclose(ours[:, 2:3][mask], torch.ones(1), atol=1e-3)
+    assert float((ours - img)[:, 0:1][~mask].abs().mean()) > 0.02  # the background is blurred
+
+
+def test_blurred_foreground_veils_sharp_background():
+    img, depth, mask = _edge_scene(fg_depth=1.0, bg_depth=2.0)  # focus 2 m: r_fg = -30*0.5 = -15 px... K=16 -> 8
+    K, focus = 16.0, 2.0
+    ours = render_bokeh(img, depth, K, focus, color_space="linear")
+    ring = torch.zeros_like(mask)
+    ring[..., 17:47, 17:47] = True
+    ring &= ~mask  # 1-3 px outside the foreground square
+    blue_out = float(ours[:, 2:3][ring].mean())
+    assert blue_out > 0.15  # the blurred blue foreground spills over the sharp background (partial occlusion)
+    far = torch.zeros_like(mask)
+    far[..., :8, :8] = True  # background far from the foreground: sharp, untouched
+    assert torch.allclose(ours[:, :, far[0, 0]], img[:, :, far[0, 0]], atol=1e-4)
+
+
+def _fd_check(fn, x0: torch.Tensor, eps: float = 1e-6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    x = x0.clone().requires_grad_(True)
+    fn(x).backward()
+    analytic = float((x.grad * v).sum())
+    numeric = float((fn(x0 + eps * v) - fn(x0 - eps * v)) / (2 * eps))
+    assert analytic == pytest.approx(numeric, rel=1e-3, abs=1e-7)
+    assert abs(analytic) > 1e-6  # a non-trivial gradient
+
+
+def test_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    h = w = 24
+    img = 0.05 + 0.9 * _texture(h, w, seed=5).double()  # off the clamp kinks at 0 and 1
+    depth = _slanted_plane(h, w, 12.0, 2.0, rmax=5.0).double()
+    depth = depth * (1 + 0.1 * torch.rand(1, 1, h, w, dtype=torch.float64))  # rough: occlusions and layer splits
+    depth[..., 8:16, 8:16] = 1.3  # an occluding foreground square
+    K, focus = torch.tensor([12.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    weight = torch.rand(1, 3, h, w, dtype=torch.float64)
+
+    def loss(im, de, k, f):
+        return (render_bokeh(im, de, k, f, aperture="hexagon") * weight).sum()
+
+    _fd_check(lambda x: loss(x, depth, K, focus), img)
+    _fd_check(lambda x: loss(img, x, K, focus), depth, eps=1e-7)
+    _fd_check(lambda x: loss(img, depth, x, focus), K)
+    _fd_check(lambda x: loss(img, depth, K, x), focus)
+
+
+def test_exact_reference_gradients():
+    img = 0.05 + 0.9 * _texture(16, 16, seed=2).double()  # off the clamp kinks at 0 and 1
+    # random depths: the soft rim is piecewise linear in r, keep the radii off its kinks
+    depth = 1 / (0.5 + 0.25 * (torch.rand(1, 1, 16, 16, dtype=torch.float64) - 0.5))
+    weight = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    _fd_check(lambda x: (render_exact_reference(img, depth, x, 2.0) * weight).sum(),
+              torch.tensor([10.37], dtype=torch.float64), eps=1e-8)
+    _fd_check(lambda x: (render_exact_reference(x, depth, 10.37, 2.0) * weight).sum(), img)
+
+
+def test_batch_equals_per_item_loop():
+    img = torch.cat([_texture(40, 48, seed=s) for s in (0, 1)])
+    depth = torch.cat([_slanted_plane(40, 48, 15.0, 2.0, 6.0), torch.full((1, 1, 40, 48), 0.8)])
+    K = torch.tensor([15.0, 6.0])
+    focus = torch.tensor([2.0, 1.5])
+    batched = render_bokeh(img, depth, K, focus, aperture="hexagon")
+    for i in range(2):
+        single = render_bokeh(img[i:i + 1], depth[i:i + 1], float(K[i]), float(focus[i]), aperture="hexagon")
+        assert torch.allclose(batched[i:i + 1], single, atol=1e-5)
+
+
+def test_unbatched_input_and_radius_map():
+    img = _texture(32, 32)[0]
+    depth = torch.full((1, 32, 32), 4.0)
+    out, radius = render_bokeh(img, depth, 10.0, 2.0, return_radius=True)
+    assert out.shape == (3, 32, 32) and radius.shape == (1, 32, 32)
+    assert torch.allclose(radius, torch.full_like(radius, 10.0 * (1 / 2.0 - 1 / 4.0)))
+
+
+def test_in_focus_is_identity_in_srgb():
+    img = _texture(32, 32)
+    depth = torch.full((1, 1, 32, 32), 2.0)
+    assert torch.allclose(render_bokeh(img, depth, 30.0, 2.0), img, atol=1e-5)
+    assert torch.allclose(render_bokeh(img, depth * 1.5, 0.0, 2.0), img, atol=1e-5)  # K = 0: a pinhole
+
+
+def test_highlight_boost_raises_flux_of_bright_pixels_only():
+    img, d = _point_light(48, 4.0)
+    plain = render_bokeh(img, d, 20.0, 2.0, color_space="linear")
+    boosted = render_bokeh(img, d, 20.0, 2.0, color_space="linear", highlight_gain=3.0)
+    assert float(boosted.sum()) == pytest.approx(4.0 * float(plain.sum()), rel=1e-4)
+    dark = torch.full((1, 3, 8, 8), 0.3)
+    assert torch.equal(highlight_boost(dark, 3.0), dark)
+    with pytest.raises(ValueError, match="highlight_gain"):
+        render_bokeh(img, d, 20.0, 2.0, highlight_gain=-1.0)
+
+
+def test_bokehme_scatter_ball_and_normalisation():
+    K, focus, depth = 20.0, 2.0, 4.0
+    img, d = _point_light(48, depth)
+    out = render_scatter_bokehme(img, d, K, focus, color_space="linear", gamma=1.0)
+    r = K * (1 / focus - 1 / depth)
+    assert abs(_ball_radius(out, r) - r) < 0.5
+    flat = torch.full((1, 3, 24, 24), 0.4)
+    out = render_scatter_bokehme(flat, _slanted_plane(24, 24, K, focus, 6.0), K, focus)
+    assert torch.allclose(out, flat, atol=1e-5)  # normalised: a flat image stays flat
+
+
+def test_layer_radii_cover_the_range():
+    radii = layer_radii(30.0, 1.2)
+    assert radii[0] == 0.5 and radii[-1] >= 30.0 and radii[-2] < 30.0
+    assert all(b / a <= 1.5 + 1e-9 for a, b in zip(radii, radii[1:]))
+    with pytest.raises(ValueError, match="layer_ratio"):
+        layer_radii(10.0, 1.0)
+
+
+RENDERERS = [render_bokeh, render_exact_reference, render_scatter_bokehme]
+
+
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_bad_inputs(renderer):
+    img = torch.rand(1, 3, 16, 16)
+    depth = torch.full((1, 1, 16, 16), 2.0)
+    bad_depths = {"NaN": depth.clone().index_fill_(-1, torch.tensor([3]), float("nan")),
+                  "zero or negative": depth.clone().index_fill_(-1, torch.tensor([3]), 0.0)}
+    bad_depths["negative"] = -depth
+    for what, bad in bad_depths.items():
+        with pytest.raises(ValueError, match="depth_m"):
+            renderer(img, bad, 10.0, 2.0)
+    with pytest.raises(ValueError, match="depth_m.*size"):
+        renderer(img, torch.full((1, 1, 16, 12), 2.0), 10.0, 2.0)
+    with pytest.raises(ValueError, match="K_px_m"):
+        renderer(img, depth, -1.0, 2.0)
+    with pytest.raises(ValueError, match="focus_m"):
+        renderer(img, depth, 10.0, 0.0)
+    with pytest.raises(ValueError, match="focus_m.*focal length"):
+        renderer(img, depth, 10.0, 0.04, f_mm=50.0)
+    with pytest.raises(ValueError, match="image"):
+        renderer(torch.rand(1, 4, 16, 16), depth, 10.0, 2.0)
+    with pytest.raises(ValueError, match="color_space"):
+        renderer(img, depth, 10.0, 2.0, color_space="xyz")
+    with pytest.raises(ValueError, match="K_px_m"):
+        renderer(img, depth, torch.tensor([1.0, 2.0, 3.0]), 2.0)
+
+
+def test_bad_aperture_image_in_renderer():
+    img = torch.rand(1, 3, 16, 16)
+    depth = torch.full((1, 1, 16, 16), 3.0)
+    with pytest.raises(ValueError, match="aperture"):
+        render_bokeh(img, depth, 10.0, 2.0, aperture=torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="aperture"):
+        render_exact_reference(img, depth, 10.0, 2.0, aperture=torch.zeros(0, 8))
