@@ -280,7 +280,11 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
         pred = render(sharp, depth_m, log_k.exp().reshape(1), log_s.clamp(lo_s, hi_s).exp().reshape(1),
                       **render_kwargs)
         loss = _loss(pred, observed, mask, fit_gain).sum()
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
+        else:  # the renderer took a no-blur shortcut (every radius ~0): the loss is flat here
+            for p in params:
+                p.grad = torch.zeros_like(p)
         history.append(loss.item())
         if history[-1] < best_state[2]:
             best_state[:] = [log_s.clamp(lo_s, hi_s).item(), log_k.item(), history[-1]]
