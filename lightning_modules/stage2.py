@@ -51,6 +51,34 @@ class Stage2Module(L.LightningModule):
         self.test_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
         self.test_results: dict[str, float] = {}
 
+    # ------------------------------------------------------------------ pickling (ddp_spawn)
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the model as (config, state_dict): transformers models carry hooks that are local functions,
+        which cannot be pickled, and ddp_spawn pickles the LightningModule into every worker process."""
+        state = self.__dict__.copy()
+        modules = dict(state["_modules"])
+        model = modules.pop("model")
+        state["_modules"] = modules
+        state["_model_state"] = model.state_dict()  # detached views of live tensors (no temporaries: spawn shares them by fd)
+        state["_model_training"] = model.training
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from bokeh.depth import build_depth_model
+
+        model_state = state.pop("_model_state", None)
+        training = state.pop("_model_training", True)
+        self.__dict__.update(state)
+        if model_state is not None:
+            model = build_depth_model(self.cfg["model"])
+            model.load_state_dict(model_state)
+            model.train(training)
+            self._modules["model"] = model
+        # ddp_spawn hands every worker the SAME shared-memory tensors; a metric state updated in place (+=) would then
+        # count every process's images in every process. Fresh, private states per process:
+        for metrics in (self.val_metrics, self.test_metrics):
+            metrics.reset()
+
     # ------------------------------------------------------------------ forward / loss
     def forward(self, image: torch.Tensor, stack: torch.Tensor | None = None, K_px_m: torch.Tensor | None = None) -> torch.Tensor:
         """image [B,3,H,W] sRGB [0,1], stack [B,N,3,H,W] | None, K_px_m [B,N] | None -> depth [B,1,H,W] metres."""
@@ -89,7 +117,7 @@ class Stage2Module(L.LightningModule):
         return self._eval_step(batch, self.test_metrics, "test")
 
     def _log_metrics(self, metrics: Any, prefix: str) -> dict[str, float]:
-        values = {k: float(v) for k, v in metrics.compute().items()}  # torchmetrics syncs across processes here
+        values = {k: float(v) for k, v in metrics.compute().items()}  # torchmetrics sums the states over processes
         metrics.reset()
         # Values are already global; sync_dist averages identical numbers (and silences Lightning's warning).
         for k, v in values.items():
@@ -201,6 +229,7 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     """
     from bokeh.io import write_json, write_text
 
+    from lightning_modules.data import SyntheticStackDataModule
     from lightning_modules.tasks import check_trainer_config, fit_and_test
 
     seed = int(cfg.get("seed", 0))
@@ -218,6 +247,10 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
         done = sub / "result.json"
         from lightning_modules.tasks import find_last_checkpoint
 
+        module, datamodule = built[name]
+        if isinstance(datamodule, SyntheticStackDataModule):
+            # render every split here, once: spawned DDP workers receive the tensors instead of re-rendering
+            datamodule.setup(None)
         L.seed_everything(seed, workers=True, verbose=False)  # same data order for every variant
         print(f"[{name}] training in {sub}")
         results[name] = fit_and_test(vcfg, sub, build, resume=resume and find_last_checkpoint(sub) is not None, built=built.pop(name), ckpt_path=ckpt_path)

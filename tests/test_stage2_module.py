@@ -1,0 +1,102 @@
+"""Stage-2 LightningModule pieces: base-model config, stack switch, LR schedule, comparison table, synthetic splits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_modules.config import load_config
+from lightning_modules.stage2 import Stage2Module, base_config, comparison, variant_configs, warmup_cosine
+
+
+def test_base_config_switches_dsfa_and_stack_off():
+    cfg = load_config(["stage2_smoke"])
+    variants = variant_configs(cfg)
+    assert list(variants) == ["base", "bokehdepth"]
+    base = variants["base"]
+    assert base.use_stack is False and base.model.dsfa.enabled is False
+    assert cfg.use_stack is True and cfg.model.dsfa.enabled is True  # the original is untouched
+    # everything else is the same budget and data
+    for key in ("trainer", "data", "optim", "loss", "seed"):
+        assert base[key] == cfg[key]
+
+
+def test_base_module_ignores_the_stack_and_matches_the_fresh_bokehdepth_model():
+    cfg = load_config(["stage2_smoke"])
+    torch.manual_seed(0)
+    ours = Stage2Module(cfg)
+    torch.manual_seed(0)
+    base = Stage2Module(base_config(cfg))
+    assert ours.model.dsfa_enabled and not base.model.dsfa_enabled
+    image, stack, K = torch.rand(2, 3, 28, 28), torch.rand(2, 2, 3, 28, 28), torch.tensor([[2.0, 5.0], [2.0, 5.0]])
+    ours.eval(), base.eval()
+    with torch.no_grad():
+        out_base = base(image, stack, K)
+        assert torch.equal(out_base, base(image))  # the stack is dropped
+        # zero-initialised DSFA: before training BokehDepth is the base model, bit for bit (same seed, same weights)
+        assert torch.equal(ours(image, stack, K), out_base)
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(total=100, warmup=10, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(100) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+
+
+def test_comparison_table_ratios():
+    base = {"abs_rel": 0.4, "rmse": 2.0, "delta1": 0.5}
+    ours = {"abs_rel": 0.2, "rmse": 1.0, "delta1": 0.8}
+    table = comparison({"base": {"test": base, "fit_s": 10.0, "test_s": 1.0}, "bokehdepth": {"test": ours, "fit_s": 12.0, "test_s": 1.0}})
+    assert table["abs_rel_ratio"] == pytest.approx(0.5) and table["goal_met"]
+    assert table["ratio"]["delta1"] == pytest.approx(1.6)
+    assert "| abs_rel (lower is better) | 0.4000 | 0.2000 | 0.500 |" in table["markdown"]
+    assert "goal <= 0.75: met" in table["markdown"]
+
+
+def test_synthetic_splits_are_disjoint_and_deterministic():
+    from lightning_modules.data import SyntheticStackDataModule
+
+    dm = SyntheticStackDataModule(height=28, width=28, num_train=6, num_val=3, num_test=3, K_px_m=[2.0, 5.0], batch_size=3)
+    seeds = {s: set(dm.split_seeds(s)) for s in ("train", "val", "test")}
+    assert not (seeds["train"] & seeds["val"]) and not (seeds["train"] & seeds["test"]) and not (seeds["val"] & seeds["test"])
+    dm.setup("test")
+    sample = dm.datasets["test"][0]
+    assert sample["image"].shape == (3, 28, 28) and sample["stack"].shape == (2, 3, 28, 28)
+    assert sample["K_px_m"].tolist() == [2.0, 5.0] and sample["valid"].all()
+    # the stack really is blurred more with larger K (energy of the Laplacian falls)
+    lap = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3)
+
+    def sharpness(x: torch.Tensor) -> float:
+        return torch.nn.functional.conv2d(x.mean(0, keepdim=True)[None], lap).abs().mean().item()
+
+    s0, s1, s2 = sharpness(sample["image"]), sharpness(sample["stack"][0]), sharpness(sample["stack"][1])
+    assert s0 > s1 > s2
+
+
+def test_synthetic_disk_cache_round_trip(tmp_path):
+    from lightning_modules import data
+
+    kwargs = dict(height=28, width=28, num_train=2, num_val=2, num_test=2, K_px_m=[3.0], cache_dir=str(tmp_path))
+    data._SPLIT_CACHE.clear()
+    first = data.SyntheticStackDataModule(**kwargs).load_split("test")
+    assert len(list(tmp_path.glob("synthetic_*.pt"))) == 1
+    data._SPLIT_CACHE.clear()
+    second = data.SyntheticStackDataModule(**kwargs).load_split("test")
+    assert torch.equal(first.stack, second.stack) and torch.equal(first.depth_m, second.depth_m)
+    other = data.SyntheticStackDataModule(**dict(kwargs, K_px_m=[4.0]))
+    assert other.cache_key("test") != data.SyntheticStackDataModule(**kwargs).cache_key("test")
+
+
+def test_synthetic_bad_settings():
+    from lightning_modules.data import DataError, SyntheticStackDataModule
+
+    with pytest.raises(DataError, match="data.height=30 must be a multiple of 14"):
+        SyntheticStackDataModule(height=30, width=28)
+    with pytest.raises(DataError, match="K_px_m must be positive"):
+        SyntheticStackDataModule(K_px_m=[0.0, 3.0])
+    with pytest.raises(DataError, match="at least one stack strength"):
+        SyntheticStackDataModule(K_px_m=[])
