@@ -292,3 +292,23 @@ def test_deepcopy_keeps_inside_refinement() -> None:
         out = clone(image, stack, K)
         assert torch.equal(out, model(image, stack, K))
         assert (out - base(image)).abs().max() > 1e-3
+
+
+def test_bench_stage2_runs_and_reports_consistent_numbers(tmp_path, repo_root) -> None:
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_stage2", repo_root / "tools" / "bench_stage2.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    results = bench.main(["--sizes", "tiny", "--frames", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                          "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    run = results["runs"][0]
+    model = build_depth_model({})
+    assert run["params"]["dsfa"] == sum(p.numel() for p in model.dsfa.parameters())
+    assert run["params"]["encoder"] + run["params"]["decoder"] == sum(p.numel() for p in model.backbone.parameters())
+    f = run["frames"]["1"]
+    assert f["flops_base"] < f["flops_stack"] < f["flops_dsfa"]
+    assert f["dsfa_flops_overhead"] == pytest.approx(f["flops_dsfa"] / f["flops_stack"] - 1)

@@ -44,7 +44,8 @@ require_bokehdepth()
 from bokeh.depth import build_depth_model  # noqa: E402
 from bokeh.io import write_json  # noqa: E402
 
-SIZES = {"tiny": 112, "small": 252, "base": 252, "large": 252}
+SIZES = {"tiny": 112, "small": 252, "base": 252, "large": 252}  # input side (px), Depth Anything (multiples of 14)
+DPT_SIZES = {"tiny": 128, "small": 256, "large": 256}  # DPT: multiples of 32
 
 
 def _median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, bar: tqdm) -> dict[str, dict[str, float]]:
@@ -76,11 +77,12 @@ def _flops(fn: Callable[[], object]) -> int:
 
 
 def bench_size(size: str, family: str, frames: list[int], repeats: int, warmup: int, dsfa_cfg: dict, bar: tqdm) -> dict:
+    """Parameters, FLOPs and latencies of one model size (see the module docstring)."""
     torch.manual_seed(0)
     model = build_depth_model({"family": family, "size": size, "dsfa": dsfa_cfg}).eval()
     base = build_depth_model({"family": family, "size": size, "dsfa": {"enabled": False}}).eval()
     base.load_state_dict(model.state_dict(), strict=False)
-    side = SIZES[size]
+    side = (DPT_SIZES if family == "dpt" else SIZES)[size]
     bb = model.backbone
     n_encoder = sum(p.numel() for m in bb.encoder_modules() for p in m.parameters())
     n_decoder = sum(p.numel() for m in bb.decoder_modules() for p in m.parameters())
@@ -139,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.frames) or args.repeats < 1:
         parser.error("--frames must be >= 1 and --repeats >= 1")
-    if args.family == "dpt":
-        SIZES.update({"tiny": 128, "small": 256})
+    if args.family == "dpt" and not set(args.sizes) <= set(DPT_SIZES):
+        parser.error(f"--family dpt has sizes {sorted(DPT_SIZES)}")
     torch.set_num_threads(args.threads)
     dsfa_cfg = {"placement": args.placement, "mlp_ratio": args.mlp_ratio, "attn_ratio": args.attn_ratio,
                 "taps": args.taps, "spatial": not args.no_spatial}
