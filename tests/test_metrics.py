@@ -197,3 +197,12 @@ def test_silog_loss_bad_input(kwargs, match: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         silog_loss(**args)
+
+
+def test_silog_loss_computes_in_float32_for_bf16_predictions() -> None:
+    gt = torch.tensor([1.0, 2.0, 4.0, 8.0])
+    pred = (gt * torch.tensor([1.01, 0.99, 1.02, 0.98])).to(torch.bfloat16)
+    loss = silog_loss(pred, gt, None, lambda_=0.5)
+    g = torch.log(gt) - torch.log(pred.float())
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(torch.sqrt((g**2).mean() - 0.5 * g.mean() ** 2)), rel=1e-6)

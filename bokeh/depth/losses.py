@@ -32,7 +32,7 @@ def silog_loss(
             invalid depth then neither crashes training nor leaves DDP with unused parameters); "raise" -> ValueError.
 
     Returns:
-        Scalar tensor.
+        Scalar tensor (float32, or float64 for float64 inputs; computed in that precision under autocast too).
     """
     if pred_m.shape != gt_m.shape:
         raise ValueError(f"silog_loss: pred_m {tuple(pred_m.shape)} and gt_m {tuple(gt_m.shape)} differ in shape")
@@ -50,6 +50,8 @@ def silog_loss(
         if on_empty == "raise":
             raise ValueError("silog_loss: no valid pixel (mask empty or gt <= 0 everywhere)")
         return pred_m.sum() * 0.0
-    g = torch.log(gt_m[valid].to(pred_m.dtype)) - torch.log(pred_m[valid].clamp_min(eps))
+    # at least float32: bf16 logs (8-bit mantissa) would swamp the small log-ratios the loss is made of
+    dtype = torch.promote_types(pred_m.dtype, torch.float32)
+    g = torch.log(gt_m[valid].to(dtype)) - torch.log(pred_m[valid].to(dtype).clamp_min(eps))
     radicand = (g**2).mean() - lambda_ * g.mean() ** 2
     return torch.sqrt(radicand.clamp_min(eps * eps))
