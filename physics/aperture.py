@@ -46,6 +46,10 @@ class Aperture:
 
     name = "aperture"
 
+    def cache_key(self) -> tuple | None:
+        """A hashable description of the shape (None: do not cache kernels of this aperture)."""
+        return None
+
     def weights(self, dx: torch.Tensor, dy: torch.Tensor, radius_px: torch.Tensor) -> torch.Tensor:
         """Soft coverage in [0, 1] of offset (dx, dy) px (y down) by a spot of signed radius ``radius_px`` (px).
 
@@ -77,6 +81,9 @@ class DiskAperture(Aperture):
 
     name = "disk"
 
+    def cache_key(self):
+        return ("disk",)
+
     def weights(self, dx, dy, radius_px):
         dist = torch.sqrt(dx * dx + dy * dy)
         return (radius_px.abs() + 0.5 - dist).clamp(0.0, 1.0)
@@ -100,14 +107,23 @@ class PolygonAperture(Aperture):
         self.rotation = float(rotation)
         self.name = f"polygon{self.blades}"
 
+    def cache_key(self):
+        return ("polygon", self.blades, self.rotation)
+
     def weights(self, dx, dy, radius_px):
+        apothem = radius_px.abs() * math.cos(math.pi / self.blades)
+        if dx.numel() == 1 and dy.numel() == 1:
+            # one offset against a radius map (the scatter renderers): the support is a scalar per sign
+            ang = [self.rotation + 2.0 * math.pi * k / self.blades for k in range(self.blades)]
+            proj = [float(dx) * math.cos(a) - float(dy) * math.sin(a) for a in ang]
+            support = torch.where(radius_px < 0, max(-p for p in proj), max(proj))
+            return (apothem - support + 0.5).clamp(0.0, 1.0)
         # flip 180 degrees in front of the focal plane; y up for the angle convention
         sign = torch.where(radius_px < 0, -1.0, 1.0).to(dx.dtype)
         vx, vy = dx * sign, -dy * sign
         angles = self.rotation + 2.0 * math.pi * torch.arange(self.blades, dtype=dx.dtype, device=dx.device) / self.blades
         proj = vx.unsqueeze(-1) * torch.cos(angles) + vy.unsqueeze(-1) * torch.sin(angles)
         support = proj.max(dim=-1).values
-        apothem = radius_px.abs() * math.cos(math.pi / self.blades)
         return (apothem - support + 0.5).clamp(0.0, 1.0)
 
     def __repr__(self) -> str:

@@ -181,6 +181,10 @@ def _depthwise(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         return x * kernels.view(1, -1, 1, 1)
     # conv2d correlates; flip to convolve with the scatter kernel (matters for asymmetric apertures)
     w = torch.flip(kernels, dims=(-2, -1)).unsqueeze(1)
+    if x.dtype == torch.float64:  # no fast grouped float64 kernel on CPU: one plain conv over channels-as-batch
+        B, C, H, W = x.shape
+        if bool((kernels == kernels[:1]).all()):
+            return F.conv2d(x.reshape(B * C, 1, H, W), w[:1], padding=k // 2).reshape(B, C, H, W)
     x = x.contiguous(memory_format=torch.channels_last)  # a no-op for the renderer's channels-last layers
     return F.conv2d(x, w, padding=k // 2, groups=x.shape[1])
 
@@ -281,15 +285,15 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
     src1 = pix * t.reshape(B, Hp * Wp, 1)
     src0 = pix - src1
     buf = torch.zeros(B, total_len, 4, dtype=dtype, device=device)
-    buf = buf.scatter_add(1, idx0, src0).scatter_add(1, idx1, src1)
+    buf.scatter_add_(1, idx0, src0)  # in place: a fresh buffer, no copy of it (autograd records the scatter)
+    buf.scatter_add_(1, idx1, src1)
 
     # split (not slice): autograd then assembles the buffer's gradient once instead of once per layer
     parts = dict(zip(used, buf.split([(Hp // scales[j]) * (Wp // scales[j]) for j in used], dim=1)))
 
     def layer(j):
         s = scales[j]
-        x = parts[j].reshape(B, Hp // s, Wp // s, 4).permute(0, 3, 1, 2)  # channels-last view
-        return x * (1.0 / float(s * s)) if s > 1 else x
+        return parts[j].reshape(B, Hp // s, Wp // s, 4).permute(0, 3, 1, 2)  # channels-last view of block sums
 
     # runs of used layers with the same pyramid scale form a group, composited at that scale, then upsampled
     groups: list[tuple[int, list[int]]] = []
@@ -299,18 +303,17 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
         else:
             groups.append((scales[j], [j]))
 
-    kernels = {}
     col, acc = None, None
     for s, idx in groups:
         col_g, acc_g = None, None
         for j in idx:
-            x = layer(j)
+            x = layer(j)  # block sums: the 1/s^2 of the average pooling is folded into the kernel
             rj = signed[j] / s
             hk = kernel_half_size(rj) if abs(rj) > 0.5 else 0
             if hk > 0:
-                if (rj, hk) not in kernels:
-                    kernels[(rj, hk)] = ap.kernel(rj, dtype=dtype, device=device, half_size=hk)
-                x = _depthwise(x, kernels[(rj, hk)].expand(4, -1, -1))
+                x = _depthwise(x, _kernel(ap, rj, hk, dtype, device, 1.0 / (s * s)).expand(4, -1, -1))
+            elif s > 1:
+                x = x * (1.0 / (s * s))
             col_g, acc_g = _over_one(*x.split([3, 1], dim=1), col_g, acc_g)
         if s > 1:
             col_g = F.interpolate(col_g, scale_factor=s, mode="bilinear", align_corners=False)
@@ -318,6 +321,23 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
         col, acc = _over_one(col_g, acc_g, col, acc)
     out = col / acc.clamp_min(1e-6)
     return out[:, :, margin:margin + H, margin:margin + W].contiguous()
+
+
+_KERNEL_CACHE: dict = {}
+
+
+def _kernel(ap: Aperture, radius: float, half: int, dtype, device, gain: float = 1.0) -> torch.Tensor:
+    """Aperture kernel times ``gain``, cached for shapes with a cache key (layer radii repeat from call to call)."""
+    key = ap.cache_key()
+    if key is None:
+        return ap.kernel(radius, dtype=dtype, device=device, half_size=half) * gain
+    key = key + (radius, half, gain, dtype, str(device))
+    k = _KERNEL_CACHE.get(key)
+    if k is None:
+        if len(_KERNEL_CACHE) > 4096:
+            _KERNEL_CACHE.clear()
+        k = _KERNEL_CACHE[key] = ap.kernel(radius, dtype=dtype, device=device, half_size=half) * gain
+    return k
 
 
 def _over_one(color: torch.Tensor, alpha: torch.Tensor, col: torch.Tensor | None, acc: torch.Tensor | None,
