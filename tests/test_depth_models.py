@@ -244,6 +244,15 @@ def test_config_errors() -> None:
         build_depth_model({"stack_no_grad": "yes"})
     with pytest.raises(ValueError, match="'family' must not be null"):
         build_depth_model({"family": None})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['hiden_size'\] in arch.backbone"):
+        build_depth_model({"arch": {"backbone": {"hiden_size": 32}}})
+    with pytest.raises(ValueError, match="fusion_hiden"):
+        build_depth_model({"family": "dpt", "arch": {"decoder": {"fusion_hiden": 32}}})
+    arch = {"backbone": {"num_hidden_layers": 3, "out_indices": [0, 1, 2, 3]}}  # stage 0 = the patch embedding
+    small = build_depth_model({"arch": arch, "dsfa": {"enabled": False}})
+    assert len(small.backbone.blocks) == 3 and small.backbone.tap_blocks == [-1, 0, 1, 2]
+    with pytest.raises(ValueError, match="after a ViT block"):
+        build_depth_model({"arch": arch, "dsfa": {"placement": "inside", "taps": [0]}})
     with pytest.raises(FileNotFoundError, match="/no/such/checkpoint"):
         build_depth_model({"pretrained_path": "/no/such/checkpoint"})
 

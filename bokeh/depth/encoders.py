@@ -96,14 +96,25 @@ def _preset(presets: dict, size: str, family: str) -> dict[str, dict[str, Any]]:
     return copy.deepcopy(presets[size])
 
 
-def _merge_arch(preset: dict, arch: dict | None, family: str) -> dict:
+def _merge_arch(preset: dict, arch: dict | None, family: str, fields: dict[str, set[str]]) -> dict:
+    """Preset updated with ``arch`` overrides; a field the transformers config does not know is an error
+    (transformers configs would silently keep a misspelt keyword as an extra attribute)."""
     arch = arch or {}
     unknown = set(arch) - {"backbone", "decoder"}
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in arch for family {family!r}; expected 'backbone', 'decoder'")
     for part in ("backbone", "decoder"):
-        preset[part].update(dict(arch.get(part) or {}))
+        given = dict(arch.get(part) or {})
+        bad = sorted(set(given) - fields[part])
+        if bad:
+            raise ValueError(f"unknown field(s) {bad} in arch.{part} for family {family!r}; "
+                             f"known: {sorted(fields[part])}")
+        preset[part].update(given)
     return preset
+
+
+def _config_fields(config_class) -> set[str]:
+    return set(config_class().to_dict())
 
 
 class DepthBackbone(nn.Module):
@@ -241,7 +252,8 @@ def _build_depth_anything(size: str, arch: dict | None, head: str, max_depth_m: 
         hf = DepthAnythingForDepthEstimation.from_pretrained(str(path), **kwargs)
         mean, std = _read_mean_std(path, IMAGENET_MEAN, IMAGENET_STD)
     else:
-        preset = _merge_arch(_preset(DA_PRESETS, size, "depth_anything_v2"), arch, "depth_anything_v2")
+        fields = {"backbone": _config_fields(Dinov2Config), "decoder": _config_fields(DepthAnythingConfig)}
+        preset = _merge_arch(_preset(DA_PRESETS, size, "depth_anything_v2"), arch, "depth_anything_v2", fields)
         bb = dict(patch_size=14, image_size=518, mlp_ratio=4, layerscale_value=1.0, reshape_hidden_states=False,
                   apply_layernorm=True)
         bb.update(preset["backbone"])
@@ -268,7 +280,8 @@ def _build_dpt(size: str, arch: dict | None, head: str, max_depth_m: float | Non
         hf = DPTForDepthEstimation.from_pretrained(str(path))
         mean, std = _read_mean_std(path, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     else:
-        preset = _merge_arch(_preset(DPT_PRESETS, size, "dpt"), arch, "dpt")
+        dpt_fields = _config_fields(DPTConfig)
+        preset = _merge_arch(_preset(DPT_PRESETS, size, "dpt"), arch, "dpt", {"backbone": dpt_fields, "decoder": dpt_fields})
         kwargs = dict(patch_size=16, image_size=384, readout_type="project", is_hybrid=False)
         kwargs.update(preset["backbone"])
         kwargs.update(preset["decoder"])
