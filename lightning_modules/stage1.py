@@ -270,7 +270,8 @@ def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: i
         compact = dict(model_cfg.get("compact") or {})
         net = CompactBokehUNet(compact.get("unet"), k_scale=k_scale,
                                residual_scale=float(compact.get("residual_scale", 4.0)),
-                               space_to_depth=int(compact.get("space_to_depth", 1)))
+                               space_to_depth=int(compact.get("space_to_depth", 1)),
+                               blur_bank_inv_m=compact.get("blur_bank_inv_m"))
         return CompactBokehGenerator(net, k_range, resolution=resolution)
     if kind == "flux":
         flux = dict(model_cfg.get("flux") or {})

@@ -10,6 +10,7 @@ velocity follows as v = (x_t - x0) / t, so the sampler and the loss stay those o
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -36,7 +37,8 @@ class CompactBokehUNet(nn.Module):
     """
 
     def __init__(self, unet: dict[str, Any] | None = None, *, k_scale: float = 30.0, residual_scale: float = 4.0,
-                 num_k_tokens: int = 1, space_to_depth: int = 1) -> None:
+                 num_k_tokens: int = 1, space_to_depth: int = 1,
+                 blur_bank_inv_m: Sequence[float] | None = None) -> None:
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -48,7 +50,12 @@ class CompactBokehUNet(nn.Module):
         # at 1/s resolution: s^2 times fewer positions for the same receptive field, the main cost lever on a CPU.
         self.space_to_depth = int(space_to_depth)
         s2 = self.space_to_depth**2
-        cfg.update(in_channels=6 * s2, out_channels=3 * s2)
+        # Optional depth-free physics features: the sharp image disk-blurred in linear light at radii K * delta_j
+        # (delta_j in 1/m, i.e. the blur of surfaces at 1/focus - 1/depth = delta_j), concatenated to the input.
+        # The network then chooses, per pixel, how much of which blur to use instead of learning to blur.
+        self.blur_bank_inv_m = [float(d) for d in (blur_bank_inv_m or [])]
+        extra = 3 * len(self.blur_bank_inv_m)
+        cfg.update(in_channels=(6 + extra) * s2, out_channels=3 * s2)
         self.unet = UNet2DConditionModel(**cfg)
         self.context_dim = int(cfg["cross_attention_dim"])
         self.k_embed = KEmbedding(self.context_dim, k_scale=k_scale, num_tokens=num_k_tokens)
@@ -71,12 +78,41 @@ class CompactBokehUNet(nn.Module):
         h, w = x_t.shape[-2:]
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"CompactBokehUNet needs H, W divisible by {self.size_multiple}, got {h}x{w}")
-        inp = torch.cat([x_t, sharp * 2.0 - 1.0], dim=1)
+        parts = [x_t, sharp * 2.0 - 1.0]
+        if self.blur_bank_inv_m:
+            parts.append(self.blur_features(sharp, K_px_m, null_mask) * 2.0 - 1.0)
+        inp = torch.cat(parts, dim=1)
         if self.space_to_depth > 1:
             inp = F.pixel_unshuffle(inp, self.space_to_depth)
         sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(x_t.shape[0])
         out = self.unet(inp, sigma * 1000.0, encoder_hidden_states=self.context(K_px_m, null_mask)).sample
         return F.pixel_shuffle(out, self.space_to_depth) if self.space_to_depth > 1 else out
+
+    def blur_features(self, sharp: torch.Tensor, K_px_m: torch.Tensor, null_mask: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """[B, 3 * len(bank), H, W]: sharp blurred in linear light at the spot size of radius r_j = K * delta_j.
+
+        A Gaussian of sigma r/2 (the disk's per-axis second moment) stands in for the disk: one batched, separable
+        kornia filter per bank level with a per-sample sigma (a per-sample disk FFT costs ~10x more on a CPU).
+        Null-K rows (CFG) get unblurred copies, so the bank carries no K there.
+        """
+        import kornia
+
+        b = sharp.shape[0]
+        K = torch.as_tensor(K_px_m, dtype=sharp.dtype, device=sharp.device).reshape(-1).expand(b)
+        if null_mask is not None:
+            K = torch.where(torch.as_tensor(null_mask, device=K.device).reshape(-1).bool(), torch.zeros_like(K), K)
+        lin = kornia.color.rgb_to_linear_rgb(sharp.clamp(0, 1))
+        h, w = sharp.shape[-2:]
+        out = []
+        for delta in self.blur_bank_inv_m:
+            sigma = (K * delta / 2.0).clamp_min(0.05)
+            size = min(2 * int(math.ceil(3 * float(sigma.max()))) + 1, 2 * min(h, w) - 1)
+            size = max(3, size if size % 2 else size - 1)
+            blurred = kornia.filters.gaussian_blur2d(lin, (size, size), torch.stack([sigma, sigma], -1),
+                                                     border_type="reflect" if size // 2 < min(h, w) else "replicate")
+            out.append(kornia.color.linear_rgb_to_rgb(blurred.clamp(0, 1)))
+        return torch.cat(out, dim=1)
 
     # state <-> image maps (linear, so exact in both directions)
     def to_image(self, state: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
