@@ -321,3 +321,10 @@ def test_bench_stage2_runs_and_reports_consistent_numbers(tmp_path, repo_root) -
     f = run["frames"]["1"]
     assert f["flops_base"] < f["flops_stack"] < f["flops_dsfa"]
     assert f["dsfa_flops_overhead"] == pytest.approx(f["flops_dsfa"] / f["flops_stack"] - 1)
+
+
+def test_dsfa_stats_names_every_block() -> None:
+    model = build_depth_model({})
+    stats = model.dsfa_stats()
+    assert {k.split("/")[0] for k in stats} == {"tap2", "tap3"} and stats["tap3/gamma_focus1"] == 0.0
+    assert build_depth_model({"dsfa": {"enabled": False}}).dsfa_stats() == {}

@@ -209,3 +209,15 @@ def test_learns_to_pick_a_frame_by_its_k() -> None:
         blind = float(F.mse_loss(R + S.mean(1), target))
     assert blind == pytest.approx(1 - 1 / n, rel=0.1)
     assert error < 0.6 * blind, (error, blind)
+
+
+def test_stats_report_closed_paths_at_init_and_open_after_a_step() -> None:
+    block = DSFA(D, num_heads=2, alpha_init=0.5)
+    stats = block.stats()
+    assert stats["alpha"] == pytest.approx(0.5)
+    assert {k: v for k, v in stats.items() if k != "alpha"} == {
+        "gamma_spatial1": 0.0, "gamma_spatial2": 0.0, "gamma_focus1": 0.0, "gamma_focus2": 0.0, "film": 0.0}
+    R, S, K = _inputs(2)
+    F.mse_loss(block(R, S, K), torch.randn(B, P, D)).backward()
+    torch.optim.SGD(block.parameters(), lr=0.1).step()
+    assert block.stats()["gamma_focus1"] > 0 and block.stats()["film"] > 0

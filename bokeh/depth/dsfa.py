@@ -159,6 +159,19 @@ class DSFA(nn.Module):
         """Focus-bias slope (> 0), on the normalised k axis."""
         return F.softplus(self.alpha_raw)
 
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """How far the block has opened (all 0 at init, alpha = alpha_init): for logging during training.
+
+        alpha: focus-bias slope; gamma_*: mean |LayerScale gamma| of each residual path; film: mean |FiLM weight|.
+        """
+        out = {"alpha": float(self.alpha)}
+        for name in ("spatial_ls1", "spatial_ls2", "focus_ls1", "focus_ls2"):
+            if hasattr(self, name):
+                out[f"gamma_{name.replace('_ls', '')}"] = float(getattr(self, name).gamma.abs().mean())
+        out["film"] = float(self.film.weight.abs().mean())
+        return out
+
     def _check(self, R: torch.Tensor, S: torch.Tensor | None, K_px_m: torch.Tensor | None) -> int:
         if R.ndim != 3 or R.shape[-1] != self.dim:
             raise ValueError(f"DSFA reference tokens must be [B,P,{self.dim}], got {tuple(R.shape)}")

@@ -203,6 +203,13 @@ class BokehDepthModel(nn.Module):
     def is_metric(self) -> bool:
         return self.backbone.is_metric
 
+    def dsfa_stats(self) -> dict[str, float]:
+        """``{"tap<i>/<stat>": value}`` of every DSFA block (see :meth:`DSFA.stats`); empty without DSFA.
+
+        Log it during training: gammas staying ~0 mean the stack is not being used (learning rate of the "dsfa"
+        group too low?), alpha growing large means the focus step attends to the reference only."""
+        return {f"tap{t}/{k}": v for t, block in self.dsfa.items() for k, v in block.stats().items()}
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role for per-group learning rates: {"dsfa", "encoder", "decoder"} (lists may be empty)."""
         groups = {
