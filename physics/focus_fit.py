@@ -48,8 +48,8 @@ def phase_correlation(reference: torch.Tensor, moving: torch.Tensor, *, refine_s
     if a.shape != b.shape:
         raise ValueError(f"reference and moving must have the same size; got {tuple(a.shape)} and {tuple(b.shape)}")
     h, w = a.shape[-2:]
-    win = torch.hann_window(h, periodic=False, dtype=a.dtype)[:, None] * torch.hann_window(w, periodic=False,
-                                                                                          dtype=a.dtype)[None]
+    win = (torch.hann_window(h, periodic=False, dtype=a.dtype, device=a.device)[:, None]
+           * torch.hann_window(w, periodic=False, dtype=a.dtype, device=a.device)[None])
     a = (a - a.mean(dim=(-2, -1), keepdim=True)) * win
     b = (b - b.mean(dim=(-2, -1), keepdim=True)) * win
     fa, fb = torch.fft.fft2(a), torch.fft.fft2(b)
@@ -58,7 +58,7 @@ def phase_correlation(reference: torch.Tensor, moving: torch.Tensor, *, refine_s
     n = corr.shape[0]
     flat = corr.reshape(n, -1).argmax(dim=1)
     py, px = flat // w, flat % w
-    out = torch.zeros(n, 2, dtype=torch.float64)
+    out = torch.zeros(n, 2, dtype=torch.float64, device=a.device)
     for i in range(n):
         y, x = int(py[i]), int(px[i])
         c0 = corr[i, y, x]
@@ -242,9 +242,10 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
     g_sharp, g_obs = _resize(sharp, grid_scale), _resize(observed, grid_scale)
     g_depth = _resize(depth_m, grid_scale)
     g_mask = mask_for(g_sharp.shape[-2], g_sharp.shape[-1], max(1, int(round(crop_px * grid_scale))))
-    inv_f = torch.linspace(1.0 / focus_range_m[1], 1.0 / focus_range_m[0], grid_focus, dtype=sharp.dtype)
-    ks = (torch.tensor([float(K_px_m)], dtype=sharp.dtype) if K_px_m is not None else
-          torch.logspace(math.log10(K_range[0]), math.log10(K_range[1]), grid_k, dtype=sharp.dtype))
+    dev = dict(dtype=sharp.dtype, device=sharp.device)
+    inv_f = torch.linspace(1.0 / focus_range_m[1], 1.0 / focus_range_m[0], grid_focus, **dev)
+    ks = (torch.tensor([float(K_px_m)], **dev) if K_px_m is not None else
+          torch.logspace(math.log10(K_range[0]), math.log10(K_range[1]), grid_k, **dev))
     cand_f = (1.0 / inv_f).repeat_interleave(len(ks))
     cand_k = ks.repeat(grid_focus)
     inv_lo, inv_hi = 1.0 / float(depth_m.max()), 1.0 / float(depth_m.min())
@@ -267,8 +268,8 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
     grid_best = {"focus_m": float(cand_f[best]), "K_px_m": float(cand_k[best]), "mse": float(losses_t[best])}
 
     # ---- gradient refinement at full resolution
-    log_s = torch.tensor(math.log(grid_best["focus_m"]), dtype=sharp.dtype, requires_grad=True)
-    log_k = torch.tensor(math.log(grid_best["K_px_m"]), dtype=sharp.dtype, requires_grad=K_px_m is None)
+    log_s = torch.tensor(math.log(grid_best["focus_m"]), **dev, requires_grad=True)
+    log_k = torch.tensor(math.log(grid_best["K_px_m"]), **dev, requires_grad=K_px_m is None)
     params = [log_s] + ([log_k] if K_px_m is None else [])
     mask = mask_for(h, w, crop_px)
     history: list[float] = []
@@ -304,9 +305,8 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
     focus = math.exp(best_state[0]) if steps else grid_best["focus_m"]
     k_fit = math.exp(best_state[1]) if steps else grid_best["K_px_m"]
     with torch.no_grad():
-        pred = render(sharp, depth_m, torch.tensor([k_fit], dtype=sharp.dtype),
-                      torch.tensor([focus], dtype=sharp.dtype), **render_kwargs)
-        gain = exposure_gain(pred, observed, mask) if fit_gain else torch.ones(1)
+        pred = render(sharp, depth_m, torch.tensor([k_fit], **dev), torch.tensor([focus], **dev), **render_kwargs)
+        gain = exposure_gain(pred, observed, mask) if fit_gain else torch.ones(1, **dev)
         pred = apply_gain(pred, gain) if fit_gain else pred
     return FocusFit(focus_m=focus, K_px_m=k_fit, gain=float(gain[0]), shift_px=shift,
                     psnr_db=psnr_db(pred, observed, crop_px), rendered=pred, observed=observed,
