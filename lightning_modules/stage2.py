@@ -172,7 +172,7 @@ class warmup_cosine:
 # Keys a Stage-2 config may hold (None: anything below, checked by the builder of that section).
 CONFIG_SCHEMA: dict[str, Any] = {
     "task": None, "name": None, "seed": None, "ckpt_path": None, "compare_base": None, "base_overrides": None,
-    "use_stack": None, "trainer": None, "model": None,
+    "use_stack": None, "trainer": None, "model": None, "threads": None,
     "run": {"root": None, "dir": None, "overwrite": None},
     "loss": {"silog_lambda": None},
     "optim": {"lr": {"dsfa": None, "encoder": None, "decoder": None}, "weight_decay": None, "betas": None,

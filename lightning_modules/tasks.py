@@ -120,6 +120,11 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], t
     fit_s = time.perf_counter() - t0
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     t1 = time.perf_counter()
+    # Test metrics go to their own CSV: Lightning's CSVLogger rewrites metrics.csv when new columns appear, which
+    # dropped the training rows.
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer.loggers = [CSVLogger(run_dir, name="logs", version="test") if isinstance(lg, CSVLogger) else lg for lg in trainer.loggers]
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=False)
     test_s = time.perf_counter() - t1
     results = {k: float(v) for k, v in getattr(module, "test_results", {}).items()}

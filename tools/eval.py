@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-maps", type=int, default=8, help="colour maps / grids written for the first N samples")
     p.add_argument("--out", help="output folder (default: <run>/eval_<data> or runs/eval/<stamp>)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is best on a busy machine)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.aperture_pairs.limit=5")
     return p.parse_args(argv)
 
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from bokeh.io import prepare_output_dir, write_json, write_text
 
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     models = load_models(args)
     dataset, data_name = build_dataset(args, models)
     lo, hi = _caps(args, dataset, models)

@@ -27,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import lightning as L  # noqa: E402
+import torch  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt_path = cfg.get("ckpt_path")
     explicit_ckpt = str(ckpt_path) if ckpt_path and str(ckpt_path) != "last" else None
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    if cfg.get("threads"):  # intra-op threads; 1 is much faster than 2 on a machine already busy with other jobs
+        torch.set_num_threads(int(cfg.threads))
 
     def prepare_run_dir() -> Path:
         """Called by the task once every model and DataModule is built, i.e. once the config is known good."""
