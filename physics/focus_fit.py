@@ -7,7 +7,8 @@ strength K when it is unknown) such that ``render_bokeh(sharp, depth, K, s1)`` e
    Fourier shift of the photo onto the sharp image;
 2. a coarse grid over inverse focus distance (NOT limited to the scene's depth range: a focus in front of or
    beyond every surface is a valid answer) x log K, rendered in batches, optionally at a reduced scale;
-3. L-BFGS (or Adam) on (log s1, log K) from the best grid point, with a per-iteration closed-form exposure gain in linear light;
+3. L-BFGS (or Adam) on (log s1, log K) from the best grid point, with a closed-form exposure gain in linear
+   light at every evaluation;
 4. the fit error as PSNR (dB, sRGB) over the frame interior.
 """
 

@@ -8,7 +8,8 @@ sample (Nikon D200, 35 mm lens, APS-C 23.6 mm wide, f/8 and f/2.8 of the same vi
 Per scene:
 
 1. register the f/2.8 photo onto the f/8 photo (phase correlation + Lucas-Kanade, Fourier shift);
-2. fit the focus distance through the differentiable renderer (on a ``--fit-scale`` copy, for speed) with the thin-lens strength of the EXTRA blur
+2. fit the focus distance through the differentiable renderer (on a ``--fit-scale`` copy, for speed) with the
+   thin-lens strength of the EXTRA blur
    ``K_rel = sqrt(K_2.8^2 - K_8^2)`` (the f/8 photo already carries ``K_8 |Delta|`` of blur; disk on disk adds in
    quadrature, second-moment match); the focus grid runs 0.2-100 m, not limited to the scene's depths;
 3. render f/2.8 from f/8 + depth with ``physics.render.render_bokeh`` at (K_rel, fitted focus), and, as a second
@@ -219,19 +220,27 @@ def run(args: argparse.Namespace) -> dict:
         rows = rows[:args.limit]
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     results, grid_rows = [], []
+    failed = []
     for row in tqdm(rows, desc="scenes", unit="scene"):
-        res, pics = evaluate_scene(row, data, args)
+        try:
+            res, pics = evaluate_scene(row, data, args)
+        except (ValueError, ImageReadError, RuntimeError) as error:  # one bad scene must not lose the others
+            print(f"scene {row.get('id')}: FAILED: {error}", file=sys.stderr)
+            failed.append({"id": row.get("id"), "error": f"{type(error).__name__}: {error}"})
+            continue
         results.append(res)
         if len(grid_rows) < args.grid_rows:
             grid_rows.append(pics)
-        write_json(out / "results.json", {"scenes": results, "partial": True})
+        write_json(out / "results.json", {"scenes": results, "failed": failed, "partial": True})
+    if not results:
+        raise ValueError(f"every scene failed: {failed}")
     keys = [k for k in results[0] if k.endswith("_psnr") or k.endswith("_ssim") or k in
             ("focus_fit_m", "dfd_absrel", "uniform_radius_px", "K_fitK_px_m", "focus_fitK_m",
              "ours_soft_radius_px")]
     mean = {k: sum(r[k] for r in results if k in r) / max(1, sum(1 for r in results if k in r)) for k in keys}
     median_focus = sorted(r["focus_fit_m"] for r in results)[len(results) // 2]
     summary = {"data": str(data), "num_scenes": len(results), "mean": mean, "median_focus_fit_m": median_focus,
-               "scenes": results, "settings": {k: v for k, v in vars(args).items()},
+               "scenes": results, "failed": failed, "settings": {k: v for k, v in vars(args).items()},
                "methods": {
                    "f8": "f/8 photo unchanged (exposure gain only)",
                    "uniform": "f/8 blurred by the single best disk radius (depth-blind)",
@@ -254,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     m = summary["mean"]
-    print(f"{summary['num_scenes']} scenes; median fitted focus {summary['median_focus_fit_m']:.2f} m")
+    print(f"{summary['num_scenes']} scenes ({len(summary['failed'])} failed); median fitted focus "
+          f"{summary['median_focus_fit_m']:.2f} m")
     print(f"{'method':<12} {'PSNR (dB)':>10} {'SSIM':>8}")
     for name in ("f8", "uniform", "scatter", "ours", "ours_fitK", "ours_soft"):
         if f"{name}_psnr" in m:
