@@ -106,7 +106,7 @@ def _parabola_min(xs: torch.Tensor, err: torch.Tensor) -> float:
 
 
 def fit_k(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: torch.Tensor, k_lo: float,
-          k_hi: float, n: int = 24, render_options: dict | None = None) -> float:
+          k_hi: float, n: int = 20, render_options: dict | None = None) -> float:
     """1-D K-calibration: the K (log grid + parabola) whose physics render best explains ``observed``."""
     from physics.render import render_bokeh
 
@@ -120,7 +120,7 @@ def fit_k(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: 
 
 
 def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: torch.Tensor, k_lo: float,
-                k_hi: float, n_k: int = 12, n_focus: int = 7) -> tuple[float, float]:
+                k_hi: float, n_k: int = 10, n_focus: int = 5) -> tuple[float, float]:
     """2-D K-calibration: grid over inverse focus (around the true one, +-40%) x log K; returns (K, focus_m)."""
     from physics.render import render_bokeh
 
