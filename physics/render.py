@@ -174,15 +174,15 @@ def _scale_for(radius: float, pyramid_radius_px: float) -> int:
     return 2 ** int(math.floor(math.log2(a / pyramid_radius_px)))
 
 
-def _depthwise(x: torch.Tensor, kernels: torch.Tensor, pad: bool = False) -> torch.Tensor:
+def _depthwise(x: torch.Tensor, kernels: torch.Tensor, pad: bool = False, flipped: bool = False) -> torch.Tensor:
     """Per-channel 2-D convolution (scatter kernels [C,k,k]) of x [B,C,H,W] with zero padding; output [B,C,H,W]
-    ('same') or, with ``pad``, the full spread [B,C,H+k-1,W+k-1]."""
+    ('same') or, with ``pad``, the full spread [B,C,H+k-1,W+k-1]. ``flipped``: the kernels are already flipped."""
     k = kernels.shape[-1]
     padding = 2 * (k // 2) if pad else k // 2
     if k == 1:
         return x * kernels.view(1, -1, 1, 1)
     # conv2d correlates; flip to convolve with the scatter kernel (matters for asymmetric apertures)
-    w = torch.flip(kernels, dims=(-2, -1)).unsqueeze(1)
+    w = (kernels if flipped else torch.flip(kernels, dims=(-2, -1))).unsqueeze(1)
     if x.dtype == torch.float64:  # no fast grouped float64 kernel on CPU: one plain conv over channels-as-batch
         B, C, H, W = x.shape
         if bool((kernels == kernels[:1]).all()):
@@ -333,7 +333,7 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
             rj = signed[j] / s
             hk = kernel_half_size(rj) if abs(rj) > 0.5 else 0
             if hk > 0:  # the 1/s^2 of the average pooling is folded into the kernel
-                x = _depthwise(x, _kernel(ap, rj, hk, dtype, device, 1.0 / (s * s)).expand(4, -1, -1), pad=True)
+                x = _depthwise(x, _kernel(ap, rj, hk, dtype, device, 1.0 / (s * s)), pad=True, flipped=True)
             elif s > 1:
                 x = x * (1.0 / (s * s))
             # the blurred box grows by hk on each side; clip it to the frame (beyond lies padding nobody sees)
@@ -362,16 +362,22 @@ _KERNEL_CACHE: dict = {}
 
 
 def _kernel(ap: Aperture, radius: float, half: int, dtype, device, gain: float = 1.0) -> torch.Tensor:
-    """Aperture kernel times ``gain``, cached for shapes with a cache key (layer radii repeat from call to call)."""
+    """Flipped aperture kernel times ``gain``, repeated for RGBA: [4,k,k]. Cached for shapes with a cache key (the
+    layer radii repeat from call to call)."""
+
+    def make():
+        k = ap.kernel(radius, dtype=dtype, device=device, half_size=half) * gain
+        return torch.flip(k, dims=(-2, -1)).expand(4, -1, -1).contiguous()
+
     key = ap.cache_key()
     if key is None:
-        return ap.kernel(radius, dtype=dtype, device=device, half_size=half) * gain
+        return make()
     key = key + (radius, half, gain, dtype, str(device))
     k = _KERNEL_CACHE.get(key)
     if k is None:
         if len(_KERNEL_CACHE) > 4096:
             _KERNEL_CACHE.clear()
-        k = _KERNEL_CACHE[key] = ap.kernel(radius, dtype=dtype, device=device, half_size=half) * gain
+        k = _KERNEL_CACHE[key] = make()
     return k
 
 
