@@ -17,6 +17,10 @@ if str(REPO_ROOT) not in sys.path:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The tests run tiny tensors, where one intra-op thread is fastest and immune to oversubscription (DDP tests start
+# two processes on two cores). Override with BOKEHDEPTH_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("BOKEHDEPTH_TEST_THREADS", "1")))
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
