@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"total wall time: {wall:.0f} s ({wall / 60:.1f} min); run dir: {run_dir}")
     if isinstance(results, dict):
         results["wall_s"] = wall
+        if is_rank_zero and run_dir.is_dir():
+            from bokeh.io import write_json
+
+            summary = {"wall_s": wall, "argv": list(argv if argv is not None else sys.argv[1:]), "torch_threads": torch.get_num_threads()}
+            if "comparison" in results:
+                summary["comparison"] = {k: results["comparison"][k] for k in ("abs_rel_ratio", "goal_met", "times")}
+            write_json(run_dir / "summary.json", summary)
     return results
 
 
