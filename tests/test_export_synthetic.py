@@ -1,0 +1,77 @@
+"""tools/export_synthetic.py: scenes as an RGB-D folder + manifests that Stage-2 and bokeh.datasets read."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"bokehdepth_tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "scenes"
+    _tool("export_synthetic")(["--out", str(out), "--num", "3", "--split", "test", "--size", "28", "28",
+                               "--physics-K", "2", "5"])
+    return out
+
+
+def test_manifest_loads_through_stage2_datamodule_with_the_default_pixels(exported):
+    """The physics manifest is read by Stage-2's manifest DataModule and holds the synthetic test split's scenes
+    and stacks (same seeds, same renderer settings, 8-bit like its cache)."""
+    from lightning_modules.data import SyntheticStackDataModule, build_datamodule
+
+    dm = build_datamodule({"kind": "manifest", "batch_size": 2, "num_workers": 0,
+                           "manifest": {"test": str(exported / "stacks_physics.jsonl"), "crop": None,
+                                        "max_depth_m": 100.0}})
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (2, 3, 28, 28) and batch["stack"].shape == (2, 2, 3, 28, 28)
+    assert torch.equal(batch["K_px_m"], torch.tensor([[2.0, 5.0], [2.0, 5.0]]))
+    ref = SyntheticStackDataModule(height=28, width=28, num_train=0, num_val=0, num_test=3, K_px_m=[2.0, 5.0],
+                                   render_options={"layer_ratio": 1.5}, max_depth_m=100.0)
+    ref.setup("test")
+    for i in range(2):
+        want = ref.datasets["test"][i]
+        assert torch.equal(batch["depth_m"][i], want["depth_m"])
+        assert (batch["image"][i] - want["image"]).abs().max() <= 0.5 / 255
+        assert (batch["stack"][i] - want["stack"]).abs().max() <= 1.5 / 255
+        assert float(batch["focus_m"][i]) == pytest.approx(float(want["focus_m"]), abs=1e-5)
+        assert torch.allclose(batch["intrinsics"][i], want["intrinsics"])
+
+
+def test_rgbd_folder_and_scene_manifest(exported):
+    from bokeh.datasets import open_dataset
+    from physics.scenes import make_scene
+
+    ds = open_dataset(exported)
+    assert ds.kind == "generic" and len(ds) == 3
+    scene = make_scene(2_000_001, 28, 28)
+    sample = ds[1]
+    assert torch.equal(sample["depth_m"], torch.as_tensor(scene.depth_m, dtype=torch.float32))
+    assert sample["fx"] == pytest.approx(float(scene.intrinsics[0, 0]), rel=1e-6)
+    rows = [json.loads(line) for line in (exported / "scenes.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [2_000_000, 2_000_001, 2_000_002]
+    assert rows[1]["focus_m"] == pytest.approx(float(scene.focus_m), abs=1e-5)
+    assert all((exported / r["image"]).is_file() and (exported / r["depth"]).is_file() for r in rows)
+    assert "stack" not in rows[0]  # make_stack.py input: image, depth, intrinsics, focus
+
+
+def test_bad_inputs(exported, tmp_path):
+    main = _tool("export_synthetic")
+    with pytest.raises(FileExistsError):
+        main(["--out", str(exported), "--num", "1"])
+    with pytest.raises(ValueError, match="--num"):
+        main(["--out", str(tmp_path / "a"), "--num", "0"])
+    with pytest.raises(ValueError, match="physics-K"):
+        main(["--out", str(tmp_path / "b"), "--num", "1", "--physics-K", "0"])

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Write synthetic scenes (physics.scenes) as an RGB-D folder + JSONL manifests, optionally with physics stacks.
+
+    python tools/export_synthetic.py --out data/syn_train --split train --num 1000 --size 112 112
+    python tools/export_synthetic.py --out data/syn_train --split train --num 1000 --physics-K 3 6 10
+
+The scenes are those of Stage-2's synthetic DataModule: split s, scene i has seed ``seed + offset[s] + i``
+(lightning_modules.data.SPLIT_SEED_OFFSETS), so an exported split holds exactly the pictures the physics-stack
+default trains / tests on (8-bit PNG, like its uint8 cache). Output (every file written atomically):
+
+    rgb/<name>.png            sharp all-in-focus image (sRGB)
+    depth/<name>.npy          float32 [H, W] metres (z along the optical axis)
+    intrinsics.json           {name: {fx, fy, cx, cy}} in pixels (bokeh.datasets generic RGB-D folder layout)
+    scenes.jsonl              {image, depth, intrinsics: [fx, fy, cx, cy], focus_m, seed}: tools/make_stack.py input
+    physics/<name>_k<i>.png   with --physics-K: frames rendered by physics.stacks.bokeh_stack at each scene's focus
+    stacks_physics.jsonl      with --physics-K: {image, depth, stack, K_px_m, intrinsics, focus_m}: a Stage-2
+                              manifest (configs/data/manifest.yaml), the physics twin of make_stack.py's stacks.jsonl
+    export.json               settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bokehdepth_guard import require_bokehdepth  # noqa: E402
+
+require_bokehdepth()
+
+import torch  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--num", type=int, required=True, help="number of scenes")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="seed range (Stage-2's splits)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (data.synthetic.seed)")
+    p.add_argument("--size", type=int, nargs=2, default=(112, 112), metavar=("HEIGHT", "WIDTH"))
+    p.add_argument("--physics-K", type=float, nargs="+", default=None,
+                   help="also render physics stacks at these strengths (px*m at this width) + stacks_physics.jsonl")
+    p.add_argument("--layer-ratio", type=float, default=1.5, help="renderer layer spacing (configs/data/synthetic.yaml)")
+    p.add_argument("--batch-size", type=int, default=32, help="scenes rendered per batch")
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: int = 112, width: int = 112,
+           physics_K: list[float] | None = None, layer_ratio: float = 1.5, batch_size: int = 32,
+           progress: bool = True) -> dict[str, Any]:
+    """Write the scenes into the (prepared, empty) folder ``out``; returns the export settings and counts."""
+    from bokeh.io import write_image, write_json, write_npy, write_text
+    from lightning_modules.data import SPLIT_SEED_OFFSETS, render_synthetic_split
+    from physics.scenes import make_scene
+
+    if num <= 0:
+        raise ValueError(f"--num must be a positive number of scenes, got {num}")
+    if height < 8 or width < 8:
+        raise ValueError(f"--size must be at least 8x8 pixels, got {height}x{width}")
+    if physics_K is not None and (not physics_K or any(not k > 0 for k in physics_K)):
+        raise ValueError(f"--physics-K must list positive strengths (px*m), got {physics_K}")
+    seeds = [seed + SPLIT_SEED_OFFSETS[split] + i for i in range(num)]
+    scenes_lines, stack_lines, cameras = [], [], {}
+    chunks = range(0, num, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"exporting {num} {split} scenes", unit="batch")
+    for start in chunks:
+        chunk = seeds[start : start + batch_size]
+        if physics_K is not None:
+            data = render_synthetic_split(chunk, height=height, width=width, K_px_m=physics_K,
+                                          render_options={"layer_ratio": layer_ratio}, batch_size=len(chunk),
+                                          progress=False)
+            images, depths = data.image.float() / 255.0, data.depth_m
+            focus, intr, frames = data.focus_m, data.intrinsics, data.stack
+        else:
+            scenes = [make_scene(s, height, width) for s in chunk]
+            images = torch.stack([torch.as_tensor(s.image, dtype=torch.float32) for s in scenes])
+            depths = torch.stack([torch.as_tensor(s.depth_m, dtype=torch.float32) for s in scenes])
+            focus = torch.tensor([float(s.focus_m) for s in scenes])
+            intr = torch.stack([torch.as_tensor(s.intrinsics, dtype=torch.float32) for s in scenes])
+            frames = None
+        for j, s in enumerate(chunk):
+            name = f"{split}_{s:08d}"
+            write_image(out / "rgb" / f"{name}.png", images[j])
+            write_npy(out / "depth" / f"{name}.npy", depths[j, 0].float().numpy())
+            k = intr[j]
+            camera = [float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2])]
+            cameras[name] = dict(zip(("fx", "fy", "cx", "cy"), camera))
+            row = {"image": f"rgb/{name}.png", "depth": f"depth/{name}.npy", "intrinsics": camera,
+                   "focus_m": round(float(focus[j]), 6), "seed": int(s)}
+            scenes_lines.append(json.dumps(row))
+            if frames is not None:
+                paths = []
+                for i in range(frames.shape[1]):
+                    write_image(out / "physics" / f"{name}_k{i}.png", frames[j, i].float() / 255.0)
+                    paths.append(f"physics/{name}_k{i}.png")
+                stack_lines.append(json.dumps({**row, "stack": paths, "K_px_m": [float(v) for v in physics_K]}))
+    write_json(out / "intrinsics.json", cameras)
+    write_text(out / "scenes.jsonl", "\n".join(scenes_lines) + "\n")
+    if stack_lines:
+        write_text(out / "stacks_physics.jsonl", "\n".join(stack_lines) + "\n")
+    settings = {"num": num, "split": split, "seed": seed, "seeds": [seeds[0], seeds[-1]], "height": height,
+                "width": width, "physics_K_px_m": physics_K, "layer_ratio": layer_ratio,
+                "manifests": ["scenes.jsonl"] + (["stacks_physics.jsonl"] if stack_lines else [])}
+    write_json(out / "export.json", settings)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from bokeh.io import prepare_output_dir
+
+    args = parse_args(argv)
+    if args.num <= 0:
+        raise ValueError(f"--num must be a positive number of scenes, got {args.num}")
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    settings = export(out, num=args.num, split=args.split, seed=args.seed, height=args.size[0], width=args.size[1],
+                      physics_K=args.physics_K, layer_ratio=args.layer_ratio, batch_size=args.batch_size)
+    print(f"wrote {args.num} {args.split} scenes to {out} ({', '.join(settings['manifests'])})")
+    return settings
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
