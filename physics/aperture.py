@@ -121,7 +121,8 @@ class PolygonAperture(Aperture):
         # flip 180 degrees in front of the focal plane; y up for the angle convention
         sign = torch.where(radius_px < 0, -1.0, 1.0).to(dx.dtype)
         vx, vy = dx * sign, -dy * sign
-        angles = self.rotation + 2.0 * math.pi * torch.arange(self.blades, dtype=dx.dtype, device=dx.device) / self.blades
+        k = torch.arange(self.blades, dtype=dx.dtype, device=dx.device)
+        angles = self.rotation + 2.0 * math.pi * k / self.blades
         proj = vx.unsqueeze(-1) * torch.cos(angles) + vy.unsqueeze(-1) * torch.sin(angles)
         support = proj.max(dim=-1).values
         return (apothem - support + 0.5).clamp(0.0, 1.0)

@@ -235,7 +235,8 @@ def bench(args) -> dict:
     console.print(table)
     for n in args.sizes:
         d = results["sizes"][str(n)]
-        console.print(f"{n}^2: PSNR ours vs exact (plane, {d['psnr_scene']}) = {d['psnr_ours_vs_exact_plane_db']:.2f} dB;"
+        console.print(f"{n}^2: PSNR ours vs exact (plane, {d['psnr_scene']}) = "
+                      f"{d['psnr_ours_vs_exact_plane_db']:.2f} dB;"
                       f" exact/ours forward = {d['speedup_exact_over_ours_fwd_wall_s']:.1f}x wall, "
                       f"{d['speedup_exact_over_ours_fwd_cpu_per_thread_s']:.1f}x cpu; bokehme/ours forward = "
                       f"{d['speedup_bokehme_over_ours_fwd_wall_s']:.1f}x wall, "
