@@ -176,6 +176,54 @@ def build_rows(models: Sequence[ModelSpec], *, has_depth: bool, has_generator: b
     return rows
 
 
+def resize_sample(sample: Mapping[str, Any], height: int, width: int) -> dict[str, Any]:
+    """A sample at (height, width): images and frames antialiased bilinear, depth and mask nearest; K (px*m) and
+    the intrinsics scale with the width / height (for evaluating at a model's training scale)."""
+    h, w = sample["image"].shape[-2:]
+    if (h, w) == (height, width):
+        return dict(sample)
+    sx, sy = width / w, height / h
+    out = dict(sample)
+
+    def rgb(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+    out["image"] = rgb(sample["image"][None])[0]
+    for key in ("stack", "frames"):
+        if sample.get(key) is not None:
+            out[key] = rgb(sample[key])
+    out["depth_m"] = F.interpolate(sample["depth_m"][None], size=(height, width), mode="nearest")[0]
+    valid = sample.get("valid", sample["depth_m"] > 0)
+    out["valid"] = F.interpolate(valid[None].float(), size=(height, width), mode="nearest")[0] > 0.5
+    if sample.get("K_px_m") is not None:
+        out["K_px_m"] = torch.as_tensor(sample["K_px_m"], dtype=torch.float32) * sx
+    if sample.get("intrinsics") is not None:
+        k = torch.as_tensor(sample["intrinsics"], dtype=torch.float32).clone()
+        k[0, 0], k[0, 2] = k[0, 0] * sx, (k[0, 2] + 0.5) * sx - 0.5
+        k[1, 1], k[1, 2] = k[1, 1] * sy, (k[1, 2] + 0.5) * sy - 0.5
+        out["intrinsics"] = k
+        out.update({"fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2])})
+    return out
+
+
+class ResizedDataset(torch.utils.data.Dataset):
+    """Every sample of ``dataset`` through :func:`resize_sample` (the dataset's caps / skipped list kept)."""
+
+    def __init__(self, dataset: Any, height: int, width: int) -> None:
+        self.dataset, self.height, self.width = dataset, int(height), int(width)
+        if self.height < 8 or self.width < 8:
+            raise ValueError(f"resize size must be at least 8x8, got {height}x{width}")
+        for key in ("min_depth_m", "max_depth_m", "skipped"):
+            if hasattr(dataset, key):
+                setattr(self, key, getattr(dataset, key))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return resize_sample(self.dataset[i], self.height, self.width)
+
+
 def _sample_name(sample: Mapping[str, Any], i: int) -> str:
     return str(sample.get("name", f"{i:05d}")).replace("/", "_").replace(" ", "_").replace("=", "")
 
@@ -337,7 +385,7 @@ def write_sample_grid(path: Path, image: torch.Tensor, gt: torch.Tensor, valid: 
                       rows: Sequence[Row], min_cell_px: int = 160) -> Path:
     """PNG grid for one sample (cells narrower than ``min_cell_px`` are upscaled by an integer factor). Row 1: RGB | the strongest frame of each stack | GT. Row 2: each variant's depth
     (inverse-depth colours over the GT's 2-98% range). Row 3: each variant's relative error |pred - gt| / gt
-    (blue 0, red >= 0.5; invalid GT black)."""
+    (white 0, dark red >= 0.5; invalid GT black)."""
     from bokeh.io import colorize_depth, colorize_signed, image_grid, write_image
 
     gt_valid = gt[valid]
@@ -420,4 +468,4 @@ def print_table(result: Mapping[str, Any], title: str = "", keys: Sequence[str] 
 
 __all__ = ["METRIC_KEYS", "ModelSpec", "Row", "STACK_SOURCES", "build_rows", "dfd_depth", "evaluate_variants",
            "fill_invalid_depth", "focus_of", "generate_stage1_stack", "markdown_table", "oracle_focus_m",
-           "print_table", "render_physics_stack", "stack_sources", "write_sample_grid"]
+           "print_table", "render_physics_stack", "resize_sample", "ResizedDataset", "stack_sources", "write_sample_grid"]

@@ -160,12 +160,26 @@ def _dfd_folder(root: Path, n: int = 2) -> Path:
 def test_aperture_pairs_folder_real_rows(tmp_path, model_yaml):
     folder = _dfd_folder(tmp_path / "dfd")
     result = _tool("eval_variants")(["--base-config", str(model_yaml), "--bokehdepth-config", str(model_yaml),
-                                     "--folder", str(folder), "--out", str(tmp_path / "out"), "--K", "2", "4"])
+                                     "--folder", str(folder), "--size", "14", "21", "--out", str(tmp_path / "out"),
+                                     "--K", "2", "4"])
     real = _row(result, "BokehDepth + real")
     assert real["num_samples"] == 2 and math.isfinite(real["metrics"]["abs_rel"])
     assert _row(result, "depth-from-bokeh (closed form) on real")["num_samples"] == 2
     assert _row(result, "BokehDepth + physics")["num_samples"] == 2  # oracle rendered from the GT depth
     assert result["caps_m"] == [0.5, 4.0]  # the dataset's caps
+    assert (tmp_path / "out" / "grids" / "s0.png").is_file()
+
+
+def test_resize_sample_scales_k_and_intrinsics():
+    from bokeh.evaluation import resize_sample
+
+    k = torch.tensor([[50.0, 0, 20.5], [0, 50.0, 13.5], [0, 0, 1]])
+    sample = {"image": torch.rand(3, 28, 42), "depth_m": torch.full((1, 28, 42), 2.0), "frames": torch.rand(1, 3, 28, 42),
+              "K_px_m": torch.tensor([6.0]), "intrinsics": k}
+    out = resize_sample(sample, 14, 21)
+    assert out["image"].shape == (3, 14, 21) and out["frames"].shape == (1, 3, 14, 21)
+    assert float(out["K_px_m"][0]) == pytest.approx(3.0) and out["fx"] == pytest.approx(25.0)
+    assert out["cx"] == pytest.approx((20.5 + 0.5) / 2 - 0.5) and bool(out["valid"].all())
 
 
 def test_bad_inputs(tmp_path, model_yaml, synthetic_run):

@@ -12,7 +12,8 @@ Stacks:
                                      else the first BokehDepth model's training strengths at its training width
 Datasets (default: the synthetic test split of the first model's data config):
     --config data/dfd_indoor.yaml [overrides]   a Stage-2 data config (synthetic | manifest | aperture_pairs)
-    --folder PATH                                NYU / KITTI / generic RGB-D / DFD pairs (bokeh.datasets readers)
+    --folder PATH [--size H W]                   NYU / KITTI / generic RGB-D / DFD pairs (bokeh.datasets readers),
+                                                 optionally resized (K and intrinsics follow)
 Outputs (--out, new or empty unless --overwrite): variants.json, variants.md, grids/<sample>.png
 (RGB | stacks | GT, then each variant's depth, then each variant's relative error).
 
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--K-at-width", type=float, default=None, help="width the --K values refer to (default: each image's)")
     p.add_argument("--config", action="append", default=[], help="data config(s) (bare names resolve in configs/)")
     p.add_argument("--folder", help="an NYU / KITTI / generic RGB-D / DFD aperture-pair folder (bokeh.datasets)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+                   help="--folder: resize every sample (K and intrinsics follow), e.g. the models' training scale")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--manifest-stack", default="physics", choices=["physics", "stage1", "real"],
                    help="what a manifest's 'stack' frames are (make_stack.py manifests: stage1)")
@@ -151,6 +154,10 @@ def build_dataset(args: argparse.Namespace, specs: list[Any]) -> tuple[Any, str,
         from bokeh.datasets import open_dataset
 
         ds = open_dataset(args.folder)
+        if args.size:
+            from bokeh.evaluation import ResizedDataset
+
+            ds = ResizedDataset(ds, *args.size)
         return ds, Path(args.folder).name, {"dataset_stack": None, "reference_K_ratio": 0.0,
                                             "caps": (ds.min_depth_m, ds.max_depth_m), "skipped": ds.skipped}
     from lightning_modules.data import build_datamodule
