@@ -8,7 +8,9 @@
 #   5. tools/eval_variants.py on the synthetic test split: base, both BokehDepth models with physics (ORACLE) and
 #      Stage-1 stacks, and the closed-form depth-from-bokeh baseline
 # Usage: bash scripts/generated_pipeline.sh [OUT]          (default runs/generated_pipeline/<stamp>)
-# Knobs (environment): GENERATOR, NUM_TRAIN (1000), NUM_VAL (64), NUM_TEST (200), SIZE (112), K ("3 6 10"),
+# Focus: each scene's nearest subject (FOCUS_M=null), as in Stage-1's training targets: the generator has no focus
+# input and puts the focal plane where it learned to; stage2.yaml's physics default now fixes 0.5 m instead.
+# Knobs (environment): GENERATOR, NUM_TRAIN (1000), NUM_VAL (64), NUM_TEST (200), SIZE (112), K ("3 6 10"), FOCUS_M,
 #   STAGE1_OVERRIDES, FIT_OVERRIDES (e.g. "trainer.max_epochs=2 threads=1"), GEN_STEPS (generator's default),
 #   THREADS (1), PYTHON (.venv/bin/python).
 set -euo pipefail
@@ -16,7 +18,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-runs/generated_pipeline/$(date +%Y%m%d-%H%M%S)}
 NUM_TRAIN=${NUM_TRAIN:-1000}; NUM_VAL=${NUM_VAL:-64}; NUM_TEST=${NUM_TEST:-200}
-SIZE=${SIZE:-112}; K=${K:-"3 6 10"}; THREADS=${THREADS:-1}
+SIZE=${SIZE:-112}; K=${K:-"3 6 10"}; THREADS=${THREADS:-1}; FOCUS_M=${FOCUS_M:-null}
+FOCUS_ARG=()
+[[ "$FOCUS_M" != null ]] && FOCUS_ARG=(--focus-m "$FOCUS_M")
 K_LIST="[${K// /,}]"
 FIT_OVERRIDES=${FIT_OVERRIDES:-}
 STEPS_ARG=()
@@ -27,7 +31,7 @@ if [[ -e "$OUT" ]] && [[ -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
 fi
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/pipeline.log"; }
-log "out=$OUT train=$NUM_TRAIN val=$NUM_VAL test=$NUM_TEST size=$SIZE K=$K fit_overrides='$FIT_OVERRIDES'"
+log "out=$OUT train=$NUM_TRAIN val=$NUM_VAL test=$NUM_TEST size=$SIZE K=$K focus=$FOCUS_M fit_overrides='$FIT_OVERRIDES'"
 
 # 1. Stage-1
 if [[ -n "${GENERATOR:-}" ]]; then
@@ -44,7 +48,7 @@ for split in train val test; do
   var="NUM_${split^^}"
   log "export $split (${!var} scenes)"
   $PY tools/export_synthetic.py --out "$OUT/data/${split}_scenes" --split "$split" --num "${!var}" \
-      --size "$SIZE" "$SIZE" --physics-K $K
+      --size "$SIZE" "$SIZE" --physics-K $K "${FOCUS_ARG[@]}"
 done
 
 # 3. Stage-1 stacks for training (the test split's are generated inside eval_variants)
@@ -73,5 +77,5 @@ $PY tools/eval_variants.py --threads "$THREADS" --base "base=$OUT/stage2_physics
     --bokehdepth "BD-physics=$OUT/stage2_physics" --bokehdepth "BD-generated=$OUT/stage2_generated" \
     --generator "$GENERATOR" "${STEPS_ARG[@]/--steps/--generator-steps}" --config data/synthetic.yaml \
     --out "$OUT/variants" data.synthetic.num_test="$NUM_TEST" data.synthetic.height="$SIZE" \
-    data.synthetic.width="$SIZE" data.synthetic.K_px_m="$K_LIST"
+    data.synthetic.width="$SIZE" data.synthetic.K_px_m="$K_LIST" data.synthetic.focus_m="$FOCUS_M"
 log "done: $OUT/variants/variants.md"

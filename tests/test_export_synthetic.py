@@ -73,5 +73,7 @@ def test_bad_inputs(exported, tmp_path):
         main(["--out", str(exported), "--num", "1"])
     with pytest.raises(ValueError, match="--num"):
         main(["--out", str(tmp_path / "a"), "--num", "0"])
+    with pytest.raises(ValueError, match="focus-m"):
+        main(["--out", str(tmp_path / "c"), "--num", "1", "--physics-K", "2", "--focus-m", "0"])
     with pytest.raises(ValueError, match="physics-K"):
         main(["--out", str(tmp_path / "b"), "--num", "1", "--physics-K", "0"])

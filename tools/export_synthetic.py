@@ -13,6 +13,7 @@ default trains / tests on (8-bit PNG, like its uint8 cache). Output (every file 
     intrinsics.json           {name: {fx, fy, cx, cy}} in pixels (bokeh.datasets generic RGB-D folder layout)
     scenes.jsonl              {image, depth, intrinsics: [fx, fy, cx, cy], focus_m, seed}: tools/make_stack.py input
     physics/<name>_k<i>.png   with --physics-K: frames rendered by physics.stacks.bokeh_stack at each scene's focus
+                              (its nearest subject, like Stage-1's training targets) or at --focus-m
     stacks_physics.jsonl      with --physics-K: {image, depth, stack, K_px_m, intrinsics, focus_m}: a Stage-2
                               manifest (configs/data/manifest.yaml), the physics twin of make_stack.py's stacks.jsonl
     export.json               settings
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, nargs=2, default=(112, 112), metavar=("HEIGHT", "WIDTH"))
     p.add_argument("--physics-K", type=float, nargs="+", default=None,
                    help="also render physics stacks at these strengths (px*m at this width) + stacks_physics.jsonl")
+    p.add_argument("--focus-m", type=float, default=None,
+                   help="one focus distance for every scene's physics stack (default: each scene's nearest subject)")
     p.add_argument("--layer-ratio", type=float, default=1.5, help="renderer layer spacing (configs/data/synthetic.yaml)")
     p.add_argument("--batch-size", type=int, default=32, help="scenes rendered per batch")
     p.add_argument("--overwrite", action="store_true")
@@ -56,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: int = 112, width: int = 112,
-           physics_K: list[float] | None = None, layer_ratio: float = 1.5, batch_size: int = 32,
+           physics_K: list[float] | None = None, focus_m: float | None = None, layer_ratio: float = 1.5,
+           batch_size: int = 32,
            progress: bool = True) -> dict[str, Any]:
     """Write the scenes into the (prepared, empty) folder ``out``; returns the export settings and counts."""
     from bokeh.io import write_image, write_json, write_npy, write_text
@@ -65,6 +69,8 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
 
     if num <= 0:
         raise ValueError(f"--num must be a positive number of scenes, got {num}")
+    if focus_m is not None and not focus_m > 0:
+        raise ValueError(f"--focus-m must be a positive distance in metres, got {focus_m}")
     if height < 8 or width < 8:
         raise ValueError(f"--size must be at least 8x8 pixels, got {height}x{width}")
     if physics_K is not None and (not physics_K or any(not k > 0 for k in physics_K)):
@@ -79,7 +85,7 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
     for start in chunks:
         chunk = seeds[start : start + batch_size]
         if physics_K is not None:
-            data = render_synthetic_split(chunk, height=height, width=width, K_px_m=physics_K,
+            data = render_synthetic_split(chunk, height=height, width=width, K_px_m=physics_K, focus_m=focus_m,
                                           render_options={"layer_ratio": layer_ratio}, batch_size=len(chunk),
                                           progress=False)
             images, depths = data.image.float() / 255.0, data.depth_m
@@ -88,7 +94,7 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
             scenes = [make_scene(s, height, width) for s in chunk]
             images = torch.stack([torch.as_tensor(s.image, dtype=torch.float32) for s in scenes])
             depths = torch.stack([torch.as_tensor(s.depth_m, dtype=torch.float32) for s in scenes])
-            focus = torch.tensor([float(s.focus_m) for s in scenes])
+            focus = torch.tensor([float(focus_m or s.focus_m) for s in scenes])
             intr = torch.stack([torch.as_tensor(s.intrinsics, dtype=torch.float32) for s in scenes])
             frames = None
         for j, s in enumerate(chunk):
@@ -112,7 +118,7 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
     if stack_lines:
         write_text(out / "stacks_physics.jsonl", "\n".join(stack_lines) + "\n")
     settings = {"num": num, "split": split, "seed": seed, "seeds": [seeds[0], seeds[-1]], "height": height,
-                "width": width, "physics_K_px_m": physics_K, "layer_ratio": layer_ratio,
+                "width": width, "physics_K_px_m": physics_K, "focus_m": focus_m, "layer_ratio": layer_ratio,
                 "manifests": ["scenes.jsonl"] + (["stacks_physics.jsonl"] if stack_lines else [])}
     write_json(out / "export.json", settings)
     return settings
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--num must be a positive number of scenes, got {args.num}")
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     settings = export(out, num=args.num, split=args.split, seed=args.seed, height=args.size[0], width=args.size[1],
-                      physics_K=args.physics_K, layer_ratio=args.layer_ratio, batch_size=args.batch_size)
+                      physics_K=args.physics_K, focus_m=args.focus_m, layer_ratio=args.layer_ratio, batch_size=args.batch_size)
     print(f"wrote {args.num} {args.split} scenes to {out} ({', '.join(settings['manifests'])})")
     return settings
 
