@@ -64,6 +64,11 @@ def _check_override_type(key: str, old: Any, new: Any) -> Any:
     if isinstance(old, float):
         if isinstance(new, (int, float)) and not isinstance(new, bool):
             return float(new)
+        if isinstance(new, str):  # YAML 1.1 reads "5e-3" (no dot) as a string
+            try:
+                return float(new)
+            except ValueError:
+                pass
         raise ConfigError(f"override '{key}={new!r}': expected a number, got {type(new).__name__}")
     if isinstance(old, str):
         if isinstance(new, (dict, list)):

@@ -72,6 +72,12 @@ def test_override_plus_adds_a_key_and_int_widens_to_float(tmp_path: Path) -> Non
     assert cfg.note == "hello" and cfg.lr == 1.0 and isinstance(cfg.lr, float)
 
 
+def test_float_override_accepts_exponent_without_dot(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) parses "5e-3" as a string; users type it anyway.
+    cfg = load_config([_write(tmp_path / "m.yaml", "lr: 0.1\n")], ["lr=5e-3"])
+    assert cfg.lr == 0.005
+
+
 def test_struct_mode_rejects_unknown_attribute_access(tmp_path: Path) -> None:
     cfg = load_config([_write(tmp_path / "m.yaml", "lr: 0.1\n")])
     with pytest.raises(Exception):
