@@ -12,15 +12,6 @@ from omegaconf import OmegaConf
 from bokeh.depth import BokehDepthModel, build_depth_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads spin against other processes (measured:
-    a tiny forward 3.5 s with 2 threads vs 0.03 s with 1 under load); these tests are small anyway."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 FAMILIES = {"depth_anything_v2": (42, 56), "dpt": (64, 96)}  # (H, W): multiples of 14 (DA) and 32 px (DPT)
 K3 = torch.tensor([[10.0, 20.0, 30.0], [5.0, 15.0, 25.0]])
 

@@ -20,14 +20,6 @@ from physics.dfd import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _texture(h: int, w: int, seed: int = 0) -> torch.Tensor:
     """Band-limited random sRGB texture [1,3,H,W] (pixel noise upsampled 2x)."""
     g = torch.Generator().manual_seed(seed)

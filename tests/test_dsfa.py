@@ -11,15 +11,6 @@ import torch.nn.functional as F
 from bokeh.depth import DSFA
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads spin against other processes (measured:
-    a tiny forward 3.5 s with 2 threads vs 0.03 s with 1 under load); these tests are small anyway."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 B, P, D = 2, 5, 16
 
 

@@ -10,14 +10,6 @@ from physics.render import render_bokeh
 from physics.scenes import make_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def scene():
     s = make_scene(4, 48, 64, p_textureless=0.1)  # depths 0.71-2.7 m

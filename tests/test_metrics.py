@@ -12,16 +12,6 @@ from bokeh.depth import silog_loss
 from bokeh.metrics import DEPTH_METRIC_KEYS, DepthMetrics, crop_mask, depth_errors_per_image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads spin against other processes (measured:
-    a tiny forward 3.5 s with 2 threads vs 0.03 s with 1 under load); these tests are small anyway."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _hand(pred: list[float], gt: list[float]) -> dict[str, float]:
     """Reference metrics of one image over the listed (already valid) pixels."""
     n = len(gt)

@@ -9,15 +9,6 @@ from physics.camera import signed_coc_radius_px
 from physics.scenes import SyntheticSceneDataset, make_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensors: one intra-op thread avoids contention on the shared 2-core machines
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_same_seed_gives_identical_scene():
     a, b = make_scene(7, 48, 64), make_scene(7, 48, 64)
     assert torch.equal(a.image, b.image) and torch.equal(a.depth_m, b.depth_m)

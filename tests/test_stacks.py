@@ -11,14 +11,6 @@ from physics.scenes import make_scene
 from physics.stacks import bokeh_stack, bokeh_stack_from_camera, focal_stack, focal_stack_from_camera
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def batch():
     scenes = [make_scene(s, 24, 32) for s in (1, 2)]

@@ -13,14 +13,6 @@ from bokeh.io import read_image, write_image, write_npy
 from physics.scenes import make_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tool(repo_root_module):
     spec = importlib.util.spec_from_file_location("render_bokeh_tool", repo_root_module / "tools" / "render_bokeh.py")
