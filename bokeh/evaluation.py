@@ -3,6 +3,8 @@
 Rows (a row whose inputs are missing is kept in the table as *skipped* with the reason):
 
 - ``base``: a model given the image alone.
+- ``<BokehDepth> without stack (control)``: the BokehDepth weights given no stack: what the stack adds is the
+  difference to the rows below.
 - ``<BokehDepth> + physics stack``: frames rendered by :func:`physics.stacks.bokeh_stack` from the **ground-truth
   depth** (or the dataset's own physics stack, e.g. the synthetic split). An ORACLE upper bound: no real photo
   comes with its depth; the row label says so.
@@ -165,6 +167,9 @@ def build_rows(models: Sequence[ModelSpec], *, has_depth: bool, has_generator: b
     if not stacked:
         rows.append(Row("BokehDepth", "model", None, None, skipped="no BokehDepth model given (--bokehdepth)"))
     for m in stacked:
+        # control: the same weights without a stack (DSFA on the reference alone) separate the stack's
+        # contribution from whatever else differs between the BokehDepth and base trainings
+        rows.append(Row(f"{m.label} without stack (control)", "model", m, None))
         for source in STACK_SOURCES:
             rows.append(Row(f"{m.label} + {SOURCE_TITLES[source]}", "model", m, source, oracle=source == "physics",
                             skipped=available[source]))
@@ -428,7 +433,8 @@ def markdown_table(result: Mapping[str, Any], keys: Sequence[str] = TABLE_KEYS, 
     """The result's rows as a Markdown table (skipped rows show their reason); the last column compares abs_rel
     with the first base row."""
     rows = result["rows"]
-    base = next((r for r in rows if r["kind"] == "model" and r["stack"] is None and "metrics" in r), None)
+    base = next((r for r in rows if r["kind"] == "model" and r["stack"] is None and "metrics" in r
+                 and not r["label"].endswith("(control)")), None)
     head = "| variant | " + " | ".join(keys) + " | abs_rel / base | s/sample |"
     lines = ([f"**{title}**", ""] if title else []) + [head, "|---|" + "---:|" * (len(keys) + 2)]
     for r in rows:

@@ -64,9 +64,9 @@ def test_synthetic_table_json_grids_and_oracle_label(synthetic_run):
     assert sorted(p.name for p in (out / "grids").glob("*.png")) == [
         "synthetic_scene_seed2000000.png", "synthetic_scene_seed2000001.png"]
     grid = np.asarray(Image.open(out / "grids" / "synthetic_scene_seed2000000.png"))
-    # 3 rows (inputs, depths, errors) x 3 columns (RGB | physics stack | GT; base | BokehDepth | DfB), 28 px
-    # cells upscaled 6x (>= 160 px) for readable labels
-    assert grid.shape[:2] == (3 * 168 + 4 * 2, 3 * 168 + 4 * 2)
+    # 3 rows (inputs, depths, errors) x 4 columns (RGB | physics stack | GT; base | BokehDepth without stack |
+    # BokehDepth + physics | DfB), 28 px cells upscaled 6x (>= 160 px) for readable labels
+    assert grid.shape[:2] == (3 * 168 + 4 * 2, 4 * 168 + 5 * 2)
     oracle = _row(result, "BokehDepth + physics stack")
     assert oracle["oracle"] is True and "ORACLE" in oracle["label"] and oracle["num_samples"] == 2
     md = (out / "variants.md").read_text()
@@ -80,6 +80,7 @@ def test_missing_inputs_are_skipped_with_reasons(synthetic_run):
     assert "no Stage-1 generator" in _row(result, "BokehDepth + Stage-1")["skipped"]
     assert "no real aperture frames" in _row(result, "BokehDepth + real")["skipped"]
     assert "metrics" not in _row(result, "BokehDepth + real")
+    assert _row(result, "BokehDepth without stack (control)")["num_samples"] == 2
 
 
 def test_table_numbers_are_the_models_and_baseline_outputs(synthetic_run, model_yaml):
