@@ -115,7 +115,8 @@ def render_physics_stack(image: torch.Tensor, depth_m: torch.Tensor, valid: torc
 
     dense = fill_invalid_depth(depth_m, valid)
     with torch.no_grad():
-        return bokeh_stack(image[None], dense[None], K_px_m.float(), float(focus_m), **dict(render_options or {})).frames[0]
+        stack = bokeh_stack(image[None], dense[None], K_px_m.float(), float(focus_m), **dict(render_options or {}))
+    return stack.frames[0]
 
 
 def generate_stage1_stack(generator: Any, image: torch.Tensor, K_px_m: torch.Tensor, *, seed: int = 0,
@@ -282,23 +283,16 @@ def evaluate_variants(
         raise ValueError("the dataset holds no sample to evaluate")
     first = dataset[0]
     own = stack_sources(first, dataset_stack)
+    has_K = stack_K_px_m is not None or "physics" in own  # strengths for rendered / generated stacks
     has_depth = bool(first.get("valid", first["depth_m"] > 0).any())
-    if "physics" not in own and stack_K_px_m is None:
-        has_depth_reason = "no stack strengths given (stack_K_px_m) to render the oracle stack with"
-    else:
-        has_depth_reason = None
-    K_missing = stack_K_px_m is None and "physics" not in own
     rows = build_rows(
-        models, has_depth=has_depth and not K_missing, has_generator=generator is not None and not (
-            stack_K_px_m is None and "physics" not in own), has_real="real" in own,
+        models, has_depth=has_depth, has_generator=generator is not None, has_real="real" in own,
         has_focus=focus_of(first) is not None, dfd=dfd, dataset_physics="physics" in own,
-        generator_reason=("no Stage-1 generator given (--generator)" if generator is None
-                          else "no stack strengths (K) to generate with"),
     )
-    if has_depth_reason:
+    if not has_K:
         for row in rows:
-            if row.stack == "physics" and row.skipped is None:
-                row.skipped = has_depth_reason
+            if row.stack in ("physics", "stage1") and row.skipped is None:
+                row.skipped = "no stack strengths given (stack_K_px_m / --K) to render or generate a stack with"
     for row in rows:
         if row.skipped is None:
             row.metrics = DepthMetrics(min_depth_m=min_depth_m, max_depth_m=max_depth_m, crop=crop)
@@ -328,7 +322,8 @@ def evaluate_variants(
             stacks["physics"] = (render_physics_stack(image, gt, valid, K_default, f, render_options), K_default)
         if "stage1" in needed and "stage1" not in stacks:
             t0 = time.perf_counter()
-            stacks["stage1"] = generate_stage1_stack(generator, image, K_default, seed=seed + i, num_steps=generator_steps)
+            stacks["stage1"] = generate_stage1_stack(generator, image, K_default, seed=seed + i,
+                                                     num_steps=generator_steps)
             stage1_s = time.perf_counter() - t0
         else:
             stage1_s = 0.0
@@ -388,9 +383,9 @@ def evaluate_variants(
 def write_sample_grid(path: Path, image: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
                       stacks: Mapping[str, tuple[torch.Tensor, torch.Tensor]], preds: Mapping[str, torch.Tensor],
                       rows: Sequence[Row], min_cell_px: int = 160) -> Path:
-    """PNG grid for one sample (cells narrower than ``min_cell_px`` are upscaled by an integer factor). Row 1: RGB | the strongest frame of each stack | GT. Row 2: each variant's depth
+    """PNG grid for one sample. Row 1: RGB | the strongest frame of each stack | GT. Row 2: each variant's depth
     (inverse-depth colours over the GT's 2-98% range). Row 3: each variant's relative error |pred - gt| / gt
-    (white 0, dark red >= 0.5; invalid GT black)."""
+    (white 0, dark red >= 0.5; invalid GT black). Cells narrower than ``min_cell_px`` are upscaled (nearest)."""
     from bokeh.io import colorize_depth, colorize_signed, image_grid, write_image
 
     gt_valid = gt[valid]
@@ -474,4 +469,5 @@ def print_table(result: Mapping[str, Any], title: str = "", keys: Sequence[str] 
 
 __all__ = ["METRIC_KEYS", "ModelSpec", "Row", "STACK_SOURCES", "build_rows", "dfd_depth", "evaluate_variants",
            "fill_invalid_depth", "focus_of", "generate_stage1_stack", "markdown_table", "oracle_focus_m",
-           "print_table", "render_physics_stack", "resize_sample", "ResizedDataset", "stack_sources", "write_sample_grid"]
+           "print_table", "render_physics_stack", "resize_sample", "ResizedDataset", "stack_sources",
+           "write_sample_grid"]

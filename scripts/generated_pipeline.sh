@@ -31,7 +31,8 @@ if [[ -e "$OUT" ]] && [[ -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
 fi
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/pipeline.log"; }
-log "out=$OUT train=$NUM_TRAIN val=$NUM_VAL test=$NUM_TEST size=$SIZE K=$K focus=$FOCUS_M fit_overrides='$FIT_OVERRIDES'"
+log "out=$OUT train=$NUM_TRAIN val=$NUM_VAL test=$NUM_TEST size=$SIZE K=$K focus=$FOCUS_M"
+log "fit_overrides='$FIT_OVERRIDES'"
 
 # 1. Stage-1
 if [[ -n "${GENERATOR:-}" ]]; then

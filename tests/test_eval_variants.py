@@ -142,6 +142,22 @@ def test_stage1_rows_with_a_random_generator(model_yaml):
     assert "no base model" in _row(result, "base")["skipped"]
 
 
+def test_rows_without_stack_strengths_are_skipped(model_yaml):
+    """An RGB-D sample with no stack of its own and no K: the oracle and Stage-1 rows say why they did not run."""
+    from bokeh.evaluation import ModelSpec, evaluate_variants
+    from lightning_modules.config import load_config
+    from lightning_modules.stage2 import Stage2Module
+    from omegaconf import OmegaConf
+
+    model_cfg = OmegaConf.to_container(load_config([model_yaml]).model, resolve=True)
+    bd = Stage2Module({"model": model_cfg, "use_stack": True}).eval()
+    samples = [{"image": torch.rand(3, 28, 28), "depth_m": torch.full((1, 28, 28), 2.0), "name": "a"}]
+    result = evaluate_variants(samples, [ModelSpec("BD", bd, True)], generator=object(), progress=False)
+    for start in ("BD + physics", "BD + Stage-1", "depth-from-bokeh (closed form) on Stage-1"):
+        assert "no stack strengths" in _row(result, start)["skipped"]
+    assert _row(result, "BD without stack")["num_samples"] == 1
+
+
 def _dfd_folder(root: Path, n: int = 2) -> Path:
     """A tiny DFD-indoor-style folder: f/8 reference, f/2.8 frame, depth in mm."""
     rng = np.random.default_rng(0)
@@ -175,7 +191,8 @@ def test_resize_sample_scales_k_and_intrinsics():
     from bokeh.evaluation import resize_sample
 
     k = torch.tensor([[50.0, 0, 20.5], [0, 50.0, 13.5], [0, 0, 1]])
-    sample = {"image": torch.rand(3, 28, 42), "depth_m": torch.full((1, 28, 42), 2.0), "frames": torch.rand(1, 3, 28, 42),
+    sample = {"image": torch.rand(3, 28, 42), "depth_m": torch.full((1, 28, 42), 2.0),
+              "frames": torch.rand(1, 3, 28, 42),
               "K_px_m": torch.tensor([6.0]), "intrinsics": k}
     out = resize_sample(sample, 14, 21)
     assert out["image"].shape == (3, 14, 21) and out["frames"].shape == (1, 3, 14, 21)

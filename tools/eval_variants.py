@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator", help="Stage-1 generator: run dir, generator.safetensors or a Stage-1 .ckpt")
     p.add_argument("--generator-steps", type=int, default=None, help="sampling steps (default: the generator's)")
     p.add_argument("--K", type=float, nargs="+", default=None, help="stack strengths, px*m (see --K-at-width)")
-    p.add_argument("--K-at-width", type=float, default=None, help="width the --K values refer to (default: each image's)")
+    p.add_argument("--K-at-width", type=float, default=None, 
+                   help="width the --K values refer to (default: each image's)")
     p.add_argument("--config", action="append", default=[], help="data config(s) (bare names resolve in configs/)")
     p.add_argument("--folder", help="an NYU / KITTI / generic RGB-D / DFD aperture-pair folder (bokeh.datasets)")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),

@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also render physics stacks at these strengths (px*m at this width) + stacks_physics.jsonl")
     p.add_argument("--focus-m", type=float, default=None,
                    help="one focus distance for every scene's physics stack (default: each scene's nearest subject)")
-    p.add_argument("--layer-ratio", type=float, default=1.5, help="renderer layer spacing (configs/data/synthetic.yaml)")
+    p.add_argument("--layer-ratio", type=float, default=1.5,
+                   help="renderer layer spacing (configs/data/synthetic.yaml)")
     p.add_argument("--batch-size", type=int, default=32, help="scenes rendered per batch")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--num must be a positive number of scenes, got {args.num}")
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     settings = export(out, num=args.num, split=args.split, seed=args.seed, height=args.size[0], width=args.size[1],
-                      physics_K=args.physics_K, focus_m=args.focus_m, layer_ratio=args.layer_ratio, batch_size=args.batch_size)
+                      physics_K=args.physics_K, focus_m=args.focus_m, layer_ratio=args.layer_ratio,
+                      batch_size=args.batch_size)
     print(f"wrote {args.num} {args.split} scenes to {out} ({', '.join(settings['manifests'])})")
     return settings
 
