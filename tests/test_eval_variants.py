@@ -3,7 +3,6 @@ random-weight models built from configs (no downloads)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,8 +13,8 @@ import torch
 from PIL import Image
 
 from lightning_modules.config import ConfigError
+from _tools import load_tool
 
-REPO = Path(__file__).resolve().parent.parent
 
 TINY_MODEL = """
 model:
@@ -32,10 +31,7 @@ SYNTHETIC = ["data.synthetic.num_test=2", "data.synthetic.height=28", "data.synt
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"bokehdepth_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool(name).main
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,15 +11,13 @@ import pytest
 import torch
 
 from lightning_modules.config import ConfigError
+from _tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _fit_main():
-    spec = importlib.util.spec_from_file_location("bokehdepth_tool_fit", REPO / "tools" / "fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool("fit").main
 
 
 def test_fast_dev_run_compares_base_and_bokehdepth(tmp_path, capsys):

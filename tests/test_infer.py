@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from _tools import load_tool
 
-REPO = Path(__file__).resolve().parent.parent
 H, W = 30, 45  # not multiples of 14: the working size differs and the depth must come back to 30x45
 FAST = ["--resolution", "56", "--outlier-std", "0"]
 
 
 @pytest.fixture(scope="module")
 def infer():
-    spec = importlib.util.spec_from_file_location("infer_tool", REPO / "tools" / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["infer_tool"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("infer", "infer_tool")
 
 
 def _photo(path: Path, seed: int = 0, size: tuple[int, int] = (W, H), f35: float | None = None) -> Path:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from _tools import load_tool
 
-REPO = Path(__file__).resolve().parent.parent
 H, W = 24, 32
 CAMERA = ["--fx", "40", "--fy", "40", "--cx", "15.5", "--cy", "11.5"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("lift3d_tool", REPO / "tools" / "lift3d.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("lift3d", "lift3d_tool")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import re
@@ -12,16 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-REPO = Path(__file__).resolve().parent.parent
+from _tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("report_tool", REPO / "tools" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("report", "report_tool")
 
 
 @pytest.fixture

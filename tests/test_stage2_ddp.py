@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
+from _tools import load_tool
 
 
 @pytest.mark.slow
 def test_ddp_spawn_two_processes_reports_metrics_over_the_whole_test_split(tmp_path):
-    spec = importlib.util.spec_from_file_location("bokehdepth_tool_fit_ddp", REPO / "tools" / "fit.py")
-    fit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit)
+    fit = load_tool("fit", "bokehdepth_tool_fit_ddp")
     run = tmp_path / "run"
     # 8 test scenes, 4 per batch: each process evaluates 4 of them; a per-process AbsRel would differ from the total
     result = fit.main(["--config", "stage2_smoke", "--config", "trainer/ddp_sim", f"run.dir={run}", "compare_base=false",

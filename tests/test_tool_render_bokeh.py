@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -11,14 +10,12 @@ import torch
 
 from bokeh.io import read_image, write_image, write_npy
 from physics.scenes import make_scene
+from _tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool(repo_root_module):
-    spec = importlib.util.spec_from_file_location("render_bokeh_tool", repo_root_module / "tools" / "render_bokeh.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("render_bokeh", "render_bokeh_tool")
 
 
 @pytest.fixture(scope="module")
