@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,21 +12,14 @@ from PIL import Image
 
 from lightning_modules.config import load_config
 from lightning_modules.stage1 import build, export_generator
+from _tools import load_tool
 
 TINY = ["data.height=16", "data.width=16", "model.compact.unet.block_out_channels=[16, 32]",
         "model.compact.unet.cross_attention_dim=16", "model.compact.unet.attention_head_dim=8",
         "eval.num_steps=2", "k.min=1.0", "k.max=4.0", "eval.K_px_m=[2.0, 4.0]"]
 
 
-def _load_tool(name: str):
-    path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _load_tool("compare_bokeh")
+compare = load_tool("compare_bokeh", "tool_compare_bokeh")
 
 
 def test_k_calibration_fit_recovers_the_physics_k():

@@ -11,20 +11,10 @@ from PIL import Image
 
 from lightning_modules.config import load_config
 from lightning_modules.stage1 import build, export_generator
+from _tools import load_tool
 
 
-def _load_tool(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_stack = _load_tool("make_stack")
+make_stack = load_tool("make_stack", "tool_make_stack")
 
 TINY = ["data.height=16", "data.width=16", "model.compact.unet.block_out_channels=[16, 32]",
         "model.compact.unet.cross_attention_dim=16", "model.compact.unet.attention_head_dim=8",

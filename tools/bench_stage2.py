@@ -22,25 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import _bootstrap  # noqa: F401
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bokehdepth_guard import require_bokehdepth  # noqa: E402
 
-require_bokehdepth()
 from bokeh.depth import build_depth_model  # noqa: E402
 from bokeh.io import write_json  # noqa: E402
 

@@ -25,21 +25,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bokehdepth_guard import require_bokehdepth  # noqa: E402
-
-require_bokehdepth()
+import _bootstrap  # noqa: F401
 
 import kornia  # noqa: E402
 import torch  # noqa: E402

@@ -23,19 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bokehdepth_guard import require_bokehdepth  # noqa: E402
-
-require_bokehdepth()
+import _bootstrap  # noqa: F401
 
 import torch  # noqa: E402
 

@@ -22,19 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bokehdepth_guard import require_bokehdepth  # noqa: E402
-
-require_bokehdepth()
+import _bootstrap  # noqa: F401
 
 from bokeh.datasets import DatasetError, Intrinsics, open_dataset  # noqa: E402
 from bokeh.io import prepare_output_dir, read_depth, read_image, write_json  # noqa: E402

@@ -22,19 +22,10 @@ Outputs in ``--out`` (new or empty unless ``--overwrite``), all written atomical
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bokehdepth_guard import require_bokehdepth  # noqa: E402
-
-require_bokehdepth()
+import _bootstrap  # noqa: F401
 
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
