@@ -3,8 +3,8 @@
 Rows (a row whose inputs are missing is kept in the table as *skipped* with the reason):
 
 - ``base``: a model given the image alone.
-- ``<BokehDepth> without stack (control)``: the BokehDepth weights given no stack: what the stack adds is the
-  difference to the rows below.
+- ``<BokehDepth> (control: no stack)``: the BokehDepth weights given no stack: what the stack adds is the
+  difference to the rows below (equal rows: the model does not use its stack at all).
 - ``<BokehDepth> + physics stack``: frames rendered by :func:`physics.stacks.bokeh_stack` from the **ground-truth
   depth** (or the dataset's own physics stack, e.g. the synthetic split). An ORACLE upper bound: no real photo
   comes with its depth; the row label says so.
@@ -60,6 +60,7 @@ class Row:
     model: ModelSpec | None
     stack: str | None  # None | "physics" | "stage1" | "real"
     oracle: bool = False
+    control: bool = False  # a BokehDepth model run without its stack
     skipped: str | None = None
     seconds: float = 0.0
     metrics: Any = None
@@ -150,9 +151,15 @@ def dfd_depth(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torch.Tenso
 
 def build_rows(models: Sequence[ModelSpec], *, has_depth: bool, has_generator: bool, has_real: bool,
                has_focus: bool, dfd: bool = True, dataset_physics: bool = False,
+               sources: Sequence[str] = STACK_SOURCES,
                generator_reason: str = "no Stage-1 generator given (--generator)",
                real_reason: str = "the dataset has no real aperture frames") -> list[Row]:
-    """Every row of the table, with a skip reason where an input is missing."""
+    """Every row of the table, with a skip reason where an input is missing. Only the stack ``sources`` asked for
+    get rows (none: the image-only rows, base and controls)."""
+    unknown = sorted(set(sources) - set(STACK_SOURCES))
+    if unknown:
+        raise ValueError(f"stack sources must be among {STACK_SOURCES}, got {unknown}")
+    sources = [s for s in STACK_SOURCES if s in sources]
     rows: list[Row] = []
     bases = [m for m in models if not m.uses_stack]
     stacked = [m for m in models if m.uses_stack]
@@ -170,12 +177,12 @@ def build_rows(models: Sequence[ModelSpec], *, has_depth: bool, has_generator: b
     for m in stacked:
         # control: the same weights without a stack (DSFA on the reference alone) separate the stack's
         # contribution from whatever else differs between the BokehDepth and base trainings
-        rows.append(Row(f"{m.label} without stack (control)", "model", m, None))
-        for source in STACK_SOURCES:
+        rows.append(Row(f"{m.label} (control: no stack)", "model", m, None, control=True))
+        for source in sources:
             rows.append(Row(f"{m.label} + {SOURCE_TITLES[source]}", "model", m, source, oracle=source == "physics",
                             skipped=available[source]))
     if dfd:
-        for source in STACK_SOURCES:
+        for source in sources:
             reason = available[source] or (None if has_focus or source != "real" else "the focus distance is unknown")
             rows.append(Row(f"depth-from-bokeh (closed form) on {SOURCE_TITLES[source]}", "dfd", None, source,
                             oracle=source == "physics", skipped=reason))
@@ -245,7 +252,8 @@ def evaluate_variants(
     dataset: Any,
     models: Sequence[ModelSpec],
     *,
-    out_dir: str | Path | None = None,
+    grid_dir: str | Path | None = None,
+    map_dir: str | Path | None = None,
     generator: Any = None,
     stack_K_px_m: Sequence[float] | None = None,
     K_at_width: float | None = None,
@@ -255,6 +263,7 @@ def evaluate_variants(
     max_depth_m: float = 80.0,
     crop: str | None = None,
     dfd: bool = True,
+    sources: Sequence[str] = STACK_SOURCES,
     render_options: Mapping[str, Any] | None = None,
     generator_steps: int | None = None,
     limit: int | None = None,
@@ -262,11 +271,14 @@ def evaluate_variants(
     progress: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate every row on every sample (batch 1: sizes may differ); write grids/<name>.png when ``out_dir``.
+    """Evaluate every row on every sample (batch 1: sizes may differ) and write pictures of the first ``num_grids``.
 
     Args:
         dataset: indexable of sample dicts (image [3,H,W], depth_m [1,H,W], valid, focus_m?, stack?/frames?, K_px_m?).
         models: base models (``uses_stack`` False) and BokehDepth models.
+        grid_dir: folder for one PNG grid per sample (``<grid_dir>/<sample>.png``, :func:`write_sample_grid`).
+        map_dir: folder for each row's depth colour map (``<map_dir>/<row slug>/<sample>.png``, inverse depth over
+            the GT's 2-98 % range).
         generator: a Stage-1 generator, or None (its rows are skipped).
         stack_K_px_m: strengths of the physics / Stage-1 stacks when the sample carries none, at ``K_at_width``
             (default: each image's own width); scaled to each image's width. A sample's own physics stack K wins.
@@ -274,6 +286,8 @@ def evaluate_variants(
         reference_K_ratio: for real pairs whose reference has its own blur (f/8 vs f/2.8): K_ref / K_frame
             (= N_frame / N_ref); 0 for an all-in-focus reference.
         min_depth_m, max_depth_m, crop: evaluation caps and benchmark crop (bokeh.metrics.DepthMetrics).
+        dfd: add the closed-form depth-from-bokeh rows.
+        sources: the stack sources that get rows (``()``: base and control rows only).
     Returns: {"rows": [...], "num_samples", "notes"} (JSON-ready).
     """
     from bokeh.metrics import DepthMetrics
@@ -287,7 +301,7 @@ def evaluate_variants(
     has_depth = bool(first.get("valid", first["depth_m"] > 0).any())
     rows = build_rows(
         models, has_depth=has_depth, has_generator=generator is not None, has_real="real" in own,
-        has_focus=focus_of(first) is not None, dfd=dfd, dataset_physics="physics" in own,
+        has_focus=focus_of(first) is not None, dfd=dfd, dataset_physics="physics" in own, sources=sources,
     )
     if not has_K:
         for row in rows:
@@ -358,12 +372,14 @@ def evaluate_variants(
             row.metrics.update(pred[None], gt[None], valid[None], min_depth_m=min_depth_m, max_depth_m=max_depth_m)
             row.num_samples += 1
             preds[row.label] = pred
-        if out_dir is not None and i < num_grids:
-            write_sample_grid(Path(out_dir) / "grids" / f"{_sample_name(sample, i)}.png", image, gt, valid, stacks,
-                              preds, rows)
+        if i < num_grids and grid_dir is not None:
+            write_sample_grid(Path(grid_dir) / f"{_sample_name(sample, i)}.png", image, gt, valid, stacks, preds, rows)
+        if i < num_grids and map_dir is not None:
+            write_depth_maps(Path(map_dir), _sample_name(sample, i), gt, valid, preds, rows)
     result_rows = []
     for row in rows:
-        entry: dict[str, Any] = {"label": row.label, "kind": row.kind, "stack": row.stack, "oracle": row.oracle,
+        entry: dict[str, Any] = {"label": row.label, "slug": row_slug(row), "kind": row.kind, "stack": row.stack,
+                                 "oracle": row.oracle, "control": row.control,
                                  "model": row.model.label if row.model else None,
                                  "model_source": row.model.source if row.model else None}
         if row.skipped:
@@ -388,8 +404,7 @@ def write_sample_grid(path: Path, image: torch.Tensor, gt: torch.Tensor, valid: 
     (white 0, dark red >= 0.5; invalid GT black). Cells narrower than ``min_cell_px`` are upscaled (nearest)."""
     from bokeh.io import colorize_depth, colorize_signed, image_grid, write_image
 
-    gt_valid = gt[valid]
-    lo, hi = (float(gt_valid.quantile(0.02)), float(gt_valid.quantile(0.98))) if gt_valid.numel() else (None, None)
+    lo, hi = _gt_range(gt, valid)
     gt_picture = colorize_depth(torch.where(valid, gt, torch.zeros_like(gt)), vmin=lo, vmax=hi)
     top = [image] + [frames[-1] for frames, _ in stacks.values()] + [gt_picture]
     top_labels = ["RGB"] + [f"{s} stack (K={float(K[-1]):.3g})" for s, (_, K) in stacks.items()] + ["GT"]
@@ -411,6 +426,31 @@ def write_sample_grid(path: Path, image: torch.Tensor, gt: torch.Tensor, valid: 
     return write_image(path, image_grid(grid_rows, labels=grid_labels))
 
 
+def write_depth_maps(map_dir: Path, name: str, gt: torch.Tensor, valid: torch.Tensor,
+                     preds: Mapping[str, torch.Tensor], rows: Sequence[Row]) -> list[Path]:
+    """Each row's depth [1,H,W] as ``<map_dir>/<row slug>/<name>.png`` (inverse-depth colours over the GT's 2-98 %
+    range, the grids' colours)."""
+    from bokeh.io import colorize_depth, write_image
+
+    lo, hi = _gt_range(gt, valid)
+    slugs = {r.label: row_slug(r) for r in rows}
+    return [write_image(map_dir / slugs[label] / f"{name}.png", colorize_depth(pred, vmin=lo, vmax=hi))
+            for label, pred in preds.items()]
+
+
+def _gt_range(gt: torch.Tensor, valid: torch.Tensor) -> tuple[float | None, float | None]:
+    """The 2nd and 98th percentile of the valid GT depth (colour range of every depth picture of a sample)."""
+    values = gt[valid]
+    return (float(values.quantile(0.02)), float(values.quantile(0.98))) if values.numel() else (None, None)
+
+
+def row_slug(row: Row) -> str:
+    """A file-system name for a row: ``<model>`` (base), ``<model>_control``, ``<model>_<stack>``, ``dfb_<stack>``."""
+    who = row.model.label if row.model else "dfb"
+    tail = row.stack or ("control" if row.control else "")
+    return "_".join(x for x in (who, tail) if x).replace("/", "_").replace(" ", "_").replace("=", "")
+
+
 def _upscale(cell: torch.Tensor | Any, factor: int) -> Any:
     """Nearest-neighbour upscaling of a [3,H,W] tensor or an HxWx3 uint8 array by an integer factor."""
     if isinstance(cell, torch.Tensor):
@@ -420,6 +460,8 @@ def _upscale(cell: torch.Tensor | Any, factor: int) -> Any:
 
 def _short_label(row: Row) -> str:
     src = {"physics": "phys(ORACLE)", "stage1": "stage1", "real": "real", None: "image"}[row.stack]
+    if row.control:
+        src = "no stack"
     who = row.model.label if row.model else "DfB"
     return f"{who}|{src}"
 
@@ -428,8 +470,7 @@ def markdown_table(result: Mapping[str, Any], keys: Sequence[str] = TABLE_KEYS, 
     """The result's rows as a Markdown table (skipped rows show their reason); the last column compares abs_rel
     with the first base row."""
     rows = result["rows"]
-    base = next((r for r in rows if r["kind"] == "model" and r["stack"] is None and "metrics" in r
-                 and not r["label"].endswith("(control)")), None)
+    base = _base_row(rows)
     head = "| variant | " + " | ".join(keys) + " | abs_rel / base | s/sample |"
     lines = ([f"**{title}**", ""] if title else []) + [head, "|---|" + "---:|" * (len(keys) + 2)]
     for r in rows:
@@ -444,6 +485,34 @@ def markdown_table(result: Mapping[str, Any], keys: Sequence[str] = TABLE_KEYS, 
     lines.append("")
     lines.append("ORACLE rows see a stack rendered from the ground-truth depth: an upper bound, not a deployable "
                  "result.")
+    return "\n".join(lines) + "\n"
+
+
+def _base_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The first evaluated base row (a model given the image alone, not a BokehDepth control)."""
+    return next((r for r in rows if r["kind"] == "model" and r["stack"] is None and "metrics" in r
+                 and not r.get("control")), None)
+
+
+def summary_markdown(sections: Sequence[Mapping[str, Any]], key: str = "abs_rel") -> str:
+    """One table over several datasets: a row per variant label, per dataset ``key`` and its ratio to that
+    dataset's base row (``-``: the row is skipped or absent there). ``sections`` are :func:`evaluate_variants`
+    results with a ``dataset`` name each."""
+    labels = list(dict.fromkeys(r["label"] for s in sections for r in s["rows"]))
+    head = "| variant | " + " | ".join(f"{s['dataset']} {key} | / base" for s in sections) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(sections)]
+    for label in labels:
+        cells = []
+        for s in sections:
+            row = next((r for r in s["rows"] if r["label"] == label), None)
+            base = _base_row(s["rows"])
+            if row is None or "metrics" not in row:
+                cells += ["-", "-"]
+                continue
+            value = row["metrics"][key]
+            ratio = f"{value / base['metrics'][key]:.3f}" if base and base["metrics"][key] else "-"
+            cells += [f"{value:.4f}", ratio]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -469,5 +538,5 @@ def print_table(result: Mapping[str, Any], title: str = "", keys: Sequence[str] 
 
 __all__ = ["METRIC_KEYS", "ModelSpec", "Row", "STACK_SOURCES", "build_rows", "dfd_depth", "evaluate_variants",
            "fill_invalid_depth", "focus_of", "generate_stage1_stack", "markdown_table", "oracle_focus_m",
-           "print_table", "render_physics_stack", "resize_sample", "ResizedDataset", "stack_sources",
-           "write_sample_grid"]
+           "print_table", "render_physics_stack", "resize_sample", "ResizedDataset", "row_slug", "stack_sources",
+           "summary_markdown", "write_depth_maps", "write_sample_grid"]

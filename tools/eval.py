@@ -1,65 +1,133 @@
 #!/usr/bin/env python
-"""Evaluate Stage-2 depth models on a dataset: metric table, JSON, depth colour maps.
+"""Evaluate depth models on one or more datasets: per dataset one table of every way of getting depth, JSON, grids.
 
-Models (any number, each with a label):
-    --run runs/stage2/<stamp>            the base and BokehDepth models of a fit.py comparison run (best checkpoints)
-    --checkpoint [label=]path.ckpt       a Stage-2 checkpoint (repeatable)
-    --model model/stage2_tiny.yaml       a model built from a model config with no training (e.g. pretrained_path)
-Datasets:
-    (default)                            the synthetic test split of the first model's own config
-    --config data/dfd_indoor.yaml [data.aperture_pairs.root=...]   a data config (synthetic | manifest | aperture_pairs)
-    --folder ../shared/data/nyu_kitti/nyu_demo                     an NYU / KITTI / generic RGB-D folder (image only,
-                                                                   bokeh.datasets readers, standard caps and crops)
-Outputs (``--out``, default ``<run>/eval_<dataset>`` or ``runs/eval/<stamp>``): metrics.json, metrics.md,
-maps/<label>/<name>.png colour maps (inverse depth, GT range) and grids/<name>.png (RGB | stack | models | GT).
+Rows per dataset (library: bokeh.evaluation.evaluate_variants; a row whose input is missing stays, "skipped: why"):
+    base models (image only); each BokehDepth model "(control: no stack)" (equal to its stack rows: the model does not
+    use its stack), "+ physics stack (ORACLE: rendered from GT depth)" (an upper bound), "+ Stage-1 stack" (--generator),
+    "+ real aperture frames" (aperture-pair data); the closed-form depth-from-bokeh on each of those stacks.
+Models (any number, labels unique; a BokehDepth model is one that uses its stack):
+    --run runs/stage2/<stamp>            a fit.py run: its base/ -> "base", its bokehdepth/ -> "bokehdepth"
+    --checkpoint [label=]path.ckpt       a Stage-2 checkpoint (its use_stack says base or BokehDepth)
+    --model [label=]model.yaml           untrained, from a model config (e.g. a pretrained_path), BokehDepth
+    --bokehdepth / --base [label=]RUN|CKPT        a run dir's bokehdepth/ (its base/ joins as "base") or base/, a .ckpt
+    --bokehdepth-config / --base-config [label=]YAML   untrained models from a model config (smoke runs)
+Datasets (repeat --config / --folder: one table each, in the order given; default: the first model's own data config
+(its synthetic test split), else configs/data/synthetic.yaml):
+    --config data/dfd_indoor.yaml        a data config (synthetic | manifest | aperture_pairs); a,b merges files
+    --folder PATH [--size H W]           NYU / KITTI / generic RGB-D / DFD aperture-pair folder (bokeh.datasets)
+    key=value ...                        overrides, each applied to every --config dataset that has the key
+Stacks: --generator DIR|CKPT (Stage-1), --K 3 6 10 [--K-at-width 112] (physics / Stage-1 strengths, px*m; default:
+    the dataset's own physics stack, else the first BokehDepth model's training K at its training width),
+    --no-stack (base and control rows only), --no-dfd (no closed-form rows).
+Outputs (--out, new or empty unless --overwrite; default <run>/eval_<datasets> or runs/eval/<stamp>): metrics.json
+(per dataset its rows with all metrics, skip reasons, caps, K; the combined summary), metrics.md (the tables + the
+summary), grids/<dataset>/<sample>.png (RGB | stacks | GT, each row's depth, each row's relative error) and
+maps/<dataset>/<row>/<sample>.png (depth colour maps) for the first --num-maps samples. Exit code 2 on bad input.
 
-    python tools/eval.py --run runs/stage2/20261123-160000 --config data/dfd_indoor.yaml \
-        data.aperture_pairs.root=../shared/data/dfd_indoor
+    python tools/eval.py --run runs/stage2/<stamp> --generator runs/stage1/<stamp> \\
+        --config data/synthetic.yaml --config data/dfd_indoor.yaml data.aperture_pairs.root=../shared/data/dfd_indoor
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import _bootstrap  # noqa: F401
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import torch
+from omegaconf import OmegaConf
 
-from lightning_modules.config import ConfigError, load_config  # noqa: E402
+from lightning_modules.config import ConfigError, apply_overrides, load_config, resolve_config_path
 
-METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
+
+class _DatasetAction(argparse.Action):
+    """Collect --config / --folder into one ordered list of (kind, value): one dataset each."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        datasets = list(getattr(namespace, self.dest) or [])
+        datasets.append(("folder" if option_string == "--folder" else "config", values))
+        setattr(namespace, self.dest, datasets)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", help="a fit.py run dir with base/ and bokehdepth/ (or a single-model run)")
-    p.add_argument("--checkpoint", action="append", default=[], help="[label=]path to a Stage-2 .ckpt (repeatable)")
-    p.add_argument("--model", action="append", default=[], help="[label=]model config (YAML with a model: section), untrained")
-    p.add_argument("--config", action="append", default=[], help="data config(s) to merge (bare names resolve in configs/)")
-    p.add_argument("--folder", help="an NYU / KITTI / generic RGB-D folder read with bokeh.datasets")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--no-stack", action="store_true", help="give the models no stack (DSFA on the reference alone)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("models")
+    m.add_argument("--run", help="a fit.py run dir with base/ and bokehdepth/ (or a single-model run)")
+    m.add_argument("--checkpoint", action="append", default=[], help="[label=]path to a Stage-2 .ckpt (repeatable)")
+    m.add_argument("--model", action="append", default=[], help="[label=]model config (YAML with a model: section)")
+    m.add_argument("--bokehdepth", action="append", default=[], help="[label=]run dir or .ckpt (repeatable)")
+    m.add_argument("--base", action="append", default=[], help="[label=]run dir or .ckpt of a base model")
+    m.add_argument("--bokehdepth-config", action="append", default=[], help="[label=]model YAML, untrained")
+    m.add_argument("--base-config", action="append", default=[], help="[label=]model YAML, untrained, image only")
+    d = p.add_argument_group("datasets")
+    d.add_argument("--config", dest="datasets", action=_DatasetAction, default=[],
+                   help="a data config, one table (repeatable; a.yaml,b.yaml merges files; bare names resolve in "
+                        "configs/)")
+    d.add_argument("--folder", dest="datasets", action=_DatasetAction, default=[],
+                   help="an NYU / KITTI / generic RGB-D / DFD aperture-pair folder, one table (repeatable)")
+    d.add_argument("--size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+                   help="--folder: resize every sample (K and intrinsics follow), e.g. the models' training scale")
+    d.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of --config datasets")
+    d.add_argument("--manifest-stack", default="physics", choices=["physics", "stage1", "real"],
+                   help="what a manifest's 'stack' frames are (make_stack.py manifests: stage1)")
+    d.add_argument("--reference-f-number", type=float, default=8.0,
+                   help="f-number of an aperture-pair reference photo (its own blur, for the closed-form baseline)")
+    s = p.add_argument_group("stacks")
+    s.add_argument("--generator", help="Stage-1 generator: run dir, generator.safetensors or a Stage-1 .ckpt")
+    s.add_argument("--generator-steps", type=int, default=None, help="sampling steps (default: the generator's)")
+    s.add_argument("--seed", type=int, default=0, help="Stage-1 sampling seed (sample i uses seed + i)")
+    s.add_argument("--K", type=float, nargs="+", default=None, help="stack strengths, px*m (see --K-at-width)")
+    s.add_argument("--K-at-width", type=float, default=None, help="width the --K values refer to (default: each "
+                                                                   "image's)")
+    s.add_argument("--no-stack", action="store_true", help="only the image-only rows: base and each BokehDepth "
+                                                           "model's control (DSFA on the reference alone)")
+    s.add_argument("--no-dfd", action="store_true", help="leave out the closed-form depth-from-bokeh rows")
     p.add_argument("--min-depth-m", type=float, default=None)
     p.add_argument("--max-depth-m", type=float, default=None)
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples")
-    p.add_argument("--num-maps", type=int, default=8, help="colour maps / grids written for the first N samples")
-    p.add_argument("--out", help="output folder (default: <run>/eval_<data> or runs/eval/<stamp>)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples of each dataset")
+    p.add_argument("--num-maps", "--num-grids", dest="num_maps", type=int, default=8,
+                   help="grids and colour maps for the first N samples of each dataset")
+    p.add_argument("--out", help="output folder (default: <run>/eval_<datasets> or runs/eval/<stamp>)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is best on a busy machine)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.aperture_pairs.limit=5")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the data configs, e.g. data.synthetic.num_test=5")
     return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ input checks
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Refuse missing paths and bad numbers before anything is loaded or written (errors name the option)."""
+    for kind, value in args.datasets:
+        if kind == "folder" and not Path(value).exists():
+            raise FileNotFoundError(f"--folder {value} does not exist (expected an NYU / KITTI / generic RGB-D / "
+                                    "DFD aperture-pair folder)")
+        if kind == "config":
+            for name in value.split(","):
+                resolve_config_path(name)
+    if args.generator and not Path(args.generator).exists():
+        raise FileNotFoundError(f"--generator {args.generator} does not exist (expected a Stage-1 run dir, "
+                                "generator.safetensors or a Stage-1 .ckpt)")
+    if args.run and not Path(args.run).is_dir():
+        raise FileNotFoundError(f"--run {args.run} is not a directory")
+    if args.K is not None and not all(math.isfinite(k) and k >= 0 for k in args.K):
+        raise ValueError(f"--K must be finite strengths >= 0 (px*m), got {args.K}")
+    if args.size and min(args.size) < 8:
+        raise ValueError(f"--size must be at least 8 8, got {args.size}")
+    if args.overrides and not any(kind == "config" for kind, _ in args.datasets) and args.datasets:
+        raise ConfigError(f"overrides {args.overrides} apply to data configs, but only --folder datasets are given")
+
+
+# ------------------------------------------------------------------------------------------------ models
 
 
 def _split_label(text: str, default: str) -> tuple[str, str]:
@@ -86,191 +154,274 @@ def _best_checkpoint(run_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} (expected best*.ckpt or last.ckpt)")
 
 
-def load_models(args: argparse.Namespace) -> dict[str, Any]:
-    """{label: Stage2Module in eval mode} from --run / --checkpoint / --model."""
+def _load_checkpoint(path: Path) -> Any:
     from lightning_modules.stage2 import Stage2Module
 
-    specs: list[tuple[str, str, Path]] = []
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+
+
+def _build_from_config(path: Path, use_stack: bool) -> Any:
+    from lightning_modules.stage2 import Stage2Module
+
+    cfg = load_config([path])
+    if "model" not in cfg:
+        raise ConfigError(f"{path} has no 'model:' section")
+    return Stage2Module({"model": OmegaConf.to_container(cfg.model, resolve=True), "use_stack": use_stack})
+
+
+def _run_or_checkpoint(path: Path, sub: str) -> Path:
+    """A checkpoint path: a .ckpt as given; a run dir's ``sub``/ model (fit.py comparison run) or its own."""
+    if path.is_dir():
+        return _best_checkpoint(path / sub if (path / sub / "checkpoints").is_dir() else path)
+    if not path.exists():
+        raise FileNotFoundError(f"{'base' if sub == 'base' else 'BokehDepth'} model {path} does not exist")
+    return path
+
+
+def load_models(args: argparse.Namespace) -> list[Any]:
+    """ModelSpecs in the order given, each a Stage2Module in eval mode (the table lists base models first)."""
+    from bokeh.evaluation import ModelSpec
+
+    entries: list[tuple[str, Any, bool | None, str]] = []  # (label, module, role or None = its use_stack, source)
     if args.run:
         run = Path(args.run)
-        if not run.is_dir():
-            raise FileNotFoundError(f"--run {run} is not a directory")
         subs = [d for d in ("base", "bokehdepth") if (run / d / "checkpoints").is_dir()]
         for d in subs:
-            specs.append((d, "ckpt", _best_checkpoint(run / d)))
+            ckpt = _best_checkpoint(run / d)
+            entries.append((d, _load_checkpoint(ckpt), None, str(ckpt)))
         if not subs:
-            specs.append(("model", "ckpt", _best_checkpoint(run)))
+            ckpt = _best_checkpoint(run)
+            entries.append(("model", _load_checkpoint(ckpt), None, str(ckpt)))
     for i, text in enumerate(args.checkpoint):
         label, path = _split_label(text, f"ckpt{i}" if len(args.checkpoint) > 1 else "model")
-        specs.append((label, "ckpt", Path(path)))
+        entries.append((label, _load_checkpoint(Path(path)), None, path))
     for i, text in enumerate(args.model):
         label, path = _split_label(text, f"config{i}" if len(args.model) > 1 else "base_config")
-        specs.append((label, "config", Path(path)))
-    if not specs:
-        raise ConfigError("name at least one model: --run DIR, --checkpoint PATH or --model CONFIG")
-    models = {}
-    for label, kind, path in specs:
-        if kind == "ckpt":
-            if not path.is_file():
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
-            module = Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
-        else:
-            cfg = load_config([path])
-            if "model" not in cfg:
-                raise ConfigError(f"{path} has no 'model:' section")
-            module = Stage2Module({"model": OmegaConf.to_container(cfg.model, resolve=True), "use_stack": True})
+        entries.append((label, _build_from_config(Path(path), True), None, path))
+    explicit_base = bool(args.base or args.base_config)
+    for role, option, texts, default in ((False, "--base", args.base, "base"),
+                                         (True, "--bokehdepth", args.bokehdepth, "BokehDepth")):
+        for text in texts:
+            label, path = _split_label(text, default)
+            ckpt = _run_or_checkpoint(Path(path), "bokehdepth" if role else "base")
+            module = _load_checkpoint(ckpt)
+            if bool(module.use_stack) != role:
+                what = "uses the stack" if module.use_stack else "is image-only (use_stack false)"
+                raise ConfigError(f"{path} {what}: pass it as {'--bokehdepth' if module.use_stack else '--base'}")
+            entries.append((label, module, role, str(ckpt)))
+            run_base = Path(path) / "base" / "checkpoints"
+            if role and not explicit_base and not args.run and run_base.is_dir():
+                ckpt = _best_checkpoint(run_base.parent)
+                entries.append(("base", _load_checkpoint(ckpt), False, str(ckpt)))
+                explicit_base = True
+    for role, texts, default in ((False, args.base_config, "base"), (True, args.bokehdepth_config, "BokehDepth")):
+        for text in texts:
+            label, path = _split_label(text, default)
+            entries.append((label, _build_from_config(Path(path), role), role, path))
+    if not entries:
+        raise ConfigError("name at least one model: --run DIR, --checkpoint PATH, --model CONFIG, "
+                          "--bokehdepth RUN|CKPT, --base RUN|CKPT or the *-config forms")
+    labels = [e[0] for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"model labels must be unique, got {labels}; name them label=PATH")
+    specs = []
+    for label, module, role, source in entries:
         module.eval()
-        module.source = str(path)
-        models[label] = module
-    return models
+        module.source = source
+        specs.append(ModelSpec(label, module, bool(module.use_stack) if role is None else role, source))
+    return specs
 
 
-def build_dataset(args: argparse.Namespace, models: dict[str, Any]) -> tuple[Any, str]:
-    """(dataset of sample dicts, a short name) from --folder, --config or the first checkpoint's own data config."""
-    if args.folder:
-        from bokeh.datasets import open_dataset
+# ------------------------------------------------------------------------------------------------ datasets
 
-        ds = open_dataset(args.folder)
-        return ds, Path(args.folder).name
+
+@dataclass
+class Dataset:
+    """One dataset to evaluate and what evaluate_variants needs to know about it."""
+
+    name: str
+    samples: Any
+    origin: str  # the folder or config files it came from
+    stack: str | None = None  # what the samples' ``stack`` key holds (bokeh.evaluation.stack_sources)
+    reference_K_ratio: float = 0.0
+    caps: tuple[float | None, float | None] = (None, None)
+    skipped: list[Any] = field(default_factory=list)
+
+
+def _routed_overrides(cfgs: list[Any], overrides: list[str]) -> list[list[str]]:
+    """For each config, the overrides whose key it has ('+key' ones go to all); a key none has is a ConfigError
+    (apply_overrides' message, with its 'did you mean')."""
+    routed: list[list[str]] = [[] for _ in cfgs]
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        hits = [i for i, cfg in enumerate(cfgs) if key.startswith("+")
+                or OmegaConf.select(cfg, key, default="\0missing") != "\0missing"]
+        if not hits:
+            apply_overrides(cfgs[0].copy(), [item])  # raises, naming the key
+        for i in hits:
+            routed[i].append(item)
+    return routed
+
+
+def _datamodule_split(data_cfg: Any, split: str) -> tuple[Any, str]:
     from lightning_modules.data import build_datamodule
 
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-        if "data" not in cfg:
-            raise ConfigError(f"--config {args.config} has no 'data:' section")
-        data_cfg = cfg.data
-        name = Path(args.config[-1]).stem
-    else:
-        first = next(iter(models.values()))
-        if "data" not in first.cfg:
-            raise ConfigError("the model has no data config of its own: give --config data/<...>.yaml or --folder")
-        data_cfg = OmegaConf.create(first.cfg["data"])
-        if args.overrides:
-            from lightning_modules.config import apply_overrides
+    kind = data_cfg.get("kind", "synthetic")
+    dm = build_datamodule(data_cfg)
+    dm.setup({"train": "fit", "val": "fit", "test": "test"}[split])
+    if split not in dm.datasets:
+        raise ConfigError(f"the data config has no '{split}' split")
+    return dm.datasets[split], kind
 
+
+def build_datasets(args: argparse.Namespace, specs: list[Any]) -> list[Dataset]:
+    """Every dataset of the call, built before anything is evaluated or written (bad input fails first)."""
+    configs = [v for k, v in args.datasets if k == "config"]
+    cfgs = [load_config(v.split(",")) for v in configs]
+    for cfg, value in zip(cfgs, configs):
+        if "data" not in cfg:
+            raise ConfigError(f"--config {value} has no 'data:' section")
+    routed = iter(_routed_overrides(cfgs, args.overrides) if cfgs else [])
+    cfg_iter = iter(cfgs)
+    requests = list(args.datasets)
+    if not requests:
+        with_data = [s for s in specs if "data" in (getattr(s.model, "cfg", None) or {})]
+        data_cfg = (OmegaConf.create(with_data[0].model.cfg["data"]) if with_data
+                    else load_config(["data/synthetic.yaml"]).data)
+        if args.overrides:
             wrapped = OmegaConf.create({"data": data_cfg})
             OmegaConf.set_struct(wrapped, True)
             data_cfg = apply_overrides(wrapped, args.overrides).data
-        name = f"{data_cfg.get('kind', 'synthetic')}_{args.split}"
-    dm = build_datamodule(data_cfg)
-    if hasattr(dm, "setup"):
-        dm.setup({"train": "fit", "val": "fit", "test": "test"}[args.split])
-    if args.split not in dm.datasets:
-        raise ConfigError(f"the data config has no '{args.split}' split")
-    return dm.datasets[args.split], name
+        requests = [("own", data_cfg)]
+        own_origin = "the first model's data config" if with_data else "data/synthetic.yaml"
+    datasets: list[Dataset] = []
+    for kind, value in requests:
+        if kind == "folder":
+            from bokeh.datasets import open_dataset
+            from bokeh.evaluation import ResizedDataset
 
-
-def _caps(args: argparse.Namespace, dataset: Any, models: dict[str, Any]) -> tuple[float, float]:
-    first = next(iter(models.values()))
-    lo = args.min_depth_m if args.min_depth_m is not None else getattr(dataset, "min_depth_m", first.min_depth_m)
-    hi = args.max_depth_m if args.max_depth_m is not None else getattr(dataset, "max_depth_m", first.max_depth_m)
-    if not math.isfinite(hi):
-        hi = first.max_depth_m
-    return float(max(lo, 1e-3)), float(hi)
-
-
-@torch.no_grad()
-def evaluate(models: dict[str, Any], dataset: Any, out_dir: Path, *, min_depth_m: float, max_depth_m: float,
-             no_stack: bool = False, limit: int | None = None, num_maps: int = 8) -> dict[str, Any]:
-    """Run every model on every sample (batch 1: sizes may differ), accumulate DepthMetrics, write pictures.
-
-    Returns {"metrics": {label: {metric: value}}, "num_samples", "seconds": {label: s}}.
-    """
-    from tqdm.auto import tqdm
-
-    from bokeh.io import colorize_depth, image_grid, write_image
-    from bokeh.metrics import DepthMetrics
-
-    metrics = {label: DepthMetrics(min_depth_m=min_depth_m, max_depth_m=max_depth_m) for label in models}
-    seconds = {label: 0.0 for label in models}
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in tqdm(range(n), desc="evaluating", unit="sample"):
-        sample = dataset[i]
-        image = sample["image"][None]
-        stack = sample.get("stack", sample.get("frames"))
-        K = sample.get("K_px_m")
-        if no_stack or stack is None or K is None:
-            stack, K = None, None
+            ds = open_dataset(value)
+            if args.size:
+                ds = ResizedDataset(ds, *args.size)
+            datasets.append(Dataset(Path(value).name, ds, str(value), None, 0.0,
+                                    (ds.min_depth_m, ds.max_depth_m), list(getattr(ds, "skipped", []))))
+            continue
+        if kind == "config":
+            cfg = apply_overrides(next(cfg_iter), next(routed))
+            data_cfg, name, origin = cfg.data, Path(value.split(",")[-1]).stem, value
         else:
-            stack, K = stack[None], torch.as_tensor(K, dtype=torch.float32)[None]
-        gt = sample["depth_m"][None]
-        valid = sample.get("valid", gt > 0)[None].bool()
-        preds = {}
-        for label, module in models.items():
-            t0 = time.perf_counter()
-            pred = module(image, stack, K)
-            seconds[label] += time.perf_counter() - t0
-            if pred.shape[-2:] != gt.shape[-2:]:
-                pred = torch.nn.functional.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-            metrics[label].update(pred, gt, valid, min_depth_m=min_depth_m, max_depth_m=max_depth_m)
-            preds[label] = pred[0]
-        if i < num_maps:
-            name = str(sample.get("name", f"{i:05d}")).replace("/", "_").replace(" ", "_")
-            gt_valid = gt[0][valid[0]]
-            lo, hi = (float(gt_valid.quantile(0.02)), float(gt_valid.quantile(0.98))) if gt_valid.numel() else (None, None)
-            row = [sample["image"]] + ([stack[0, -1]] if stack is not None else [])
-            labels = ["RGB"] + (["stack[-1]"] if stack is not None else [])
-            for label, pred in preds.items():
-                picture = colorize_depth(pred, vmin=lo, vmax=hi)
-                write_image(out_dir / "maps" / label / f"{name}.png", picture)
-                row.append(picture)
-                labels.append(label)
-            row.append(colorize_depth(torch.where(valid[0], gt[0], torch.zeros_like(gt[0])), vmin=lo, vmax=hi))
-            labels.append("GT")
-            write_image(out_dir / "grids" / f"{name}.png", image_grid([row], labels=labels))
-    results = {label: {k: float(v) for k, v in m.compute().items()} for label, m in metrics.items()}
-    return {"metrics": results, "num_samples": n, "seconds": seconds}
+            data_cfg = value
+            name = f"{data_cfg.get('kind', 'synthetic')}_{args.split}"
+            origin = own_origin
+        ds, data_kind = _datamodule_split(data_cfg, args.split)
+        stack = {"synthetic": "physics", "manifest": args.manifest_stack, "aperture_pairs": "real"}[data_kind]
+        ratio = float(ds.f_numbers[0]) / float(args.reference_f_number) if data_kind == "aperture_pairs" else 0.0
+        datasets.append(Dataset(name, ds, origin, stack, ratio,
+                                (getattr(ds, "min_depth_m", None), getattr(ds, "max_depth_m", None))))
+    seen: dict[str, int] = {}
+    for d in datasets:  # unique names: they are folder names under grids/ and maps/
+        seen[d.name] = seen.get(d.name, 0) + 1
+        if seen[d.name] > 1:
+            d.name = f"{d.name}_{seen[d.name]}"
+    return datasets
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    """Metrics as a Markdown table, one column per model; with 'base' and 'bokehdepth', a ratio column."""
-    labels = list(results)
-    keys = [k for k in METRIC_KEYS if all(k in results[lab] for lab in labels)]
-    ratio = "base" in results and "bokehdepth" in results
-    head = "| metric | " + " | ".join(labels) + (" | bokehdepth / base |" if ratio else " |")
-    lines = [head, "|---|" + "---:|" * (len(labels) + int(ratio))]
-    for k in keys:
-        cells = [f"{results[lab][k]:.4f}" for lab in labels]
-        if ratio:
-            base = results["base"][k]
-            cells.append(f"{results['bokehdepth'][k] / base:.3f}" if base else "nan")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def default_K(args: argparse.Namespace, specs: list[Any], dataset: Dataset) -> tuple[list[float] | None, float | None]:
+    """Physics / Stage-1 strengths and the width they refer to: --K; else the dataset's own physics stack (None);
+    else the first BokehDepth model's training strengths at its training width (None if unknown)."""
+    if args.K is not None:
+        return list(args.K), args.K_at_width
+    if dataset.stack == "physics":
+        return None, None
+    for spec in specs:
+        cfg = getattr(spec.model, "cfg", None) or {}
+        syn = ((cfg.get("data") or {}).get("synthetic") or {}) if spec.uses_stack else {}
+        if syn.get("K_px_m") and syn.get("width"):
+            return [float(k) for k in syn["K_px_m"]], float(syn["width"])
+    return None, None
+
+
+def caps(args: argparse.Namespace, dataset: Dataset, specs: list[Any]) -> tuple[float, float]:
+    """Evaluation depth caps (m): the options, else the dataset's, else the first model's."""
+    first = specs[0].model
+    lo = args.min_depth_m if args.min_depth_m is not None else dataset.caps[0]
+    hi = args.max_depth_m if args.max_depth_m is not None else dataset.caps[1]
+    lo = first.min_depth_m if lo is None else lo
+    hi = first.max_depth_m if hi is None or not math.isfinite(hi) else hi
+    return max(float(lo), 1e-3), float(hi)
+
+
+# ------------------------------------------------------------------------------------------------ main
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate; returns {"datasets": [per-dataset results], "summary", "models", ...} (also metrics.json)."""
+    from bokeh.evaluation import evaluate_variants, markdown_table, print_table, summary_markdown
     from bokeh.io import prepare_output_dir, write_json, write_text
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = load_models(args)
-    dataset, data_name = build_dataset(args, models)
-    lo, hi = _caps(args, dataset, models)
+    check_inputs(args)
+    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()) and not args.overwrite:
+        raise FileExistsError(f"output folder {args.out} exists and is not empty; pass --overwrite or another --out")
+    specs = load_models(args)
+    datasets = build_datasets(args, specs)
+    generator, gen_meta = None, None
+    if args.generator and not args.no_stack:
+        from lightning_modules.stage1 import load_generator
+
+        generator, gen_meta = load_generator(args.generator)
     if args.out:
         out = Path(args.out)
     elif args.run:
-        out = Path(args.run) / (f"eval_{data_name}" + ("_nostack" if args.no_stack else ""))
+        out = Path(args.run) / ("eval_" + "_".join(d.name for d in datasets) + ("_nostack" if args.no_stack else ""))
     else:
         out = Path("runs") / "eval" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out = prepare_output_dir(out, overwrite=args.overwrite)
-    result = evaluate(models, dataset, out, min_depth_m=lo, max_depth_m=hi, no_stack=args.no_stack, limit=args.limit,
-                      num_maps=args.num_maps)
-    table = markdown_table(result["metrics"])
-    header = (f"Dataset: {data_name} ({result['num_samples']} samples, split {args.split}); depth caps {lo:g}-{hi:g} m; "
-              f"stack {'off' if args.no_stack else 'on'}\n\n")
-    result.update({"dataset": data_name, "caps_m": [lo, hi], "models": {k: m.source for k, m in models.items()},
-                   "no_stack": args.no_stack, "markdown": header + table})
-    write_json(out / "metrics.json", result)
-    write_text(out / "metrics.md", header + table)
-    print(header + table)
-    print(f"wrote {out}/metrics.json, metrics.md, maps/, grids/")
-    return result
+
+    sections = []
+    for d in datasets:
+        lo, hi = caps(args, d, specs)
+        K, K_width = default_K(args, specs, d)
+        result = evaluate_variants(
+            d.samples, specs, grid_dir=out / "grids" / d.name, map_dir=out / "maps" / d.name, generator=generator,
+            stack_K_px_m=K, K_at_width=K_width, dataset_stack=d.stack, reference_K_ratio=d.reference_K_ratio,
+            min_depth_m=lo, max_depth_m=hi, dfd=not args.no_dfd, sources=() if args.no_stack else
+            ("physics", "stage1", "real"), generator_steps=args.generator_steps, limit=args.limit,
+            num_grids=args.num_maps, seed=args.seed,
+        )
+        title = (f"{d.name}: {result['num_samples']} samples ({d.origin}, split {args.split}), caps {lo:g}-{hi:g} m"
+                 + (", no stack" if args.no_stack else ""))
+        result = {"dataset": d.name, "title": title, "origin": d.origin, **result,
+                  "skipped_samples": d.skipped}
+        print_table(result, title=title)
+        sections.append(result)
+    summary = summary_markdown(sections)
+    markdown = "\n".join(markdown_table(s, title=s["title"]) for s in sections)
+    markdown += "\n**Summary** (AbsRel, and its ratio to each dataset's base row)\n\n" + summary
+    output = {"datasets": sections, "summary": summary,
+              "models": {s.label: {"source": s.source, "uses_stack": s.uses_stack} for s in specs},
+              "generator": args.generator, "generator_meta": gen_meta, "no_stack": args.no_stack,
+              "split": args.split, "argv": list(argv) if argv is not None else sys.argv[1:], "markdown": markdown}
+    write_json(out / "metrics.json", output)
+    write_text(out / "metrics.md", markdown)
+    print("\nSummary (AbsRel, / base per dataset)\n" + summary)
+    print(f"wrote {out}/metrics.json, metrics.md, grids/<dataset>/, maps/<dataset>/")
+    return output
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """main() with bad input reported as one 'error: ...' line on stderr and exit code 2."""
+    try:
+        main(argv)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -1,0 +1,111 @@
+"""bokeh.evaluation (the library under tools/eval.py): rows with a random Stage-1 generator, skip reasons, the base
+row against the metric by hand, resizing samples. Tiny random-weight models built from a config (no downloads)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+TINY_MODEL = {
+    "family": "depth_anything_v2", "size": "tiny", "max_depth_m": 20.0,
+    "arch": {"backbone": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+                          "out_indices": [1, 2, 3, 4]},
+             "decoder": {"neck_hidden_sizes": [8, 8, 16, 16], "fusion_hidden_size": 8, "head_hidden_size": 8,
+                         "initializer_range": 0.1}},
+    "dsfa": {"enabled": True, "taps": [-2, -1], "k_scale": 30.0},
+}
+SYNTHETIC = ["data.synthetic.num_test=2", "data.synthetic.height=28", "data.synthetic.width=28",
+             "data.synthetic.K_px_m=[2.0,5.0]"]
+
+
+def _row(result, start: str) -> dict:
+    return next(r for r in result["rows"] if r["label"].startswith(start))
+
+
+def _module(use_stack: bool):
+    from lightning_modules.stage2 import Stage2Module
+
+    return Stage2Module({"model": TINY_MODEL, "use_stack": use_stack}).eval()
+
+
+def _split():
+    from lightning_modules.config import load_config
+    from lightning_modules.data import build_datamodule
+
+    dm = build_datamodule(load_config(["data/synthetic.yaml"], SYNTHETIC).data)
+    dm.setup("test")
+    return dm.datasets["test"]
+
+
+def test_base_row_is_the_models_depth_through_the_metric():
+    from bokeh.evaluation import ModelSpec, evaluate_variants
+
+    split, base = _split(), _module(False)
+    lo, hi = 1e-3, 100.0
+    result = evaluate_variants(split, [ModelSpec("base", base, False)], dataset_stack="physics", min_depth_m=lo,
+                               max_depth_m=hi, dfd=False, progress=False)
+    per_image = []
+    for s in (split[i] for i in range(2)):
+        with torch.no_grad():
+            pred = base(s["image"][None])[0].double().clamp(lo, hi)
+        gt, valid = s["depth_m"].double(), s["valid"] & (s["depth_m"] > lo) & (s["depth_m"] < hi)
+        per_image.append(float(((pred - gt).abs() / gt)[valid].mean()))
+    assert _row(result, "base")["metrics"]["abs_rel"] == pytest.approx(sum(per_image) / 2, rel=1e-6)
+    assert "no BokehDepth model" in _row(result, "BokehDepth")["skipped"]
+
+
+def test_stage1_rows_with_a_random_generator():
+    """A random-weight Stage-1 generator: its rows run and report the K actually generated."""
+    from omegaconf import OmegaConf
+
+    from bokeh.evaluation import ModelSpec, evaluate_variants
+    from bokeh.generation import KRange
+    from lightning_modules.config import load_config
+    from lightning_modules.stage1 import build_generator
+
+    gen_cfg = OmegaConf.to_container(load_config(["stage1.yaml"]).model, resolve=True)
+    generator = build_generator(gen_cfg, KRange(1.0, 6.0, "clamp"), 32).eval()
+    result = evaluate_variants(_split(), [ModelSpec("BD", _module(True), True)], generator=generator,
+                               dataset_stack="physics", limit=1, max_depth_m=100.0, progress=False,
+                               generator_steps=1)
+    stage1 = _row(result, "BD + Stage-1")
+    assert stage1["num_samples"] == 1 and math.isfinite(stage1["metrics"]["abs_rel"])
+    assert "no base model" in _row(result, "base")["skipped"]
+
+
+def test_rows_without_stack_strengths_are_skipped():
+    """An RGB-D sample with no stack of its own and no K: the oracle and Stage-1 rows say why they did not run."""
+    from bokeh.evaluation import ModelSpec, evaluate_variants
+
+    samples = [{"image": torch.rand(3, 28, 28), "depth_m": torch.full((1, 28, 28), 2.0), "name": "a"}]
+    result = evaluate_variants(samples, [ModelSpec("BD", _module(True), True)], generator=object(), progress=False)
+    for start in ("BD + physics", "BD + Stage-1", "depth-from-bokeh (closed form) on Stage-1"):
+        assert "no stack strengths" in _row(result, start)["skipped"]
+    control = _row(result, "BD (control: no stack)")
+    assert control["control"] and control["num_samples"] == 1
+
+
+def test_sources_limit_the_rows():
+    from bokeh.evaluation import ModelSpec, build_rows
+
+    bd = ModelSpec("BD", object(), True)
+    rows = build_rows([bd], has_depth=True, has_generator=False, has_real=True, has_focus=True, sources=("real",))
+    assert [r.label for r in rows] == ["base", "BD (control: no stack)", "BD + real aperture frames",
+                                       "depth-from-bokeh (closed form) on real aperture frames"]
+    with pytest.raises(ValueError, match="stack sources"):
+        build_rows([bd], has_depth=True, has_generator=False, has_real=True, has_focus=True, sources=("phys",))
+
+
+def test_resize_sample_scales_k_and_intrinsics():
+    from bokeh.evaluation import resize_sample
+
+    k = torch.tensor([[50.0, 0, 20.5], [0, 50.0, 13.5], [0, 0, 1]])
+    sample = {"image": torch.rand(3, 28, 42), "depth_m": torch.full((1, 28, 42), 2.0),
+              "frames": torch.rand(1, 3, 28, 42),
+              "K_px_m": torch.tensor([6.0]), "intrinsics": k}
+    out = resize_sample(sample, 14, 21)
+    assert out["image"].shape == (3, 14, 21) and out["frames"].shape == (1, 3, 14, 21)
+    assert float(out["K_px_m"][0]) == pytest.approx(3.0) and out["fx"] == pytest.approx(25.0)
+    assert out["cx"] == pytest.approx((20.5 + 0.5) / 2 - 0.5) and bool(out["valid"].all())
