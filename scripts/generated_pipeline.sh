@@ -5,8 +5,8 @@
 #   3. Stage-1 stacks for train / val (tools/make_stack.py -> stacks.jsonl, a Stage-2 manifest)
 #   4. Stage-2 on physics stacks (+ the base model) and Stage-2 on generated stacks (configs/stage2_generated.yaml),
 #      identical model / optimiser / budget / scenes / K; only the stack source differs
-#   5. tools/eval_variants.py on the synthetic test split: base, both BokehDepth models with physics (ORACLE) and
-#      Stage-1 stacks, and the closed-form depth-from-bokeh baseline
+#   5. tools/eval.py on the synthetic test split: base, both BokehDepth models with physics (ORACLE) and
+#      Stage-1 stacks and without a stack (control), and the closed-form depth-from-bokeh baseline
 # Usage: bash scripts/generated_pipeline.sh [OUT]          (default runs/generated_pipeline/<stamp>)
 # Focus: each scene's nearest subject (FOCUS_M=null), as in Stage-1's training targets: the generator has no focus
 # input and puts the focal plane where it learned to; stage2.yaml's physics default now fixes 0.5 m instead.
@@ -52,7 +52,7 @@ for split in train val test; do
       --size "$SIZE" "$SIZE" --physics-K $K "${FOCUS_ARG[@]}"
 done
 
-# 3. Stage-1 stacks for training (the test split's are generated inside eval_variants)
+# 3. Stage-1 stacks for training (the test split's are generated inside tools/eval.py)
 for split in train val; do
   log "make_stack $split"
   $PY tools/make_stack.py --generator "$GENERATOR" --input "$OUT/data/${split}_scenes/scenes.jsonl" \
@@ -73,10 +73,10 @@ $PY tools/fit.py --config stage2_generated.yaml run.dir="$OUT/stage2_generated" 
     data.manifest.val="$OUT/data/val_stage1/stacks.jsonl" "${common[@]}" $FIT_OVERRIDES
 
 # 5. one table on the synthetic test split (the same scenes as test_scenes; physics stacks at the same K)
-log "eval_variants"
-$PY tools/eval_variants.py --threads "$THREADS" --base "base=$OUT/stage2_physics" \
+log "eval"
+$PY tools/eval.py --threads "$THREADS" --base "base=$OUT/stage2_physics" \
     --bokehdepth "BD-physics=$OUT/stage2_physics" --bokehdepth "BD-generated=$OUT/stage2_generated" \
     --generator "$GENERATOR" "${STEPS_ARG[@]/--steps/--generator-steps}" --config data/synthetic.yaml \
     --out "$OUT/variants" data.synthetic.num_test="$NUM_TEST" data.synthetic.height="$SIZE" \
     data.synthetic.width="$SIZE" data.synthetic.K_px_m="$K_LIST" data.synthetic.focus_m="$FOCUS_M"
-log "done: $OUT/variants/variants.md"
+log "done: $OUT/variants/metrics.md"
