@@ -171,10 +171,14 @@ def test_two_datasets_in_one_call_give_two_sections(tmp_path, model_yaml):
     assert grid.shape[:2] == (3 * 168 + 4 * 2, 4 * 168 + 5 * 2)
 
 
-def test_no_stack_keeps_the_image_only_rows(tmp_path, model_yaml):
+def test_no_stack_keeps_the_image_only_rows_and_commas_merge_configs(tmp_path, model_yaml):
+    small = tmp_path / "small.yaml"
+    small.write_text("data:\n  synthetic: {num_test: 3, height: 28, width: 28}\n")
     result = _tool()(["--base-config", str(model_yaml), "--bokehdepth-config", f"BD={model_yaml}", "--no-stack",
-                      "--out", str(tmp_path / "o"), "--num-maps", "0", *SYNTHETIC])
-    assert [r["label"] for r in result["datasets"][0]["rows"]] == ["base", "BD (control: no stack)"]
+                      "--config", f"data/synthetic.yaml,{small}", "--out", str(tmp_path / "o"), "--num-maps", "0"])
+    section = result["datasets"][0]
+    assert [r["label"] for r in section["rows"]] == ["base", "BD (control: no stack)"]
+    assert section["dataset"] == "small" and section["num_samples"] == 3  # the second file's num_test won
 
 
 # ------------------------------------------------------------------------------------------------ the control row

@@ -68,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--bokehdepth-config", action="append", default=[], help="[label=]model YAML, untrained")
     m.add_argument("--base-config", action="append", default=[], help="[label=]model YAML, untrained, image only")
     d = p.add_argument_group("datasets")
-    d.add_argument("--config", dest="datasets", action=_DatasetAction, default=[],
+    d.add_argument("--config", dest="datasets", action=_DatasetAction, default=[], metavar="CONFIG",
                    help="a data config, one table (repeatable; a.yaml,b.yaml merges files; bare names resolve in "
                         "configs/)")
-    d.add_argument("--folder", dest="datasets", action=_DatasetAction, default=[],
+    d.add_argument("--folder", dest="datasets", action=_DatasetAction, default=[], metavar="PATH",
                    help="an NYU / KITTI / generic RGB-D / DFD aperture-pair folder, one table (repeatable)")
     d.add_argument("--size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
                    help="--folder: resize every sample (K and intrinsics follow), e.g. the models' training scale")
