@@ -6,11 +6,13 @@ config (``model.flux.pretrained_dir`` points at a user's local FLUX.1-Kontext-de
 
 Data (``data.kind``):
 - ``synthetic``: physics.scenes, targets rendered by physics.render at K ~ U[K_min, K_max] (metric axis, at the
-  training width) with each scene's own focus (its nearest subject: the subject stays sharp, the rest lies behind
-  the focal plane).
+  training width). Focus policy ``data.synthetic.focus_m``: a number = one fixed focus distance (m) for every scene
+  (100 m, the default, is effectively infinity for 0.5-10 m scenes: every surface lies in front of the focal plane,
+  |r| = K (1/depth - 1/100), as in Stage-2's stacks); null = each scene's own focus (its nearest subject: the subject
+  stays sharp, the rest lies behind the focal plane).
 - ``rgbd_manifest``: a JSONL of {image, depth[, depth_scale][, focus_m]}; targets rendered like the synthetic ones.
-  Focus policy when focus_m is absent: the 5th percentile of valid depth (the nearest subject), documented in
-  :func:`nearest_subject_focus`.
+  Focus: the row's focus_m, else ``data.rgbd.focus_m``, else (null) the 5th percentile of valid depth (the nearest
+  subject, :func:`nearest_subject_focus`).
 - ``pairs``: a JSONL of real (sharp, bokeh) photos {image, target, K_px_m | camera: {f_mm, f_number, focus_m,
   sensor_width_mm | f35_mm}}: the real bokeh photo IS the target (never re-rendered); K from physics.camera.
 
@@ -47,6 +49,22 @@ def _container(cfg: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------- data
+def check_focus_option(value: Any, name: str = "data.synthetic.focus_m") -> float | None:
+    """A focus-policy setting: None (each scene's nearest subject) or a fixed focus distance in metres (finite, > 0).
+
+    Raises ConfigError naming ``name`` otherwise (0, negative, NaN, infinite, not a number).
+    """
+    if value is None:
+        return None
+    expected = (f"{name} must be null (each scene's nearest subject) or a fixed focus distance in metres, finite "
+                f"and > 0 (e.g. 100.0: effectively infinity for 0.5-10 m scenes)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{expected}; got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ConfigError(f"{expected}; got {value!r}")
+    return float(value)
+
+
 def nearest_subject_focus(depth_m: torch.Tensor, quantile: float = 0.05) -> float:
     """Focus policy for RGB-D data without a focus distance: the ``quantile`` of valid depth (the nearest subject,
     so most of the scene lies behind the focal plane, as in the synthetic scenes)."""
@@ -67,22 +85,28 @@ def physics_targets(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: torch.Te
 
 
 class SyntheticSplit(Dataset):
-    """physics.scenes scenes of one split (seeds disjoint across splits): image, depth_m, focus_m."""
+    """physics.scenes scenes of one split (seeds disjoint across splits): image, depth_m, focus_m.
 
-    def __init__(self, split: str, count: int, height: int, width: int, seed: int, scene_options: Mapping[str, Any]):
+    ``focus_m``: None = each scene's own focus (its nearest subject); a number = that focus (m) for every scene.
+    """
+
+    def __init__(self, split: str, count: int, height: int, width: int, seed: int, scene_options: Mapping[str, Any],
+                 focus_m: float | None = None):
         from physics.scenes import make_scene
 
         self.make_scene = make_scene
         self.count, self.height, self.width = int(count), int(height), int(width)
         self.base = int(seed) * 10_000_019 + SPLIT_OFFSETS[split]
         self.options = dict(scene_options)
+        self.focus_m = check_focus_option(focus_m)
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.make_scene(self.base + index, self.height, self.width, **self.options)
-        return {"image": scene.image, "depth_m": scene.depth_m, "focus_m": torch.tensor(float(scene.focus_m)),
+        focus = self.focus_m if self.focus_m is not None else float(scene.focus_m)
+        return {"image": scene.image, "depth_m": scene.depth_m, "focus_m": torch.tensor(focus),
                 "index": torch.tensor(index)}
 
 
@@ -139,15 +163,25 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 class RGBDManifest(Dataset):
-    """JSONL rows {image, depth[, depth_scale][, focus_m]}; paths relative to the manifest's folder."""
+    """JSONL rows {image, depth[, depth_scale][, focus_m]}; paths relative to the manifest's folder.
 
-    def __init__(self, manifest: str | Path, height: int, width: int) -> None:
+    Focus of a row: its own ``focus_m``, else ``focus_m`` given here (a fixed focus, m), else (None) the nearest
+    subject (:func:`nearest_subject_focus`).
+    """
+
+    def __init__(self, manifest: str | Path, height: int, width: int, focus_m: float | None = None) -> None:
         self.rows, self.base = _read_jsonl(manifest), Path(manifest).parent
         self.height, self.width = height, width
+        self.focus_m = check_focus_option(focus_m, "data.rgbd.focus_m")
         for i, row in enumerate(self.rows, 1):
             for key in ("image", "depth"):
                 if key not in row:
                     raise ValueError(f"{manifest}:{i}: missing '{key}' (rows need image and depth)")
+            if row.get("focus_m") is not None:
+                try:
+                    check_focus_option(row["focus_m"], f"{manifest}:{i}: focus_m")
+                except ConfigError as error:
+                    raise ValueError(str(error)) from None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -160,7 +194,10 @@ class RGBDManifest(Dataset):
         depth = read_depth(_resolve(self.base, row["depth"]), depth_scale=row.get("depth_scale"))
         image = _resize_crop(image, self.height, self.width, "bilinear").clamp(0, 1)
         depth = _resize_crop(depth, self.height, self.width, "nearest")
-        focus = float(row["focus_m"]) if row.get("focus_m") else nearest_subject_focus(depth)
+        if row.get("focus_m") is not None:
+            focus = float(row["focus_m"])
+        else:
+            focus = self.focus_m if self.focus_m is not None else nearest_subject_focus(depth)
         depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.full_like(depth, 1e3))
         return {"image": image, "depth_m": depth, "focus_m": torch.tensor(focus), "index": torch.tensor(index)}
 
@@ -219,6 +256,10 @@ class Stage1DataModule(L.LightningDataModule):
         if kind not in ("synthetic", "rgbd_manifest", "pairs"):
             raise ConfigError(f"data.kind must be synthetic, rgbd_manifest or pairs, got {kind!r}")
         self.kind = kind
+        # checked here, so a bad focus fails when the run is built, before anything trains
+        self.synthetic_focus_m = check_focus_option((self.cfg.get("synthetic") or {}).get("focus_m"),
+                                                    "data.synthetic.focus_m")
+        self.rgbd_focus_m = check_focus_option((self.cfg.get("rgbd") or {}).get("focus_m"), "data.rgbd.focus_m")
         self.splits: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -230,14 +271,14 @@ class Stage1DataModule(L.LightningDataModule):
             syn = dict(c.get("synthetic") or {})
             for split in ("train", "val", "test"):
                 self.splits[split] = SyntheticSplit(split, int(syn[f"num_{split}"]), h, w, int(c.get("seed", 0)),
-                                                    syn.get("scene_options") or {})
+                                                    syn.get("scene_options") or {}, self.synthetic_focus_m)
             self.render_in_loader = bool(syn.get("render_in_loader", False)) and self.render_k is not None
         else:
-            cls = RGBDManifest if self.kind == "rgbd_manifest" else PairManifest
             for split in ("train", "val", "test"):
                 path = (c.get("manifest") or {}).get(split)
                 if path:
-                    self.splits[split] = cls(path, h, w)
+                    self.splits[split] = (RGBDManifest(path, h, w, self.rgbd_focus_m) if self.kind == "rgbd_manifest"
+                                          else PairManifest(path, h, w))
             if "train" not in self.splits:
                 raise ConfigError(f"data.manifest.train is required for data.kind={self.kind}")
 
@@ -438,6 +479,27 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) -> torch.
 
 
 # ------------------------------------------------------------------------------------------ export / load generator
+def training_focus(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The focus the training targets were rendered at, for the generator's metadata: ``focus_m`` (m, or None when
+    it varied per scene) and ``focus_policy`` (words). Tools that render physics references or write stack manifests
+    for a generator use ``focus_m`` so that they speak of the focus its frames were trained to show."""
+    kind = data_cfg.get("kind", "synthetic")
+    if kind == "pairs":
+        return {"focus_m": None, "focus_policy": "real pairs (each photo's own focus)"}
+    key = "synthetic" if kind == "synthetic" else "rgbd"
+    focus = check_focus_option((data_cfg.get(key) or {}).get("focus_m"), f"data.{key}.focus_m")
+    if focus is None:
+        return {"focus_m": None, "focus_policy": "nearest subject of each scene"}
+    return {"focus_m": focus, "focus_policy": "fixed" + (" (unless a manifest row gives its own)" if key == "rgbd" else "")}
+
+
+def generator_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``generator.json``: what :func:`load_generator` and the tools need to know about a trained generator."""
+    return {"model": cfg["model"], "k": cfg["k"], "resolution": int(cfg["data"]["width"]),
+            "eval_steps": int(cfg["eval"].get("num_steps", 4)), "eval_K_px_m": list(cfg["eval"].get("K_px_m", [])),
+            "trained_on": cfg["data"].get("kind", "synthetic"), **training_focus(cfg["data"])}
+
+
 def export_generator(module: Stage1Module, run_dir: str | Path) -> Path:
     """Write ``generator.safetensors`` (trainable weights only) and ``generator.json`` (config) into run_dir."""
     from safetensors.torch import save_file
@@ -445,10 +507,7 @@ def export_generator(module: Stage1Module, run_dir: str | Path) -> Path:
     from bokeh.io import atomic_path, write_json
 
     run_dir = Path(run_dir)
-    cfg = module.cfg
-    meta = {"model": cfg["model"], "k": cfg["k"], "resolution": int(cfg["data"]["width"]),
-            "eval_steps": int(cfg["eval"].get("num_steps", 4)), "eval_K_px_m": list(cfg["eval"].get("K_px_m", [])),
-            "trained_on": cfg["data"].get("kind", "synthetic")}
+    meta = generator_meta(module.cfg)
     gen = module.generator
     if isinstance(gen, FluxKontextBokehGenerator):
         path = save_adapter(gen.adapter, run_dir / "generator.safetensors")
@@ -477,9 +536,7 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
         module = Stage1Module(cfg)
         module.on_load_checkpoint(ckpt)
         module.load_state_dict(ckpt["state_dict"], strict=True)
-        meta = {"model": cfg["model"], "k": cfg["k"], "resolution": int(cfg["data"]["width"]),
-                "eval_steps": int(cfg["eval"].get("num_steps", 4))}
-        return module.generator.eval(), meta
+        return module.generator.eval(), generator_meta(cfg)
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} (the generator's config) is missing beside {path}")
