@@ -56,6 +56,8 @@ def test_compare_writes_html_and_json_with_baselines(tmp_path):
     # a fresh generator is the identity (zero-initialised residual): same numbers as the identity baseline
     assert syn["learned"]["psnr"] == pytest.approx(syn["identity"]["psnr"], abs=1e-3)
     assert syn["identity"]["k_cal_err"] > 0.5 and "k_cal_err_2d" in syn["learned"]
+    # the physics references are rendered at the focus the generator was trained on (the config default: 100 m)
+    assert {row["focus_m"] for row in saved["sections"]["synthetic test split"]["rows"]} == {100.0}
     real = saved["sections"]["real aperture pairs"]
     from physics.camera import k_from_lens
 

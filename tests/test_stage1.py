@@ -148,3 +148,142 @@ def test_stage1_module_config_errors_name_the_problem():
         tiny_module(extra=["model.kind=unet3d"])
     with pytest.raises(ConfigError, match="data.kind"):
         tiny_module(extra=["data.kind=video"])
+
+
+# ------------------------------------------------------------------------------------------- focus policy (issue 4)
+SIZE = 64  # the training width of configs/stage1.yaml, where K is given
+
+
+def _point_light(depth_m: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fronto-parallel plane at depth_m, black but for one white pixel at the centre: image [3,H,W], depth [1,H,W]."""
+    image = torch.zeros(3, SIZE, SIZE)
+    image[:, SIZE // 2, SIZE // 2] = 1.0
+    return image, torch.full((1, SIZE, SIZE), float(depth_m))
+
+
+def measured_disk_radius_px(target: torch.Tensor) -> float:
+    """The spot's radius measured on a rendered point light [3,H,W] (sRGB): a uniform disk of radius r spreads the
+    point's energy E evenly over pi r^2 pixels, so r = sqrt(E / (pi * plateau)), with E and the plateau (the peak)
+    read in linear light. Also checks that the spot IS a disk: flat inside 0.7 r (mean >= 0.9 x peak; a Gaussian of
+    the same r gives 0.79) and holding >= 97% of the energy within 1.25 r + 1.5 px (a Gaussian: 79%)."""
+    import kornia
+
+    lin = kornia.color.rgb_to_linear_rgb(target.clamp(0, 1))[0].double()
+    peak, energy = float(lin.max()), float(lin.sum())
+    assert energy == pytest.approx(1.0, abs=2e-3)  # the renderer conserves the point's energy
+    r = math.sqrt(energy / (math.pi * peak))
+    ys, xs = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    dist = ((ys - SIZE // 2) ** 2 + (xs - SIZE // 2) ** 2).double().sqrt()
+    assert float(lin[dist <= 0.7 * r].mean()) >= 0.9 * peak, "not a flat disk"
+    assert float(lin[dist <= 1.25 * r + 1.5].sum()) >= 0.97 * energy, "energy outside the disk"
+    return r
+
+
+def test_synthetic_batch_with_fixed_focus_renders_the_disk_radius_of_the_formula():
+    """data.synthetic.focus_m=100: a training batch (scenes -> RenderingCollate at fresh K) blurs a fronto-parallel
+    plane at depth d into a disk of radius K (1/d - 1/100) px, measured on the rendered image. The scenes' own focus
+    (the plane itself, their nearest subject) would leave them sharp: the null policy is checked the same way."""
+    from physics.scenes import Scene
+
+    depths = [0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 4.0, 9.0]
+
+    def plane_scene(seed: int, height: int, width: int, **_) -> Scene:
+        image, depth = _point_light(depths[seed % len(depths)])
+        return Scene(image=image, depth_m=depth, intrinsics=torch.eye(3), focus_m=float(depth[0, 0, 0]),
+                     hdr_gain=torch.ones(1, height, width), labels=torch.zeros(1, height, width, dtype=torch.int64),
+                     seed=seed)
+
+    base = ["data.height=64", "data.width=64", "data.batch_size=8", "data.num_workers=0", "k.min=0.5", "k.max=8.0"]
+    _, dm = tiny_module(extra=base)  # the config default: focus_m 100
+    dm.setup()
+    assert dm.render_in_loader
+    split = dm.splits["train"]
+    assert split.base % len(depths) == 0  # seed % 8 == index: the depth of each item is known
+    # the real scenes of the split carry the configured focus, not their own
+    assert float(split[0]["focus_m"]) == 100.0 and split.make_scene(split.base, 64, 64).focus_m < 10.0
+    split.make_scene = plane_scene
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(batch["focus_m"], torch.full((8,), 100.0))
+    radii = []
+    for i in range(8):
+        d, K = depths[int(batch["index"][i])], float(batch["K_px_m"][i])
+        radii.append(K * (1.0 / d - 1.0 / 100.0))
+        assert measured_disk_radius_px(batch["target"][i]) == pytest.approx(radii[-1], abs=0.5), (d, K)
+    assert min(radii) < 2.0 and max(radii) > 6.0, radii  # small and large disks were both checked
+
+    _, dm = tiny_module(extra=base + ["data.synthetic.focus_m=null"])  # each scene's nearest subject: the plane
+    dm.setup()
+    dm.splits["train"].make_scene = plane_scene
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.allclose(batch["focus_m"], torch.tensor([depths[int(i)] for i in batch["index"]]))
+    assert float((batch["target"] - batch["image"]).abs().max()) < 1e-4  # in focus: sharp
+
+
+def test_rgbd_manifest_focus_row_then_config_then_nearest_subject(tmp_path):
+    """rgbd_manifest: a row's focus_m wins, else data.rgbd.focus_m, else the nearest subject; disk radii measured."""
+    import numpy as np
+
+    from bokeh.io import write_image
+
+    rows = [{"depth_m": 0.8}, {"depth_m": 1.0, "focus_m": 0.5}, {"depth_m": 2.0}]
+    lines = []
+    for i, row in enumerate(rows):
+        image, depth = _point_light(row["depth_m"])
+        write_image(tmp_path / f"rgb{i}.png", image)
+        np.save(tmp_path / f"depth{i}.npy", depth[0].numpy())
+        entry = {"image": f"rgb{i}.png", "depth": f"depth{i}.npy"}
+        if "focus_m" in row:
+            entry["focus_m"] = row["focus_m"]
+        lines.append(json.dumps(entry))
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    base = ["data.kind=rgbd_manifest", f"data.manifest.train={tmp_path / 'train.jsonl'}", "data.height=64",
+            "data.width=64", "data.batch_size=3", "data.num_workers=0", "k.min=0.5", "k.max=8.0"]
+    K = torch.tensor([6.857143, 4.0, 2.857143])
+    for focus_cfg, focus_of in (("100.0", lambda d: 100.0), ("null", lambda d: d)):
+        module, dm = tiny_module(extra=base + [f"data.rgbd.focus_m={focus_cfg}"])
+        dm.setup()
+        batch = next(iter(dm.train_dataloader()))
+        target = module.targets_for(batch, K)
+        for j in range(3):
+            row = rows[int(batch["index"][j])]
+            focus = row.get("focus_m", focus_of(row["depth_m"]))
+            assert float(batch["focus_m"][j]) == pytest.approx(focus, rel=1e-6)
+            expected = float(K[j]) * abs(1.0 / focus - 1.0 / row["depth_m"])
+            if expected == 0:  # the plane is its own nearest subject: in focus, the point stays one sharp pixel
+                assert float((target[j] - batch["image"][j]).abs().max()) < 1e-4
+            else:
+                assert measured_disk_radius_px(target[j]) == pytest.approx(expected, abs=0.5), (row, focus_cfg)
+
+
+@pytest.mark.parametrize("value", ["0", "-2.5", "nan", ".inf"])
+def test_a_bad_focus_option_is_refused_naming_the_key(value):
+    from lightning_modules.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.focus_m must be null .* finite and > 0"):
+        tiny_module(extra=[f"data.synthetic.focus_m={value}"])
+    with pytest.raises(ConfigError, match=r"data\.rgbd\.focus_m"):
+        tiny_module(extra=[f"data.rgbd.focus_m={value}"])
+
+
+def test_bad_focus_in_code_and_in_a_manifest_row_is_refused(tmp_path):
+    from lightning_modules.stage1 import RGBDManifest, SyntheticSplit
+
+    with pytest.raises(ValueError, match=r"data\.synthetic\.focus_m .* got nan"):
+        SyntheticSplit("train", 2, 16, 16, 0, {}, float("nan"))
+    with pytest.raises(ValueError, match=r"data\.synthetic\.focus_m .* got 'far'"):
+        SyntheticSplit("train", 2, 16, 16, 0, {}, "far")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "depth": "a.npy"}) + "\n"
+                                      + json.dumps({"image": "b.png", "depth": "b.npy", "focus_m": 0}) + "\n")
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: focus_m must be .* > 0.*got 0"):
+        RGBDManifest(tmp_path / "m.jsonl", 16, 16)
+
+
+def test_generator_metadata_records_the_training_focus(tmp_path):
+    module, _ = tiny_module()
+    export_generator(module, tmp_path / "fixed")
+    meta = json.loads((tmp_path / "fixed" / "generator.json").read_text())
+    assert meta["focus_m"] == 100.0 and meta["focus_policy"] == "fixed"
+    module, _ = tiny_module(extra=["data.synthetic.focus_m=null"])
+    export_generator(module, tmp_path / "nearest")
+    _, meta = load_generator(tmp_path / "nearest")
+    assert meta["focus_m"] is None and "nearest subject" in meta["focus_policy"]

@@ -86,3 +86,33 @@ def test_k_outside_the_trained_range_is_refused_with_policy_error(tmp_path, gene
     with pytest.raises(KRangeError, match="outside the trained range"):
         make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
                          "--out", str(tmp_path / "o"), "--K", "50", "--k-policy", "error", "--steps", "1"])
+
+
+def test_default_config_makes_stage2_stacks_in_range_and_records_the_training_focus(tmp_path):
+    """configs/stage1.yaml's K range (at 64 px) holds Stage-2's default stack, K = [2, 5, 12] px*m at 112 px, without
+    clamping; K beyond it is clamped with a warning; rows record the generator's training focus (100 m)."""
+    torch.manual_seed(0)
+    module, _ = build(load_config(["configs/stage1.yaml"], TINY[2:6]))  # tiny UNet; the default width, K and focus
+    assert (module.cfg["data"]["width"], module.cfg["data"]["synthetic"]["focus_m"]) == (64, 100.0)
+    export_generator(module, tmp_path / "gen")
+    rng = np.random.default_rng(2)
+    _write(tmp_path / "rgb.png", rng.integers(0, 255, (84, 112, 3), dtype=np.uint8))
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "rgb.png", "focus_m": 1.7}) + "\n")
+    args = ["--generator", str(tmp_path / "gen"), "--input", str(tmp_path / "m.jsonl"), "--steps", "1"]
+    with pytest.warns(UserWarning) as record:
+        assert make_stack.main(args + ["--out", str(tmp_path / "a"), "--K", "2", "5", "12", "--K-at-width", "112"]) == 0
+    messages = " ".join(str(w.message) for w in record)
+    assert "outside the trained range" not in messages and "training focus 100 m" in messages
+    row = json.loads((tmp_path / "a" / "stacks.jsonl").read_text())
+    assert row["K_px_m"] == pytest.approx([2.0, 5.0, 12.0])
+    assert row["K_work_px_m"] == pytest.approx([2 * 64 / 112, 5 * 64 / 112, 12 * 64 / 112], abs=1e-5)
+    assert row["focus_m"] == 100.0 and json.loads((tmp_path / "a" / "run.json").read_text())["focus_m"] == 100.0
+    # without --K: the generator's eval strengths, which are Stage-2's stack at 64 px, scaled to the image's 112 px
+    args = ["--generator", str(tmp_path / "gen"), "--input", str(tmp_path / "rgb.png"), "--steps", "1"]
+    assert make_stack.main(args + ["--out", str(tmp_path / "b")]) == 0
+    row = json.loads((tmp_path / "b" / "stacks.jsonl").read_text())
+    assert row["K_px_m"] == pytest.approx([2, 5, 12], abs=1e-5) and row["focus_m"] == 100.0
+    with pytest.warns(UserWarning, match=r"outside the trained range \[0.5, 8\].*clamped"):
+        make_stack.main(args + ["--out", str(tmp_path / "c"), "--K", "16", "0.5", "--K-at-width", "112"])
+    row = json.loads((tmp_path / "c" / "stacks.jsonl").read_text())
+    assert row["K_work_px_m"] == pytest.approx([8.0, 0.5])  # 16 -> 9.14 at 64 px: clamped; 0.5 -> 0.29: clamped

@@ -7,7 +7,8 @@
         --aperture-pairs /path/to/aperture_pairs                                            # real photos
 
 For every sample and strength K (px*m at the evaluated width) it compares, against the physics render
-(physics.render.render_bokeh with the scene's depth and nearest-subject focus):
+(physics.render.render_bokeh with the scene's depth at the focus the generator was trained on: its generator.json
+``focus_m``, e.g. a fixed 100 m, or each scene's nearest subject when that is null):
 - ``learned``: the Stage-1 generator (guidance off), ``learned_guided``: with physics guidance (flux conservation +
   stack consistency, strengths ``--flux-guidance`` / ``--stack-guidance``);
 - ``identity``: output = input; ``uniform_disk``: one disk blur of the frame's mean |CoC radius| over the image.
@@ -128,18 +129,19 @@ def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, obse
 
 
 # ------------------------------------------------------------------------------------------------------ samples
-def synthetic_samples(count: int, size: int, seed: int) -> list[dict[str, Any]]:
-    """The Stage-1 synthetic test split (same seeds as lightning_modules.stage1 'test')."""
+def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = None) -> list[dict[str, Any]]:
+    """The Stage-1 synthetic test split (same seeds as lightning_modules.stage1 'test'); focus_m: the generator's
+    training focus (None: each scene's nearest subject)."""
     from lightning_modules.stage1 import SyntheticSplit
 
-    split = SyntheticSplit("test", count, size, size, seed, {})
+    split = SyntheticSplit("test", count, size, size, seed, {}, focus_m)
     return [dict(split[i], name=f"synthetic_{i:03d}") for i in range(count)]
 
 
-def rgbd_samples(manifest: Path, size: int) -> list[dict[str, Any]]:
+def rgbd_samples(manifest: Path, size: int, focus_m: float | None = None) -> list[dict[str, Any]]:
     from lightning_modules.stage1 import RGBDManifest
 
-    ds = RGBDManifest(manifest, size, size)
+    ds = RGBDManifest(manifest, size, size, focus_m)
     return [dict(ds[i], name=f"rgbd_{i:03d}") for i in range(len(ds))]
 
 
@@ -331,18 +333,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sections: dict[str, Any] = {}
     bounds = (k_lo * scale, k_hi * scale)
     if args.num_scenes > 0:
-        sections["synthetic test split"] = run_synthetic(gen, synthetic_samples(args.num_scenes, size, args.seed), Ks,
-                                                         guidance, steps, bounds, args.fit2d_scenes, lpips, out,
-                                                         "synthetic", args.max_grids)
+        samples = synthetic_samples(args.num_scenes, size, args.seed, meta.get("focus_m"))
+        sections["synthetic test split"] = run_synthetic(gen, samples, Ks, guidance, steps, bounds, args.fit2d_scenes,
+                                                         lpips, out, "synthetic", args.max_grids)
     if args.rgbd:
-        sections["RGB-D manifest"] = run_synthetic(gen, rgbd_samples(Path(args.rgbd), size), Ks, guidance, steps,
-                                                   bounds, args.fit2d_scenes, lpips, out, "rgbd", args.max_grids)
+        samples = rgbd_samples(Path(args.rgbd), size, meta.get("focus_m"))
+        sections["RGB-D manifest"] = run_synthetic(gen, samples, Ks, guidance, steps, bounds, args.fit2d_scenes, lpips,
+                                                   out, "rgbd", args.max_grids)
     if args.aperture_pairs:
         pairs = aperture_pair_samples(Path(args.aperture_pairs), args.pair_width, args.assumed_focus_m)
         if not pairs:
             raise SystemExit(f"no aperture pairs found under {args.aperture_pairs} (expected vabd/ or ebb/)")
         sections["real aperture pairs"] = run_pairs(gen, pairs, guidance, steps, lpips, out)
-    notes = (f"generator {args.generator} (trained width {meta['resolution']} px, K range [{k_lo}, {k_hi}] px*m); "
+    focus = meta.get("focus_m")
+    focus_text = f"{focus:g} m" if focus is not None else "each scene's nearest subject"
+    notes = (f"generator {args.generator} (trained width {meta['resolution']} px, K range [{k_lo}, {k_hi}] px*m, "
+             f"physics references at focus {focus_text}); "
              f"{steps} sampling steps; guidance {guidance.to_dict()}; {lpips_note}. K-calibration error = |K_fit - K|/K, "
              "K_fit by a 1-D log-K grid fit through physics.render with the true focus (2-D: focus x K).")
     results = {"notes": notes, "K_px_m": Ks, "size": size, "seconds": time.perf_counter() - t0,

@@ -11,6 +11,10 @@
 - Output: ``<out>/frames/<name>_k<i>.png`` (the input size, aspect kept), ``<out>/images/<name>.png`` (the sharp
   reference as read), ``<out>/stacks.jsonl`` with rows {image, stack: [...], K_px_m: [...], depth?, intrinsics?,
   focus_m?} (paths relative to the manifest), and ``<out>/run.json`` (settings). Every file is written atomically.
+- ``focus_m``: the generator draws the focus it was trained on (its ``generator.json`` ``focus_m``; the default
+  Stage-1 config trains at a fixed 100 m, Stage-2's default stack), so a generator with a fixed training focus writes
+  that focus into every row (an input row's different focus_m is replaced, with a warning); a generator trained on
+  each scene's nearest subject keeps the input row's focus_m, if any.
 - Images are read with bokeh.io.read_image: grayscale and RGBA are converted to RGB with a warning; an unreadable
   file is reported and skipped (exit code 1 if any was skipped, 2 if none could be processed).
 """
@@ -19,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     train_width = float(meta["resolution"])
     default_k = [float(k) for k in (meta.get("eval_K_px_m") or [meta["k"]["min"], meta["k"]["max"]])]
     guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance)
+    train_focus = meta.get("focus_m")  # None: the generator's focus varied per scene (nearest subject)
+    replaced_focus = []
     lines, skipped = [], []
     t0 = time.perf_counter()
     try:
@@ -130,15 +138,30 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("intrinsics", "focus_m", "depth_scale"):
             if key in row:
                 rec[key] = row[key]
+        if train_focus is not None:
+            given = row.get("focus_m")
+            try:
+                same = given is None or math.isclose(float(given), float(train_focus), rel_tol=1e-6)
+            except (TypeError, ValueError):
+                same = False
+            if not same:
+                replaced_focus.append(row["name"])
+            rec["focus_m"] = float(train_focus)
         if "depth" in row:
             rec["depth"] = _rel(Path(row["depth"]), out)
         lines.append(json.dumps(rec))
+    if replaced_focus:
+        warnings.warn(f"{len(replaced_focus)} input row(s) give a focus_m other than the generator's training focus "
+                      f"{train_focus:g} m (e.g. {replaced_focus[0]}); the generated frames show {train_focus:g} m, "
+                      "which is what stacks.jsonl records", stacklevel=2)
     if lines:
         write_text(out / "stacks.jsonl", "\n".join(lines) + "\n")
     write_json(out / "run.json", {"generator": str(args.generator), "input": str(args.input), "images": len(lines),
                                   "skipped": skipped, "steps": args.steps or gen.default_steps, "cfg": args.cfg,
                                   "guidance": guidance.to_dict(), "color_transfer": args.color_transfer,
-                                  "seed": args.seed, "seconds": time.perf_counter() - t0})
+                                  "seed": args.seed, "focus_m": train_focus,
+                                  "focus_policy": meta.get("focus_policy", "unknown (generator.json predates it)"),
+                                  "seconds": time.perf_counter() - t0})
     print(f"wrote {len(lines)} stack(s) to {out / 'stacks.jsonl'}" + (f"; skipped {len(skipped)}" if skipped else ""))
     if not lines:
         return 2
