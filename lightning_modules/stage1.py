@@ -490,7 +490,8 @@ def training_focus(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
     focus = check_focus_option((data_cfg.get(key) or {}).get("focus_m"), f"data.{key}.focus_m")
     if focus is None:
         return {"focus_m": None, "focus_policy": "nearest subject of each scene"}
-    return {"focus_m": focus, "focus_policy": "fixed" + (" (unless a manifest row gives its own)" if key == "rgbd" else "")}
+    policy = "fixed" + (" (unless a manifest row gives its own)" if key == "rgbd" else "")
+    return {"focus_m": focus, "focus_policy": policy}
 
 
 def generator_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
