@@ -49,7 +49,11 @@ class Stage2Module(L.LightningModule):
         self.max_depth_m = float(metrics_cfg.get("max_depth_m", 100.0))
         self.val_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
         self.test_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
+        # The no-stack control: the same BokehDepth weights given the reference alone. Equal to the stacked scores means
+        # the model does not use its stack (its gain, if any, is DSFA's extra capacity on the reference).
+        self.control_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
         self.test_results: dict[str, float] = {}
+        self.control_results: dict[str, float] = {}
 
     # ------------------------------------------------------------------ pickling (ddp_spawn)
     def __getstate__(self) -> dict[str, Any]:
@@ -76,7 +80,7 @@ class Stage2Module(L.LightningModule):
             self._modules["model"] = model
         # ddp_spawn hands every worker the SAME shared-memory tensors; a metric state updated in place (+=) would then
         # count every process's images in every process. Fresh, private states per process:
-        for metrics in (self.val_metrics, self.test_metrics):
+        for metrics in (self.val_metrics, self.test_metrics, self.control_metrics):
             metrics.reset()
 
     # ------------------------------------------------------------------ forward / loss
@@ -113,8 +117,18 @@ class Stage2Module(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, self.val_metrics, "val")
 
+    @property
+    def has_control(self) -> bool:
+        """True when testing also scores the no-stack control (a model with DSFA that is fed stacks)."""
+        return self.use_stack and self.model.dsfa_enabled
+
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, self.test_metrics, "test")
+        pred = self._eval_step(batch, self.test_metrics, "test")
+        if self.has_control and batch.get("stack") is not None:
+            control = self.model(batch["image"])
+            self.control_metrics.update(control.float(), batch["depth_m"], batch["valid"], min_depth_m=self.min_depth_m,
+                                        max_depth_m=self.max_depth_m)
+        return pred
 
     def _log_metrics(self, metrics: Any, prefix: str) -> dict[str, float]:
         values = {k: float(v) for k, v in metrics.compute().items()}  # torchmetrics sums the states over processes
@@ -129,6 +143,8 @@ class Stage2Module(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._log_metrics(self.test_metrics, "test")
+        if self.has_control and int(self.control_metrics.num_images) > 0:
+            self.control_results = self._log_metrics(self.control_metrics, "test_control")
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict[str, Any]:
@@ -172,7 +188,7 @@ class warmup_cosine:
 # Keys a Stage-2 config may hold (None: anything below, checked by the builder of that section).
 CONFIG_SCHEMA: dict[str, Any] = {
     "task": None, "name": None, "seed": None, "ckpt_path": None, "compare_base": None, "base_overrides": None,
-    "use_stack": None, "trainer": None, "model": None, "threads": None,
+    "use_stack": None, "trainer": None, "model": None, "threads": None, "parallel_variants": None,
     "run": {"root": None, "dir": None, "overwrite": None},
     "loss": {"silog_lambda": None},
     "optim": {"lr": {"dsfa": None, "encoder": None, "decoder": None}, "weight_decay": None, "betas": None,
@@ -220,17 +236,70 @@ def variant_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     return {"base": base_config(cfg), "bokehdepth": cfg}
 
 
+def parallel_variants(cfg: DictConfig, n_variants: int) -> bool:
+    """Whether ``run`` trains the variants side by side, one process each (config ``parallel_variants``).
+
+    "auto": yes when there are several variants, the trainer is one CPU process, the OS can fork and the machine
+    has at least two cores: two single-threaded fits on two cores take the time of one (measured in BENCHMARKS.md),
+    whereas a GPU or multi-process trainer is better given to one variant at a time.
+    """
+    import multiprocessing
+    import os
+
+    value = cfg.get("parallel_variants", "auto")
+    if isinstance(value, bool):
+        wanted = value
+    elif value == "auto":
+        t = cfg.trainer
+        single_cpu = (str(t.get("accelerator", "cpu")) == "cpu" and int(t.get("devices", 1) or 1) == 1
+                      and int(t.get("num_nodes", 1) or 1) == 1 and str(t.get("strategy", "auto")) in ("auto", "single_device"))
+        wanted = single_cpu and (os.cpu_count() or 1) >= 2
+    else:
+        raise ConfigError(f"parallel_variants must be true, false or 'auto', got {value!r}")
+    return bool(wanted and n_variants > 1 and "fork" in multiprocessing.get_all_start_methods())
+
+
+def _fit_variant_in_child(vcfg: DictConfig, sub: Any, resume: bool, built: tuple, ckpt_path: str | None, seed: int) -> None:
+    """Body of a forked variant process: its output goes to ``<sub>/train.log``, its results to ``<sub>/result.json``."""
+    import os
+    import sys
+    import traceback
+
+    from bokeh.io import write_json
+    from lightning_modules.tasks import fit_and_test
+
+    sub.mkdir(parents=True, exist_ok=True)
+    log = open(sub / "train.log", "w", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    try:
+        L.seed_everything(seed, workers=True, verbose=False)
+        write_json(sub / "result.json", fit_and_test(vcfg, sub, build, resume=resume, built=built, ckpt_path=ckpt_path))
+    except BaseException:  # noqa: BLE001 - reported through the log and the exit code
+        traceback.print_exc()
+        log.flush()
+        os._exit(1)
+    log.flush()
+    os._exit(0)
+
+
 def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_path: str | None = None) -> dict[str, Any]:
     """Build every variant (config errors surface before anything is written), create the run dir, fit + test.
 
     With ``compare_base`` the variants train in ``<run_dir>/base`` and ``<run_dir>/bokehdepth`` from the same seed
     on the same cached data; the comparison is printed and written as ``comparison.json`` / ``comparison.md``.
+    With ``parallel_variants`` (see :func:`parallel_variants`) the base model trains in a forked process (its log in
+    ``<run_dir>/base/train.log``) while BokehDepth trains here; the results are those of sequential fits.
     ``resume`` continues each variant from its last.ckpt (a finished one stops at once and is tested again).
     """
+    import json
+    import multiprocessing
+
     from bokeh.io import write_json, write_text
 
     from lightning_modules.data import SyntheticStackDataModule
-    from lightning_modules.tasks import check_trainer_config, fit_and_test
+    from lightning_modules.tasks import check_trainer_config, find_last_checkpoint, fit_and_test
 
     seed = int(cfg.get("seed", 0))
     variants = variant_configs(cfg)
@@ -241,21 +310,37 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
         built[name] = build(vcfg)
     run_dir = prepare_run_dir()
     multi = len(variants) > 1
+    for module, datamodule in built.values():
+        if isinstance(datamodule, SyntheticStackDataModule):
+            # render every split here, once: variant processes and spawned DDP workers receive the tensors
+            datamodule.setup(None)
+    parallel = parallel_variants(cfg, len(variants))
     results: dict[str, Any] = {}
+    children: dict[str, Any] = {}
     for name, vcfg in variants.items():
         sub = run_dir / name if multi else run_dir
-        done = sub / "result.json"
-        from lightning_modules.tasks import find_last_checkpoint
-
-        module, datamodule = built[name]
-        if isinstance(datamodule, SyntheticStackDataModule):
-            # render every split here, once: spawned DDP workers receive the tensors instead of re-rendering
-            datamodule.setup(None)
+        resume_variant = resume and find_last_checkpoint(sub) is not None
+        if parallel and name != "bokehdepth":
+            (sub / "result.json").unlink(missing_ok=True)
+            child = multiprocessing.get_context("fork").Process(
+                target=_fit_variant_in_child, args=(vcfg, sub, resume_variant, built.pop(name), ckpt_path, seed),
+                name=f"bokehdepth-variant-{name}")
+            child.start()
+            children[name] = (child, sub)
+            print(f"[{name}] training in a parallel process, log: {sub / 'train.log'}")
+            continue
         L.seed_everything(seed, workers=True, verbose=False)  # same data order for every variant
         print(f"[{name}] training in {sub}")
-        results[name] = fit_and_test(vcfg, sub, build, resume=resume and find_last_checkpoint(sub) is not None, built=built.pop(name), ckpt_path=ckpt_path)
-        write_json(done, results[name])
+        results[name] = fit_and_test(vcfg, sub, build, resume=resume_variant, built=built.pop(name), ckpt_path=ckpt_path)
+        write_json(sub / "result.json", results[name])
+    for name, (child, sub) in children.items():
+        child.join()
+        if child.exitcode != 0 or not (sub / "result.json").is_file():
+            raise RuntimeError(f"variant '{name}' failed in its process (exit code {child.exitcode}); see {sub / 'train.log'}")
+        results[name] = json.loads((sub / "result.json").read_text())
+        print(f"[{name}] done (parallel process)")
     if multi:
+        results = {name: results[name] for name in variants}
         table = comparison(results)
         write_json(run_dir / "comparison.json", table)
         write_text(run_dir / "comparison.md", table["markdown"])
@@ -265,21 +350,40 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
 
 
 def comparison(results: Mapping[str, Any]) -> dict[str, Any]:
-    """Base vs BokehDepth test metrics with ratios (BokehDepth / base) and a Markdown table."""
+    """Base vs BokehDepth test metrics with ratios (BokehDepth / base) and a Markdown table.
+
+    When BokehDepth's no-stack control was scored (``results["bokehdepth"]["test_control"]``), it gets a column: the
+    same weights given the reference alone. A gain that survives without the stack is not a defocus gain.
+    """
     base, ours = results["base"]["test"], results["bokehdepth"]["test"]
+    control = results["bokehdepth"].get("test_control") or {}
     keys = [k for k in METRIC_KEYS if k in base and k in ours]
     ratios = {k: (ours[k] / base[k] if base[k] else math.nan) for k in keys}
-    lines = ["| metric | base | BokehDepth | BokehDepth / base |", "|---|---:|---:|---:|"]
+    control_ratios = {k: (control[k] / base[k] if base[k] else math.nan) for k in keys if k in control}
+    head = "| metric | base | BokehDepth | BokehDepth / base |"
+    rule = "|---|---:|---:|---:|"
+    if control:
+        head += " BokehDepth without stack (control) | control / base |"
+        rule += "---:|---:|"
+    lines = [head, rule]
     for k in keys:
         better = "higher" if k.startswith("delta") else "lower"
-        lines.append(f"| {k} ({better} is better) | {base[k]:.4f} | {ours[k]:.4f} | {ratios[k]:.3f} |")
+        line = f"| {k} ({better} is better) | {base[k]:.4f} | {ours[k]:.4f} | {ratios[k]:.3f} |"
+        if control:
+            line += f" {control[k]:.4f} | {control_ratios[k]:.3f} |" if k in control else " | |"
+        lines.append(line)
     times = {v: {"fit_s": results[v]["fit_s"], "test_s": results[v]["test_s"]} for v in ("base", "bokehdepth")}
     lines.append(
         f"| fit + test time (s) | {times['base']['fit_s'] + times['base']['test_s']:.0f} | "
-        f"{times['bokehdepth']['fit_s'] + times['bokehdepth']['test_s']:.0f} | |"
+        f"{times['bokehdepth']['fit_s'] + times['bokehdepth']['test_s']:.0f} | |" + (" | |" if control else "")
     )
     abs_rel_ratio = ratios.get("abs_rel", math.nan)
     goal = abs_rel_ratio <= 0.75
     lines.append("")
     lines.append(f"AbsRel ratio (BokehDepth / base) = {abs_rel_ratio:.3f} (goal <= 0.75: {'met' if goal else 'NOT met'})")
-    return {"base": base, "bokehdepth": ours, "ratio": ratios, "abs_rel_ratio": abs_rel_ratio, "goal_met": bool(goal), "times": times, "markdown": "\n".join(lines) + "\n"}
+    if "abs_rel" in control_ratios:
+        uses = control["abs_rel"] > 1.02 * ours["abs_rel"]  # 2%: below that, run-to-run noise
+        lines.append(f"AbsRel without the stack (control) / base = {control_ratios['abs_rel']:.3f}: the model "
+                     + ("uses its stack" if uses else "does NOT use its stack (no better with it than without)"))
+    return {"base": base, "bokehdepth": ours, "control": control, "ratio": ratios, "control_ratio": control_ratios,
+            "abs_rel_ratio": abs_rel_ratio, "goal_met": bool(goal), "times": times, "markdown": "\n".join(lines) + "\n"}

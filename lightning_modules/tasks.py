@@ -105,8 +105,9 @@ def find_last_checkpoint(run_dir: Path) -> Path | None:
 def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], tuple[L.LightningModule, L.LightningDataModule]], *, resume: bool = False, built: tuple | None = None, ckpt_path: str | None = None) -> dict[str, Any]:
     """Build, fit (from ``ckpt_path``, or from ``run_dir/checkpoints/last.ckpt`` when ``resume``), test.
 
-    Returns {"test": metrics, "fit_s", "test_s", "best_checkpoint", "run_dir"}. Testing uses the best checkpoint
-    (monitor val/abs_rel) when one exists, else the final weights.
+    Returns {"test": metrics, "fit_s", "test_s", "best_checkpoint", "run_dir"} (+ "test_control": the metrics of the
+    module's control, e.g. Stage-2's no-stack control, when it has one). Testing uses the best checkpoint (monitor
+    val/abs_rel) when one exists, else the final weights.
     """
     module, datamodule = built if built is not None else build(cfg)
     trainer = make_trainer(cfg, run_dir)
@@ -130,4 +131,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], t
     results = {k: float(v) for k, v in getattr(module, "test_results", {}).items()}
     if not results:
         results = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    return {"test": results, "fit_s": fit_s, "test_s": test_s, "best_checkpoint": best, "run_dir": str(run_dir)}
+    out = {"test": results, "fit_s": fit_s, "test_s": test_s, "best_checkpoint": best, "run_dir": str(run_dir)}
+    control = {k: float(v) for k, v in getattr(module, "control_results", {}).items()}
+    if control:
+        out["test_control"] = control
+    return out

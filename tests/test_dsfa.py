@@ -212,3 +212,23 @@ def test_stats_report_closed_paths_at_init_and_open_after_a_step() -> None:
     F.mse_loss(block(R, S, K), torch.randn(B, P, D)).backward()
     torch.optim.SGD(block.parameters(), lr=0.1).step()
     assert block.stats()["gamma_focus1"] > 0 and block.stats()["film"] > 0
+
+
+def test_gamma_init_opens_every_residual_path():
+    """gamma_init > 0 (encoders trained from scratch): the stack changes the output at init; 0 keeps the identity."""
+    torch.manual_seed(0)
+    R, S, K = torch.randn(2, 5, D), torch.randn(2, 3, 5, D), torch.tensor([[2.0, 5.0, 12.0]] * 2)
+    open_block = DSFA(D, num_heads=2, gamma_init=1.0)
+    assert all(float(ls.gamma.min()) == 1.0 for ls in (open_block.spatial_ls1, open_block.spatial_ls2,
+                                                         open_block.focus_ls1, open_block.focus_ls2))
+    with torch.no_grad():
+        out, out_other_stack = open_block(R, S, K), open_block(R, torch.randn(2, 3, 5, D), K)
+    assert (out - R).abs().max() > 1e-2 and (out - out_other_stack).abs().max() > 1e-2
+    closed = DSFA(D, num_heads=2, gamma_init=0.0)
+    assert torch.equal(closed(R, S, K), R)
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan")])
+def test_gamma_init_must_be_non_negative(value):
+    with pytest.raises(ValueError, match="gamma_init"):
+        DSFA(D, num_heads=2, gamma_init=value)

@@ -100,3 +100,35 @@ def test_synthetic_bad_settings():
         SyntheticStackDataModule(K_px_m=[0.0, 3.0])
     with pytest.raises(DataError, match="at least one stack strength"):
         SyntheticStackDataModule(K_px_m=[])
+
+
+def test_comparison_reports_the_no_stack_control():
+    base = {"abs_rel": 0.4, "rmse": 2.0}
+    ours = {"abs_rel": 0.2, "rmse": 1.0}
+    uses = comparison({"base": {"test": base, "fit_s": 1.0, "test_s": 1.0},
+                       "bokehdepth": {"test": ours, "test_control": {"abs_rel": 0.5, "rmse": 2.2}, "fit_s": 1.0, "test_s": 1.0}})
+    assert uses["control_ratio"]["abs_rel"] == pytest.approx(1.25)
+    assert "| abs_rel (lower is better) | 0.4000 | 0.2000 | 0.500 | 0.5000 | 1.250 |" in uses["markdown"]
+    assert "uses its stack" in uses["markdown"]
+    # the same scores without the stack: the gain is not a defocus gain, and the table says so
+    ignores = comparison({"base": {"test": base, "fit_s": 1.0, "test_s": 1.0},
+                          "bokehdepth": {"test": ours, "test_control": dict(ours), "fit_s": 1.0, "test_s": 1.0}})
+    assert "does NOT use its stack" in ignores["markdown"]
+
+
+def test_parallel_variants_only_for_several_single_process_cpu_fits(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from lightning_modules.config import ConfigError
+    from lightning_modules.stage2 import parallel_variants
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    cpu = OmegaConf.create({"parallel_variants": "auto", "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto"}})
+    assert parallel_variants(cpu, 2) and not parallel_variants(cpu, 1)
+    gpu = OmegaConf.create({"parallel_variants": "auto", "trainer": {"accelerator": "gpu", "devices": 4, "strategy": "ddp"}})
+    assert not parallel_variants(gpu, 2)
+    assert not parallel_variants(OmegaConf.create({"parallel_variants": False, "trainer": cpu.trainer}), 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert not parallel_variants(cpu, 2)
+    with pytest.raises(ConfigError, match="parallel_variants"):
+        parallel_variants(OmegaConf.create({"parallel_variants": "yes", "trainer": cpu.trainer}), 2)

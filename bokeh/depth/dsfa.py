@@ -15,6 +15,11 @@ Every residual path starts at zero (LayerScale gamma = 0, FiLM linear weight and
 its reference input bit for bit: plugging DSFA into a pretrained model changes nothing before training. The gammas
 still receive gradients at init (their inputs are non-zero), so the first optimiser step opens the paths.
 
+``gamma_init`` > 0 starts the paths open instead. Use it when the encoder itself trains from random weights: there is
+no pretrained output to preserve, and with closed gates the encoder gets (almost) no gradient through the stack
+frames, so it never learns defocus-sensitive features (measured: the no-stack control of such a model scores like the
+stacked model, see BENCHMARKS.md "Stage-2 main job").
+
 Because only frame 0 leaves the block, the focus step computes queries, the attention output and its MLP for the
 reference frame only (keys and values come from every frame): the same result as full cross-frame self-attention
 followed by taking frame 0, at a fraction of the cost.
@@ -43,11 +48,11 @@ def _inner_dim(dim: int, ratio: float, num_heads: int) -> int:
 
 
 class _LayerScale(nn.Module):
-    """Per-channel scale ``gamma`` on a residual branch, zero-initialised (the branch starts switched off)."""
+    """Per-channel scale ``gamma`` on a residual branch; ``init`` 0 (default) starts the branch switched off."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, init: float = 0.0) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(dim))
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
@@ -98,6 +103,8 @@ class DSFA(nn.Module):
             bias -alpha*|k_i - k_j| is O(alpha), neither negligible nor saturating the softmax.
         alpha_init: initial focus-bias slope alpha (> 0); alpha = softplus(raw) stays positive during training.
         spatial: run the per-frame spatial step (kappa token + self-attention + MLP); False skips it (cheaper).
+        gamma_init: initial LayerScale gamma of every residual path. 0 (default): the block is the identity at init
+            (plug-and-play on a pretrained model); > 0 (e.g. 1): open from the start, for encoders trained from scratch.
         eps: LayerNorm epsilon.
 
     Shapes: ``forward(R [B,P,D], S [B,N,P,D] | None, K_px_m [B,N] | None) -> [B,P,D]``; P counts every token the
@@ -113,6 +120,7 @@ class DSFA(nn.Module):
         k_scale: float = 30.0,
         alpha_init: float = 1.0,
         spatial: bool = True,
+        gamma_init: float = 0.0,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
@@ -124,6 +132,8 @@ class DSFA(nn.Module):
             raise ValueError(f"DSFA k_scale must be a positive finite K in px*m, got {k_scale}")
         if not (alpha_init > 0 and math.isfinite(alpha_init)):
             raise ValueError(f"DSFA alpha_init must be > 0 (alpha = softplus(raw) is positive), got {alpha_init}")
+        if not (gamma_init >= 0 and math.isfinite(gamma_init)):
+            raise ValueError(f"DSFA gamma_init must be finite and >= 0 (0: identity at init), got {gamma_init}")
         if not (mlp_ratio > 0 and attn_ratio > 0):
             raise ValueError(f"DSFA mlp_ratio and attn_ratio must be > 0, got {mlp_ratio}, {attn_ratio}")
         self.dim = dim
@@ -140,17 +150,17 @@ class DSFA(nn.Module):
         if self.spatial:
             self.spatial_norm1 = nn.LayerNorm(dim, eps=eps)
             self.spatial_attn = _Attention(dim, inner, num_heads)
-            self.spatial_ls1 = _LayerScale(dim)
+            self.spatial_ls1 = _LayerScale(dim, gamma_init)
             self.spatial_norm2 = nn.LayerNorm(dim, eps=eps)
             self.spatial_mlp = _MLP(dim, hidden)
-            self.spatial_ls2 = _LayerScale(dim)
+            self.spatial_ls2 = _LayerScale(dim, gamma_init)
 
         self.focus_norm1 = nn.LayerNorm(dim, eps=eps)
         self.focus_attn = _Attention(dim, inner, num_heads)
-        self.focus_ls1 = _LayerScale(dim)
+        self.focus_ls1 = _LayerScale(dim, gamma_init)
         self.focus_norm2 = nn.LayerNorm(dim, eps=eps)
         self.focus_mlp = _MLP(dim, hidden)
-        self.focus_ls2 = _LayerScale(dim)
+        self.focus_ls2 = _LayerScale(dim, gamma_init)
         # alpha = softplus(alpha_raw) > 0; inverse softplus of alpha_init
         self.alpha_raw = nn.Parameter(torch.tensor(math.log(math.expm1(alpha_init))))
 

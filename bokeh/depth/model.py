@@ -51,6 +51,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "attn_ratio": 0.5,  # paper: 1
         "alpha_init": 1.0,  # initial focus-bias slope (> 0)
         "spatial": True,  # run the per-frame spatial step
+        "gamma_init": 0.0,  # 0: identity at init (pretrained encoders); 1: open paths (encoders trained from scratch)
     },
 }
 
@@ -172,6 +173,7 @@ class BokehDepthModel(nn.Module):
                 k_scale=float(cfg.get("k_scale", 30.0)),
                 alpha_init=float(cfg.get("alpha_init", 1.0)),
                 spatial=bool(cfg.get("spatial", True)),
+                gamma_init=float(cfg.get("gamma_init", 0.0)),
             )
 
     def _make_inside_hook(self, tap: int):
@@ -379,7 +381,7 @@ def build_depth_model(cfg: Mapping[str, Any] | Any = None) -> BokehDepthModel:
         min_depth_m: output floor (m).
         stack_no_grad: encode stack frames without gradients.
         arch: preset overrides {backbone: {...}, decoder: {...}}.
-        dsfa: {enabled, taps, placement, k_scale, num_heads, mlp_ratio, attn_ratio, alpha_init, spatial}.
+        dsfa: {enabled, taps, placement, k_scale, num_heads, mlp_ratio, attn_ratio, alpha_init, spatial, gamma_init}.
     Unknown keys raise ValueError naming the key.
     """
     cfg = _merge(DEFAULT_CONFIG, _to_dict(cfg))
