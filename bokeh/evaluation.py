@@ -255,6 +255,7 @@ def evaluate_variants(
     grid_dir: str | Path | None = None,
     map_dir: str | Path | None = None,
     generator: Any = None,
+    generator_focus_m: float | None = None,
     stack_K_px_m: Sequence[float] | None = None,
     K_at_width: float | None = None,
     dataset_stack: str | None = None,
@@ -280,6 +281,9 @@ def evaluate_variants(
         map_dir: folder for each row's depth colour map (``<map_dir>/<row slug>/<sample>.png``, inverse depth over
             the GT's 2-98 % range).
         generator: a Stage-1 generator, or None (its rows are skipped).
+        generator_focus_m: the fixed focus the generator was trained at (its generator.json ``focus_m``), used by
+            the closed-form depth-from-bokeh row on its stacks: the frames show that focus, whatever the sample's
+            own focus; None (a generator trained on each scene's nearest subject): the sample's focus.
         stack_K_px_m: strengths of the physics / Stage-1 stacks when the sample carries none, at ``K_at_width``
             (default: each image's own width); scaled to each image's width. A sample's own physics stack K wins.
         dataset_stack: what the samples' ``stack`` key holds (see :func:`stack_sources`).
@@ -359,6 +363,8 @@ def evaluate_variants(
             else:
                 frames, K = stacks[row.stack]
                 f = focus if focus is not None else (oracle_focus_m(gt, valid) if row.stack != "real" else None)
+                if row.stack == "stage1" and generator_focus_m is not None:
+                    f = float(generator_focus_m)
                 if f is None:
                     row.notes.append(f"{_sample_name(sample, i)}: focus unknown")
                     continue

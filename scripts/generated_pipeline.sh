@@ -8,9 +8,10 @@
 #   5. tools/eval.py on the synthetic test split: base, both BokehDepth models with physics (ORACLE) and
 #      Stage-1 stacks and without a stack (control), and the closed-form depth-from-bokeh baseline
 # Usage: bash scripts/generated_pipeline.sh [OUT]          (default runs/generated_pipeline/<stamp>)
-# Focus: each scene's nearest subject (FOCUS_M=null), as in Stage-1's training targets: the generator has no focus
-# input and puts the focal plane where it learned to; stage2.yaml's physics default now fixes 0.5 m instead.
-# Knobs (environment): GENERATOR, NUM_TRAIN (1000), NUM_VAL (64), NUM_TEST (200), SIZE (112), K ("3 6 10"), FOCUS_M,
+# Focus: one far focus for every scene (FOCUS_M=100 m, beyond the 0.5-10 m scenes), as in stage2.yaml's physics
+# stacks and Stage-1's training targets (configs/stage1.yaml): the generator has no focus input and puts the focal
+# plane where it learned to. FOCUS_M=null: each scene's nearest subject (for generators trained that way).
+# Knobs (environment): GENERATOR, NUM_TRAIN (1000), NUM_VAL (64), NUM_TEST (200), SIZE (112), K ("2 5 12"), FOCUS_M,
 #   STAGE1_OVERRIDES, FIT_OVERRIDES (e.g. "trainer.max_epochs=2 threads=1"), GEN_STEPS (generator's default),
 #   THREADS (1), PYTHON (.venv/bin/python).
 set -euo pipefail
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-runs/generated_pipeline/$(date +%Y%m%d-%H%M%S)}
 NUM_TRAIN=${NUM_TRAIN:-1000}; NUM_VAL=${NUM_VAL:-64}; NUM_TEST=${NUM_TEST:-200}
-SIZE=${SIZE:-112}; K=${K:-"3 6 10"}; THREADS=${THREADS:-1}; FOCUS_M=${FOCUS_M:-null}
+SIZE=${SIZE:-112}; K=${K:-"2 5 12"}; THREADS=${THREADS:-1}; FOCUS_M=${FOCUS_M:-100.0}
 FOCUS_ARG=()
 [[ "$FOCUS_M" != null ]] && FOCUS_ARG=(--focus-m "$FOCUS_M")
 K_LIST="[${K// /,}]"

@@ -109,3 +109,30 @@ def test_resize_sample_scales_k_and_intrinsics():
     assert out["image"].shape == (3, 14, 21) and out["frames"].shape == (1, 3, 14, 21)
     assert float(out["K_px_m"][0]) == pytest.approx(3.0) and out["fx"] == pytest.approx(25.0)
     assert out["cx"] == pytest.approx((20.5 + 0.5) / 2 - 0.5) and bool(out["valid"].all())
+
+
+def test_dfd_on_stage1_stacks_uses_the_generators_training_focus(monkeypatch):
+    """A generator trained at a fixed focus draws that focus into its frames: the closed-form row must invert with it,
+    not with the sample's own focus."""
+    import bokeh.evaluation as evaluation
+
+    seen: dict[str, list[float]] = {"focus": []}
+
+    def fake_stack(generator, image, K_px_m, **kwargs):
+        return torch.stack([image] * len(K_px_m)), K_px_m
+
+    def fake_dfd(reference, frames, K_px_m, focus_m, **kwargs):
+        seen["focus"].append(float(focus_m))
+        return torch.ones(1, *reference.shape[-2:])
+
+    monkeypatch.setattr(evaluation, "generate_stage1_stack", fake_stack)
+    monkeypatch.setattr(evaluation, "dfd_depth", fake_dfd)
+    split = _split()
+    sample_focus = float(split[0]["focus_m"])
+    evaluation.evaluate_variants(split, [], generator=object(), generator_focus_m=7.5, dataset_stack="physics",
+                                 limit=1, sources=("stage1",), progress=False)
+    assert seen["focus"] == [7.5] and sample_focus != 7.5
+    seen["focus"].clear()
+    evaluation.evaluate_variants(split, [], generator=object(), dataset_stack="physics", limit=1,
+                                 sources=("stage1",), progress=False)
+    assert seen["focus"] == [sample_focus]

@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         K, K_width = default_K(args, specs, d)
         result = evaluate_variants(
             d.samples, specs, grid_dir=out / "grids" / d.name, map_dir=out / "maps" / d.name, generator=generator,
+            generator_focus_m=(gen_meta or {}).get("focus_m"),
             stack_K_px_m=K, K_at_width=K_width, dataset_stack=d.stack, reference_K_ratio=d.reference_K_ratio,
             min_depth_m=lo, max_depth_m=hi, dfd=not args.no_dfd, sources=() if args.no_stack else
             ("physics", "stage1", "real"), generator_steps=args.generator_steps, limit=args.limit,

@@ -13,7 +13,7 @@ default trains / tests on (8-bit PNG, like its uint8 cache). Output (every file 
     intrinsics.json           {name: {fx, fy, cx, cy}} in pixels (bokeh.datasets generic RGB-D folder layout)
     scenes.jsonl              {image, depth, intrinsics: [fx, fy, cx, cy], focus_m, seed}: tools/make_stack.py input
     physics/<name>_k<i>.png   with --physics-K: frames rendered by physics.stacks.bokeh_stack at each scene's focus
-                              (its nearest subject, like Stage-1's training targets) or at --focus-m
+                              (its nearest subject) or at --focus-m (stage2.yaml and stage1.yaml: 100 m)
     stacks_physics.jsonl      with --physics-K: {image, depth, stack, K_px_m, intrinsics, focus_m}: a Stage-2
                               manifest (configs/data/manifest.yaml), the physics twin of make_stack.py's stacks.jsonl
     export.json               settings
