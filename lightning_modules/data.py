@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -283,6 +284,7 @@ class SyntheticStackDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         render_batch_size: int = 64,
+        render_threads: int | None = None,
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -310,6 +312,9 @@ class SyntheticStackDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.render_batch_size = render_batch_size
+        if render_threads is not None and int(render_threads) < 1:
+            raise DataError(f"data.synthetic.render_threads must be >= 1 or null (all cores), got {render_threads}")
+        self.render_threads = render_threads
         self.cache_dir = cache_dir
         self.datasets: dict[str, SyntheticStackDataset] = {}
 
@@ -338,11 +343,19 @@ class SyntheticStackDataModule(L.LightningDataModule):
         if path is not None and path.is_file():
             data = SyntheticSplit(**torch.load(path, weights_only=True))
         else:
-            data = render_synthetic_split(
-                self.split_seeds(split), height=self.height, width=self.width, K_px_m=self.K_px_m,
-                focus_m=self.focus_m, scene_options=self.scene_options, render_options=self.render_options,
-                noise_std=self.noise_std, batch_size=self.render_batch_size,
-            )
+            # Rendering happens once, before any training: it may use every core even when training runs
+            # single-threaded (threads=1, e.g. two variants side by side). The thread count may change float rounding in
+            # the last bit only, far below the uint8 quantisation of the stored frames.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(int(self.render_threads or os.cpu_count() or 1))
+            try:
+                data = render_synthetic_split(
+                    self.split_seeds(split), height=self.height, width=self.width, K_px_m=self.K_px_m,
+                    focus_m=self.focus_m, scene_options=self.scene_options, render_options=self.render_options,
+                    noise_std=self.noise_std, batch_size=self.render_batch_size,
+                )
+            finally:
+                torch.set_num_threads(threads)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp")

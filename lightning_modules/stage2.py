@@ -195,6 +195,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
               "warmup_steps": None, "warmup_ratio": None, "min_lr_ratio": None},
     "metrics": {"min_depth_m": None, "max_depth_m": None},
     "log": {"num_images": None},
+    "checkpoint": {"monitor": None, "mode": None, "test": None},
     "data": {"kind": None, "batch_size": None, "eval_batch_size": None, "num_workers": None,
              "synthetic": None, "manifest": None, "aperture_pairs": None},
 }
@@ -203,9 +204,10 @@ CONFIG_SCHEMA: dict[str, Any] = {
 def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:
     """Build (LightningModule, DataModule) from a task config; unknown keys raise ConfigError naming them."""
     from lightning_modules.data import build_datamodule
-    from lightning_modules.tasks import check_keys, config_call
+    from lightning_modules.tasks import check_keys, checkpoint_config, config_call
 
     check_keys(_container(cfg), CONFIG_SCHEMA)
+    checkpoint_config(cfg)
     kind = cfg.data.get("kind", "synthetic")
     datamodule = config_call(build_datamodule, cfg.data, f"data.{kind}")
     module = config_call(Stage2Module, cfg, "model")

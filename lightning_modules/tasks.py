@@ -77,7 +77,19 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     return trainer_cfg
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, *, monitor: str = "val/abs_rel", mode: str = "min") -> L.Trainer:
+def checkpoint_config(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """``cfg.checkpoint`` with defaults {monitor: val/abs_rel, mode: min, test: best}, values checked (ConfigError)."""
+    given = cfg.get("checkpoint", {}) or {}
+    out = {"monitor": str(given.get("monitor") or "val/abs_rel"), "mode": str(given.get("mode") or "min"),
+           "test": str(given.get("test") or "best")}
+    if out["mode"] not in ("min", "max"):
+        raise ConfigError(f"checkpoint.mode must be 'min' or 'max', got {out['mode']!r}")
+    if out["test"] not in ("best", "last"):
+        raise ConfigError(f"checkpoint.test must be 'best' (the monitored best) or 'last' (final weights), got {out['test']!r}")
+    return out
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, *, monitor: str | None = None, mode: str | None = None) -> L.Trainer:
     """Trainer(**cfg.trainer) writing into ``run_dir``: CSV + TensorBoard logs, last + best checkpoints, image grids."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -86,6 +98,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, *, monitor: str = "val/abs_rel"
 
     trainer_cfg = check_trainer_config(cfg.trainer)
     log_cfg = cfg.get("log", {}) or {}
+    ckpt_cfg = checkpoint_config(cfg)
+    monitor, mode = monitor or ckpt_cfg["monitor"], mode or ckpt_cfg["mode"]
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}", monitor=monitor, mode=mode,
         save_last=True, save_top_k=1, auto_insert_metric_name=False,
@@ -106,8 +120,9 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], t
     """Build, fit (from ``ckpt_path``, or from ``run_dir/checkpoints/last.ckpt`` when ``resume``), test.
 
     Returns {"test": metrics, "fit_s", "test_s", "best_checkpoint", "run_dir"} (+ "test_control": the metrics of the
-    module's control, e.g. Stage-2's no-stack control, when it has one). Testing uses the best checkpoint (monitor
-    val/abs_rel) when one exists, else the final weights.
+    module's control, e.g. Stage-2's no-stack control, when it has one). Testing uses, with ``checkpoint.test``
+    "best" (default), the best checkpoint (``checkpoint.monitor``, default val/abs_rel) when one exists, else the final
+    weights; with "last", the final weights (the same training budget for every model compared).
     """
     module, datamodule = built if built is not None else build(cfg)
     trainer = make_trainer(cfg, run_dir)
@@ -126,12 +141,14 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], t
     from lightning.pytorch.loggers import CSVLogger
 
     trainer.loggers = [CSVLogger(run_dir, name="logs", version="test") if isinstance(lg, CSVLogger) else lg for lg in trainer.loggers]
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=False)
+    tested = best if checkpoint_config(cfg)["test"] == "best" and best else None
+    trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=False)
     test_s = time.perf_counter() - t1
     results = {k: float(v) for k, v in getattr(module, "test_results", {}).items()}
     if not results:
         results = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    out = {"test": results, "fit_s": fit_s, "test_s": test_s, "best_checkpoint": best, "run_dir": str(run_dir)}
+    out = {"test": results, "fit_s": fit_s, "test_s": test_s, "best_checkpoint": best, "tested": tested or "final weights",
+           "run_dir": str(run_dir)}
     control = {k: float(v) for k, v in getattr(module, "control_results", {}).items()}
     if control:
         out["test_control"] = control

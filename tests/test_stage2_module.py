@@ -132,3 +132,13 @@ def test_parallel_variants_only_for_several_single_process_cpu_fits(monkeypatch)
     assert not parallel_variants(cpu, 2)
     with pytest.raises(ConfigError, match="parallel_variants"):
         parallel_variants(OmegaConf.create({"parallel_variants": "yes", "trainer": cpu.trainer}), 2)
+
+
+@pytest.mark.parametrize("override, key", [("checkpoint.test=first", "checkpoint.test"), ("checkpoint.mode=up", "checkpoint.mode")])
+def test_bad_checkpoint_settings_are_refused_before_training(override, key):
+    from lightning_modules.config import ConfigError, load_config
+    from lightning_modules.stage2 import build
+
+    cfg = load_config(["stage2_smoke.yaml"], [override])
+    with pytest.raises(ConfigError, match=key):
+        build(cfg)
