@@ -103,10 +103,11 @@ def test_synthetic_bad_settings():
 
 
 def test_comparison_reports_the_no_stack_control():
-    base = {"abs_rel": 0.4, "rmse": 2.0}
-    ours = {"abs_rel": 0.2, "rmse": 1.0}
+    base = {"abs_rel": 0.4, "rmse": 2.0, "silog": 50.0}
+    ours = {"abs_rel": 0.2, "rmse": 1.0, "silog": 40.0}
     uses = comparison({"base": {"test": base, "fit_s": 1.0, "test_s": 1.0},
-                       "bokehdepth": {"test": ours, "test_control": {"abs_rel": 0.5, "rmse": 2.2}, "fit_s": 1.0, "test_s": 1.0}})
+                       "bokehdepth": {"test": ours, "test_control": {"abs_rel": 0.5, "rmse": 2.2, "silog": 45.0},
+                                      "fit_s": 1.0, "test_s": 1.0}})
     assert uses["control_ratio"]["abs_rel"] == pytest.approx(1.25)
     assert "| abs_rel (lower is better) | 0.4000 | 0.2000 | 0.500 | 0.5000 | 1.250 |" in uses["markdown"]
     assert "uses its stack" in uses["markdown"]
