@@ -103,8 +103,8 @@ def test_folder_with_a_corrupt_image_runs_stage1_and_stage2_end_to_end(infer, tm
     a, c = summary["images"]
     assert a["intrinsics_source"] == "default" and c["intrinsics_source"] == "exif"
     assert a["working_size_hw"] == [42, 56] and a["size_hw"] == [H, W]
-    # Default K: Stage-2 training strengths [4, 10, 24] px*m at 112 px, scaled to the 45 px photo.
-    assert a["stack"]["K_px_m_input"] == pytest.approx([4 * W / 112, 10 * W / 112, 24 * W / 112])
+    # Default K: Stage-2 training strengths [2, 5, 12] px*m at 112 px, scaled to the 45 px photo.
+    assert a["stack"]["K_px_m_input"] == pytest.approx([2 * W / 112, 5 * W / 112, 12 * W / 112])
     depth = np.load(out / "a" / "depth.npy")
     assert depth.shape == (H, W) and depth.dtype == np.float32 and (depth > 0).all()
     for name in ("depth.png", "stack.png", "cloud.ply"):

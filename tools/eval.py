@@ -16,7 +16,7 @@ Datasets (repeat --config / --folder: one table each, in the order given; defaul
     --config data/dfd_indoor.yaml        a data config (synthetic | manifest | aperture_pairs); a,b merges files
     --folder PATH [--size H W]           NYU / KITTI / generic RGB-D / DFD aperture-pair folder (bokeh.datasets)
     key=value ...                        overrides, each applied to every --config dataset that has the key
-Stacks: --generator DIR|CKPT (Stage-1), --K 3 6 10 [--K-at-width 112] (physics / Stage-1 strengths, px*m; default:
+Stacks: --generator DIR|CKPT (Stage-1), --K 2 5 12 [--K-at-width 112] (physics / Stage-1 strengths, px*m; default:
     the dataset's own physics stack, else the first BokehDepth model's training K at its training width),
     --no-stack (base and control rows only), --no-dfd (no closed-form rows).
 Outputs (--out, new or empty unless --overwrite; default <run>/eval_<datasets> or runs/eval/<stamp>): metrics.json

@@ -2,7 +2,7 @@
 """Write synthetic scenes (physics.scenes) as an RGB-D folder + JSONL manifests, optionally with physics stacks.
 
     python tools/export_synthetic.py --out data/syn_train --split train --num 1000 --size 112 112
-    python tools/export_synthetic.py --out data/syn_train --split train --num 1000 --physics-K 3 6 10
+    python tools/export_synthetic.py --out data/syn_train --split train --num 1000 --physics-K 2 5 12 --focus-m 100
 
 The scenes are those of Stage-2's synthetic DataModule: split s, scene i has seed ``seed + offset[s] + i``
 (lightning_modules.data.SPLIT_SEED_OFFSETS), so an exported split holds exactly the pictures the physics-stack

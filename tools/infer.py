@@ -67,7 +67,7 @@ from bokeh.io import IMAGE_SUFFIXES, ImageReadError, prepare_output_dir, read_de
 DEFAULT_FX_FRACTION = 0.8
 FULL_FRAME_DIAGONAL_MM = 43.2666
 #: Stage-2 training strengths used when a checkpoint carries none (configs/data/synthetic.yaml): K at 112 px width.
-FALLBACK_TRAIN_K = ([4.0, 10.0, 24.0], 112)
+FALLBACK_TRAIN_K = ([2.0, 5.0, 12.0], 112)
 DEFAULT_STAGE2_CONFIG = "model/stage2_tiny.yaml"
 DEFAULT_STAGE1_CONFIG = "stage1.yaml"
 
