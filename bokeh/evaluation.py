@@ -137,7 +137,11 @@ def generate_stage1_stack(generator: Any, image: torch.Tensor, K_px_m: torch.Ten
 def dfd_depth(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torch.Tensor, focus_m: float, *,
               reference_K_px_m: float = 0.0, max_depth_m: float = 1e3) -> torch.Tensor:
     """Closed-form depth-from-bokeh [1,H,W] m for one sample (physics.dfd). A reference with its own blur
-    (``reference_K_px_m`` > 0, e.g. an f/8 photo) takes the aperture-pair path (one frame)."""
+    (``reference_K_px_m`` > 0, e.g. an f/8 photo) takes the aperture-pair path (one frame).
+
+    Side of the focal plane: a focus at or beyond ``max_depth_m`` (the farthest depth evaluated, e.g. the synthetic
+    default's 100 m focus) puts every surface in front of it; otherwise the scene is taken to lie behind it (the
+    nearest-subject policy)."""
     from physics.dfd import depth_from_aperture_pair, depth_from_stack
 
     if reference_K_px_m > 0:
@@ -145,7 +149,9 @@ def dfd_depth(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torch.Tenso
         out = depth_from_aperture_pair(reference[None], frames[0][None], reference_K_px_m, k_wide, focus_m,
                                        max_radius_px=k_wide / focus_m + 1.0, max_depth_m=max_depth_m)
     else:
-        out = depth_from_stack(reference[None], frames[None], K_px_m[None].float(), focus_m, max_depth_m=max_depth_m)
+        behind = float(focus_m) < max_depth_m
+        out = depth_from_stack(reference[None], frames[None], K_px_m[None].float(), focus_m, max_depth_m=max_depth_m,
+                               behind_focus=behind)
     return out["depth_m"][0]
 
 

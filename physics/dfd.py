@@ -213,12 +213,16 @@ def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_
 
 def depth_from_stack(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torch.Tensor,
                      focus_m: float | torch.Tensor, *, max_radius_px: float | None = None, max_depth_m: float = 1e3,
-                     behind_focus: bool = True, **estimate_kwargs) -> dict[str, torch.Tensor]:
+                     behind_focus: bool = True, min_depth_m: float = 0.3, **estimate_kwargs) -> dict[str, torch.Tensor]:
     """Closed-form depth from a bokeh stack with known K: radii per frame, then the sweep weighted by curvature.
 
     Args: reference [B,3,H,W] sharp; frames [B,N,3,H,W]; K_px_m [B,N] or [N]; focus_m float or [B].
-        max_radius_px: candidate range (default: the largest K times 1/focus_m, the radius of a point at infinity,
-        plus one pixel). ``estimate_kwargs`` go to :func:`estimate_blur_radius`.
+        max_radius_px: candidate range. Default behind the focus: the largest K times 1/focus_m (a point at
+        infinity) plus one pixel; in front of it (``behind_focus=False``, e.g. a far focus): the largest K times
+        1/min_depth_m - 1/focus_m (the nearest surface expected), at most a quarter of the image width (larger
+        blurs are not measurable in a window), plus one pixel. ``estimate_kwargs`` go to :func:`estimate_blur_radius`.
+        behind_focus: the scene lies behind the focal plane (True) or in front of it (False).
+        min_depth_m: nearest depth expected in front of the focus (m), for the default candidate range.
     Returns dict(radius_px [B,N,1,H,W], confidence [B,1,H,W] (mean contrast over frames), weight [B,N,1,H,W],
     inv_depth_offset [B,1,H,W], depth_m [B,1,H,W]).
     """
@@ -227,7 +231,14 @@ def depth_from_stack(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torc
         s1_min = float(torch.as_tensor(focus_m).min())
         if not s1_min > 0:
             raise ValueError(f"focus_m must be > 0; got {focus_m}")
-        max_radius_px = float(K.max()) / s1_min + 1.0
+        if behind_focus:
+            max_radius_px = float(K.max()) / s1_min + 1.0
+        else:
+            if not 0 < min_depth_m < s1_min:
+                raise ValueError(f"min_depth_m must lie in (0, focus_m={s1_min}) in front of the focus; got {min_depth_m}")
+            s1_max = float(torch.as_tensor(focus_m).max())
+            reach = float(K.max()) * (1.0 / min_depth_m - 1.0 / s1_max)
+            max_radius_px = min(reach, 0.25 * reference.shape[-1]) + 1.0
     radius, contrast, weight = estimate_blur_radius(reference, frames, max_radius_px=max_radius_px,
                                                     return_confidence=True, confidence="both", **estimate_kwargs)
     delta, depth = depth_from_bokeh_sweep(radius, K, focus_m, weights=weight, behind_focus=behind_focus,

@@ -208,3 +208,18 @@ def test_rendered_stack_noise_unbiased_and_variance_falls_with_frames():
     # 1/sum K^2 with equal K: variance ratio 1/2 and 1/4 (windows make neighbouring errors correlated: loose bounds)
     assert 0.3 < variances[1] / variances[0] < 0.65
     assert 0.12 < variances[2] / variances[0] < 0.35
+
+
+def test_depth_from_stack_in_front_of_a_far_focus():
+    """Stage-2's default stack (focus 100 m, every surface in front of it): a textured plane at 1.25 m, blurred by
+    r_i = K_i (1/d - 1/100) px with a disk, is recovered by the default candidate range (not the behind-focus one,
+    which would stop at K/focus ~ 0.1 px)."""
+    K, focus, depth = torch.tensor([2.0, 5.0, 12.0]), 100.0, 1.25
+    radii = (K * (1 / depth - 1 / focus)).tolist()  # 1.58, 3.96, 9.5 px
+    tex = kornia.color.rgb_to_linear_rgb(_texture(80, 80, seed=5))
+    frames = torch.stack([kornia.color.linear_rgb_to_rgb(blur_bank(tex, [r])[0]) for r in radii], dim=1)
+    out = depth_from_stack(kornia.color.linear_rgb_to_rgb(tex), frames, K, focus, behind_focus=False, min_depth_m=0.5)
+    d = out["depth_m"][0, 0, 16:-16, 16:-16]
+    assert d.median().item() == pytest.approx(depth, rel=0.05)
+    with pytest.raises(ValueError, match="min_depth_m"):
+        depth_from_stack(tex, frames, K, focus, behind_focus=False, min_depth_m=200.0)

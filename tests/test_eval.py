@@ -151,8 +151,9 @@ def test_two_datasets_in_one_call_give_two_sections(tmp_path, model_yaml):
     # the synthetic split's own physics stack: the closed-form baseline on it, recomputed by hand
     samples = [_synthetic_test_split()[i] for i in range(2)]
     lo, hi = synthetic["caps_m"]
+    # the synthetic default focuses at 100 m = the far cap: every surface lies in front of the focal plane
     by_hand = [depth_from_stack(s["image"][None], s["stack"][None], s["K_px_m"][None], float(s["focus_m"]),
-                                max_depth_m=hi)["depth_m"][0] for s in samples]
+                                max_depth_m=hi, behind_focus=float(s["focus_m"]) < hi)["depth_m"][0] for s in samples]
     dfb = _row(synthetic, "depth-from-bokeh (closed form) on physics")
     assert dfb["oracle"] and dfb["metrics"]["abs_rel"] == pytest.approx(_abs_rel(by_hand, samples, lo, hi), rel=1e-6)
     # the folder: real frames, an oracle stack rendered from its GT depth at --K
