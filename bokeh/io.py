@@ -153,14 +153,20 @@ def _open_image(path: Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: the file is corrupt or not an image ({error})") from error
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+def read_image(path: str | Path, *, exif_orientation: bool = False) -> torch.Tensor:
     """Read an image as float32 sRGB in [0, 1], shape [3, H, W].
 
     Grayscale is replicated to RGB and RGBA loses its alpha (composited on nothing: alpha dropped), each with a
     warning, because every model here expects three colour channels. 16-bit images keep their precision.
+    ``exif_orientation``: turn the pixels upright as the EXIF Orientation tag says (photos from phones and cameras);
+    off by default, because dataset images are stored aligned with their depth maps, whatever a tag says.
     """
     path = Path(path)
     image = _open_image(path)
+    if exif_orientation:
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32) / (65535.0 if mode.startswith("I;16") else float(max(np.asarray(image).max(), 1)))

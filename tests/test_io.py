@@ -112,3 +112,22 @@ def test_image_grid_layout() -> None:
     grid = image_grid([[a, b], [b]], pad=1)
     assert grid.shape == (2 * (4 + 1) + 1, 2 * (6 + 1) + 1, 3)
     assert grid[1, 1].tolist() == [0, 0, 0] and grid[1, 8].tolist() == [255, 255, 255]
+
+
+def test_read_image_turns_photos_upright_only_when_asked(tmp_path):
+    """EXIF Orientation 6 (rotate 90 degrees clockwise to view): a 4-wide, 2-high stored image is 2 wide, 4 high."""
+    from PIL import Image
+
+    from bokeh.io import read_image
+
+    stored = np.zeros((2, 4, 3), dtype=np.uint8)
+    stored[0, 0] = 255  # top-left red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    assert tuple(read_image(path).shape) == (3, 2, 4)  # datasets: as stored
+    upright = read_image(path, exif_orientation=True)
+    assert tuple(upright.shape) == (3, 4, 2)
+    # rotating 90 degrees clockwise moves the stored top-left pixel to the top-right
+    assert upright[0, 0, 1] == 1.0 and upright[0, 0, 0] == 0.0

@@ -356,7 +356,7 @@ def make_stack(args: argparse.Namespace, item: Item, image_work: torch.Tensor, w
             raise DatasetError(f"{item.name}: {len(item.frames)} frames but {len(item.frame_K)} K values")
         frames = []
         for path in item.frames:
-            frame = read_image(path)
+            frame = read_image(path, exif_orientation=True)  # the same camera, the same tag as the photo
             if frame.shape[-2:] != (item_size := tuple(image_size_of(item))):
                 raise DatasetError(f"{item.name}: frame {path.name} is {frame.shape[-1]}x{frame.shape[-2]} but the "
                                    f"photo is {item_size[1]}x{item_size[0]} (WxH); frames must match the photo")
@@ -459,7 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "images": [], "skipped": []}
     for item in items:
         try:
-            image = read_image(item.image)
+            image = read_image(item.image, exif_orientation=True)  # photos: upright as the camera tagged them
         except ImageReadError as error:
             warnings.warn(f"skipping {item.image}: {error}", stacklevel=1)
             summary["skipped"].append({"name": item.name, "path": str(item.image), "reason": str(error)})
