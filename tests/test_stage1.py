@@ -287,3 +287,17 @@ def test_generator_metadata_records_the_training_focus(tmp_path):
     export_generator(module, tmp_path / "nearest")
     _, meta = load_generator(tmp_path / "nearest")
     assert meta["focus_m"] is None and "nearest subject" in meta["focus_policy"]
+
+
+def test_stage1_default_generates_stage2_default_stack():
+    """configs/stage1.yaml's focus and eval strengths are Stage-2's default stack (configs/data/synthetic.yaml) at the
+    generator's width (K scales with image width), inside its trained K range: make_stack's default output is what
+    the main job trains on."""
+    from lightning_modules.config import load_config
+
+    s1 = load_config(["stage1.yaml"])
+    s2 = load_config(["data/synthetic.yaml"]).data.synthetic
+    scale = s1.data.width / s2.width
+    assert s1.data.synthetic.focus_m == s2.focus_m
+    assert list(s1.eval.K_px_m) == pytest.approx([k * scale for k in s2.K_px_m], rel=1e-5)
+    assert all(s1.k.min <= k * scale <= s1.k.max for k in s2.K_px_m)
