@@ -310,13 +310,13 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
         check_trainer_config(vcfg.trainer)
         L.seed_everything(seed, workers=True, verbose=False)
         built[name] = build(vcfg)
+    parallel = parallel_variants(cfg, len(variants))  # a bad value is a config error: raised before the run dir exists
     run_dir = prepare_run_dir()
     multi = len(variants) > 1
-    for module, datamodule in built.values():
+    for _, datamodule in built.values():
         if isinstance(datamodule, SyntheticStackDataModule):
             # render every split here, once: variant processes and spawned DDP workers receive the tensors
             datamodule.setup(None)
-    parallel = parallel_variants(cfg, len(variants))
     results: dict[str, Any] = {}
     children: dict[str, Any] = {}
     for name, vcfg in variants.items():

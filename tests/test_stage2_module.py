@@ -143,3 +143,14 @@ def test_bad_checkpoint_settings_are_refused_before_training(override, key):
     cfg = load_config(["stage2_smoke.yaml"], [override])
     with pytest.raises(ConfigError, match=key):
         build(cfg)
+
+
+def test_bad_parallel_variants_value_leaves_no_run_dir(tmp_path):
+    from lightning_modules.config import ConfigError, load_config
+    from lightning_modules.stage2 import run
+
+    cfg = load_config(["stage2_smoke.yaml"], ["parallel_variants=sometimes"])
+    made = []
+    with pytest.raises(ConfigError, match="parallel_variants"):
+        run(cfg, lambda: made.append(tmp_path / "run") or tmp_path / "run")
+    assert made == []
