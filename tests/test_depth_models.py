@@ -294,13 +294,12 @@ def test_deepcopy_keeps_inside_refinement() -> None:
         assert (out - base(image)).abs().max() > 1e-3
 
 
-def test_bench_stage2_runs_and_reports_consistent_numbers(tmp_path, repo_root) -> None:
-    import importlib.util
+def test_bench_stage2_runs_and_reports_consistent_numbers(tmp_path) -> None:
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_stage2", repo_root / "tools" / "bench_stage2.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from _tools import load_tool
+
+    bench = load_tool("bench_stage2")
     out = tmp_path / "bench.json"
     results = bench.main(["--sizes", "tiny", "--frames", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
                           "--out", str(out)])
@@ -319,3 +318,19 @@ def test_dsfa_stats_names_every_block() -> None:
     stats = model.dsfa_stats()
     assert {k.split("/")[0] for k in stats} == {"tap2", "tap3"} and stats["tap3/gamma_focus1"] == 0.0
     assert build_depth_model({"dsfa": {"enabled": False}}).dsfa_stats() == {}
+
+
+@pytest.mark.parametrize("placement", ["posthoc", "inside"])
+def test_defocus_cue_keeps_identity_at_init_and_trains(placement: str) -> None:
+    """The pixel defocus cue is plug-and-play too (zero projection at init), and one step puts it to use."""
+    model, base = _pair("depth_anything_v2", placement, dsfa={"placement": placement, "defocus_cue": True})
+    image, stack, K = _inputs("depth_anything_v2")
+    with torch.no_grad():
+        assert torch.equal(model(image, stack, K), base(image))
+    model.train()
+    target = torch.full((2, 1, *FAMILIES["depth_anything_v2"]), 3.0)
+    F.mse_loss(model(image, stack, K), target).backward()
+    proj_grads = [block.cue_proj.weight.grad for block in model.dsfa.values()]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in proj_grads)
+    groups = model.param_groups()
+    assert all(any(p is q for q in groups["dsfa"]) for p in model.dsfa_cue.parameters())

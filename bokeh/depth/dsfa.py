@@ -105,10 +105,13 @@ class DSFA(nn.Module):
         spatial: run the per-frame spatial step (kappa token + self-attention + MLP); False skips it (cheaper).
         gamma_init: initial LayerScale gamma of every residual path. 0 (default): the block is the identity at init
             (plug-and-play on a pretrained model); > 0 (e.g. 1): open from the start, for encoders trained from scratch.
+        cue_dim: width of optional pixel-level defocus-cue features per patch token (:class:`DefocusCue`), added to
+            every frame's tokens through a zero-initialised Linear(cue_dim -> D) before the spatial step; 0: none.
         eps: LayerNorm epsilon.
 
-    Shapes: ``forward(R [B,P,D], S [B,N,P,D] | None, K_px_m [B,N] | None) -> [B,P,D]``; P counts every token the
-    caller passes (a CLS token included). N = 0 (or S None) runs the block on the reference alone (F = 1).
+    Shapes: ``forward(R [B,P,D], S [B,N,P,D] | None, K_px_m [B,N] | None, cue [B,F,G,cue_dim] | None) -> [B,P,D]``;
+    P counts every token the caller passes (a CLS token included), the cue covers the last G (patch) tokens of each
+    frame. N = 0 (or S None) runs the block on the reference alone (F = 1).
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class DSFA(nn.Module):
         alpha_init: float = 1.0,
         spatial: bool = True,
         gamma_init: float = 0.0,
+        cue_dim: int = 0,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
@@ -146,6 +150,13 @@ class DSFA(nn.Module):
         self.film = nn.Linear(dim, 2 * dim)
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
+        if cue_dim < 0:
+            raise ValueError(f"DSFA cue_dim must be >= 0 (0: no defocus cue), got {cue_dim}")
+        self.cue_dim = int(cue_dim)
+        if self.cue_dim:
+            self.cue_proj = nn.Linear(self.cue_dim, dim)
+            nn.init.zeros_(self.cue_proj.weight)  # zero: the block stays the identity at init (gamma_init 0)
+            nn.init.zeros_(self.cue_proj.bias)
 
         if self.spatial:
             self.spatial_norm1 = nn.LayerNorm(dim, eps=eps)
@@ -204,13 +215,16 @@ class DSFA(nn.Module):
             raise ValueError(f"DSFA K_px_m must be finite and >= 0 (px*m), got {K_px_m.detach().cpu().tolist()}")
         return n
 
-    def forward(self, R: torch.Tensor, S: torch.Tensor | None = None, K_px_m: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, R: torch.Tensor, S: torch.Tensor | None = None, K_px_m: torch.Tensor | None = None,
+                cue: torch.Tensor | None = None) -> torch.Tensor:
         """Refine the reference tokens with the stack.
 
         Args:
             R: reference tokens [B,P,D].
             S: stack tokens [B,N,P,D] (the bokeh frames through the same encoder layer) or None.
             K_px_m: blur strengths K of the stack frames [B,N] in px*m (>= 0, in the pixel grid of the tokens' image).
+            cue: defocus-cue features [B,F,G,cue_dim] of the reference and the N frames (G <= P patch tokens, the
+                last G of each frame), or None; required when the block was built with cue_dim > 0.
 
         Returns:
             Refined reference tokens [B,P,D]; equal to R bit for bit at initialisation.
@@ -225,6 +239,12 @@ class DSFA(nn.Module):
             x, k = R.unsqueeze(1), zero
         f = x.shape[1]
         kappa = self.k_embed(k.unsqueeze(-1))  # [B,F,D]
+        if self.cue_dim:
+            if cue is None or cue.ndim != 4 or cue.shape[:2] != (b, f) or cue.shape[2] > p or cue.shape[3] != self.cue_dim:
+                got = None if cue is None else tuple(cue.shape)
+                raise ValueError(f"DSFA cue must be [B,F,G,{self.cue_dim}] with B={b}, F={f}, G <= {p}, got {got}")
+            prefix = p - cue.shape[2]  # CLS / register tokens carry no pixel cue
+            x = torch.cat([x[:, :, :prefix], x[:, :, prefix:] + self.cue_proj(cue.to(x.dtype))], dim=2)
 
         if self.spatial:
             xs = x.reshape(b * f, p, d)

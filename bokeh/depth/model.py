@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .defocus_cue import DefocusCue
 from .dsfa import DSFA
 from .encoders import DepthBackbone, build_backbone
 
@@ -52,6 +53,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "alpha_init": 1.0,  # initial focus-bias slope (> 0)
         "spatial": True,  # run the per-frame spatial step
         "gamma_init": 0.0,  # 0: identity at init (pretrained encoders); 1: open paths (encoders trained from scratch)
+        "defocus_cue": False,  # add pixel-level log band-energy ratios (DefocusCue) to every frame's tokens
+        "cue_channels": 8,  # band-pass filters per scale of the defocus cue
+        "cue_scales": 3,  # dyadic scales of the defocus cue (3: full, 1/2, 1/4 resolution)
     },
 }
 
@@ -134,6 +138,7 @@ class BokehDepthModel(nn.Module):
         self.register_buffer("image_mean", torch.tensor(backbone.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(backbone.image_std).view(1, 3, 1, 1), persistent=False)
         self.dsfa = nn.ModuleDict()
+        self.dsfa_cue: DefocusCue | None = None  # optional pixel-level defocus cue shared by the DSFA blocks
         self.placement = "posthoc"
         self.dsfa_taps: list[int] = []
         self._ctx: dict[str, Any] | None = None
@@ -164,6 +169,9 @@ class BokehDepthModel(nn.Module):
         self.placement = placement
         self.dsfa_taps = sorted(resolved)
         heads = cfg.get("num_heads") or self.backbone.num_heads
+        if cfg.get("defocus_cue", False):
+            self.dsfa_cue = DefocusCue(channels=int(cfg.get("cue_channels", 8)), scales=int(cfg.get("cue_scales", 3)))
+        cue_dim = self.dsfa_cue.out_dim if self.dsfa_cue is not None else 0
         for t in self.dsfa_taps:
             self.dsfa[str(t)] = DSFA(
                 self.backbone.hidden_size,
@@ -174,6 +182,7 @@ class BokehDepthModel(nn.Module):
                 alpha_init=float(cfg.get("alpha_init", 1.0)),
                 spatial=bool(cfg.get("spatial", True)),
                 gamma_init=float(cfg.get("gamma_init", 0.0)),
+                cue_dim=cue_dim,
             )
 
     def _make_inside_hook(self, tap: int):
@@ -189,9 +198,9 @@ class BokehDepthModel(nn.Module):
             if ctx["mode"] == "joint":
                 ref, rest = tokens[:b], tokens[b:]
                 stack = rest.view(n, b, *rest.shape[1:]).transpose(0, 1) if n else None
-                refined = torch.cat([self.dsfa[str(tap)](ref, stack, ctx["K"]), rest], dim=0)
+                refined = torch.cat([self.dsfa[str(tap)](ref, stack, ctx["K"], ctx["cue"]), rest], dim=0)
             else:  # "reference": stack tokens come from the recorded pass
-                refined = self.dsfa[str(tap)](tokens, ctx["cache"].get(tap), ctx["K"])
+                refined = self.dsfa[str(tap)](tokens, ctx["cache"].get(tap), ctx["K"], ctx["cue"])
             return (refined, *output[1:]) if isinstance(output, tuple) else refined
 
         return hook
@@ -214,8 +223,9 @@ class BokehDepthModel(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role for per-group learning rates: {"dsfa", "encoder", "decoder"} (lists may be empty)."""
+        cue = list(self.dsfa_cue.parameters()) if self.dsfa_cue is not None else []
         groups = {
-            "dsfa": list(self.dsfa.parameters()),
+            "dsfa": list(self.dsfa.parameters()) + cue,
             "encoder": [p for m in self.backbone.encoder_modules() for p in m.parameters()],
             "decoder": [p for m in self.backbone.decoder_modules() for p in m.parameters()],
         }
@@ -308,19 +318,27 @@ class BokehDepthModel(nn.Module):
 
         # blur radii scale with the image width: DSFA sees K in the pixels of the grid it looks at
         K = K_px_m.to(device=image.device, dtype=image.dtype) * (ww / w) if n else None
+        grid = (hw // self.backbone.patch_size, ww // self.backbone.patch_size)
+        cue = None
+        if self.dsfa_enabled and self.dsfa_cue is not None:
+            frames = torch.cat([image.unsqueeze(1), stack], dim=1) if n else image.unsqueeze(1)  # [B,F,3,h,w] sRGB
+            if resize:
+                frames = F.interpolate(frames.flatten(0, 1), size=(hw, ww), mode="bilinear", align_corners=False,
+                                       antialias=True).view(b, -1, 3, hw, ww)
+            cue = self.dsfa_cue(frames, grid)
         if not self.dsfa_enabled:
             taps = self.backbone.encode(prep(image))
         elif self.placement == "posthoc":
-            taps = self._posthoc(prep, image, stack, K, n, b)
+            taps = self._posthoc(prep, image, stack, K, n, b, cue)
         else:
-            taps = self._inside(prep, image, stack, K, n, b)
-        return taps, (hw // self.backbone.patch_size, ww // self.backbone.patch_size)
+            taps = self._inside(prep, image, stack, K, n, b, cue)
+        return taps, grid
 
     def _stack_pixels(self, prep, stack: torch.Tensor, n: int, b: int) -> torch.Tensor:
         # frame-major [N*B,3,h,w]: frame i of every sample, then frame i+1 ...
         return prep(stack.transpose(0, 1).reshape(n * b, *stack.shape[2:]))
 
-    def _posthoc(self, prep, image, stack, K, n, b) -> list[torch.Tensor]:
+    def _posthoc(self, prep, image, stack, K, n, b, cue) -> list[torch.Tensor]:
         if n and self.stack_no_grad:
             ref_taps = self.backbone.encode(prep(image))
             with torch.no_grad():
@@ -336,10 +354,10 @@ class BokehDepthModel(nn.Module):
             stack_taps = [None] * len(ref_taps)
         out = list(ref_taps)
         for t in self.dsfa_taps:
-            out[t] = self.dsfa[str(t)](ref_taps[t], stack_taps[t], K)
+            out[t] = self.dsfa[str(t)](ref_taps[t], stack_taps[t], K, cue)
         return out
 
-    def _inside(self, prep, image, stack, K, n, b) -> list[torch.Tensor]:
+    def _inside(self, prep, image, stack, K, n, b, cue) -> list[torch.Tensor]:
         checkpointed = any(getattr(block, "gradient_checkpointing", False) for block in self.backbone.blocks)
         if checkpointed and self.training and torch.is_grad_enabled():
             # checkpointed blocks re-run in backward, after the hooks' context is gone: refinement would be lost
@@ -352,16 +370,16 @@ class BokehDepthModel(nn.Module):
         ]
         try:
             if n and self.stack_no_grad:
-                self._ctx = {"mode": "record", "B": b, "N": n, "K": K, "cache": {}}
+                self._ctx = {"mode": "record", "B": b, "N": n, "K": K, "cue": cue, "cache": {}}
                 with torch.no_grad():
                     self.backbone.encode(self._stack_pixels(prep, stack, n, b))
                 self._ctx["mode"] = "reference"
                 return self.backbone.encode(prep(image))
             if n:
-                self._ctx = {"mode": "joint", "B": b, "N": n, "K": K, "cache": {}}
+                self._ctx = {"mode": "joint", "B": b, "N": n, "K": K, "cue": cue, "cache": {}}
                 pixels = torch.cat([prep(image), self._stack_pixels(prep, stack, n, b)], dim=0)
                 return [t[:b] for t in self.backbone.encode(pixels)]
-            self._ctx = {"mode": "reference", "B": b, "N": 0, "K": None, "cache": {}}
+            self._ctx = {"mode": "reference", "B": b, "N": 0, "K": None, "cue": cue, "cache": {}}
             return self.backbone.encode(prep(image))
         finally:
             self._ctx = None
@@ -381,7 +399,8 @@ def build_depth_model(cfg: Mapping[str, Any] | Any = None) -> BokehDepthModel:
         min_depth_m: output floor (m).
         stack_no_grad: encode stack frames without gradients.
         arch: preset overrides {backbone: {...}, decoder: {...}}.
-        dsfa: {enabled, taps, placement, k_scale, num_heads, mlp_ratio, attn_ratio, alpha_init, spatial, gamma_init}.
+        dsfa: {enabled, taps, placement, k_scale, num_heads, mlp_ratio, attn_ratio, alpha_init, spatial, gamma_init,
+            defocus_cue, cue_channels, cue_scales}.
     Unknown keys raise ValueError naming the key.
     """
     cfg = _merge(DEFAULT_CONFIG, _to_dict(cfg))
