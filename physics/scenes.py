@@ -10,9 +10,23 @@ What depth-from-defocus needs, at any resolution and deterministic per seed:
 - small bright highlights (sRGB values 0.95-1.0 on surfaces whose other values stay <= 0.9) with an HDR gain map
   ``hdr_gain`` (linear radiance = linear(image) * hdr_gain, 1 elsewhere) for bokeh-ball rendering.
 
-Appearance does not reveal depth: texture kind, scale, colours, object sizes and highlight placement are drawn
-independently of the depths, and textures are not perspective-foreshortened. Only the occlusion order and the sharp
-subject (see below) tie appearance to geometry, so defocus stays the informative cue.
+Appearance does not reveal depth (the default, ``appearance_cues=0``): texture kind, scale, colours, object sizes
+and highlight placement are drawn independently of the depths, and textures are not perspective-foreshortened. Only
+the occlusion order and the sharp subject (see below) tie appearance to geometry, so defocus stays the informative cue.
+
+``appearance_cues=a > 0`` adds the two monocular cues real photos carry, on the same geometry (depth, labels, focus,
+intrinsics and highlight positions equal those of the ``a=0`` scene of the same seed):
+
+- perspective texture scale: a surface's texture periods are multiplied by ``z_ref / z_surface`` (twice as far ->
+  features half as large in px), with ``z_ref`` the geometric mean of ``depth_range_m`` and ``z_surface`` the
+  harmonic mean depth over the surface's own footprint (one scale per surface: a slanted plane is not foreshortened
+  across itself); scaled periods are floored at 2 px so fine textures do not alias into coarse ones;
+- aerial perspective (haze), in linear light after compositing: ``t * radiance + (1 - t) * HAZE_LINEAR`` with
+  transmittance ``t = exp(-a * depth_m / far)`` per pixel and one fixed haze colour for every scene (a light grey-blue,
+  so that colour, not only contrast, drifts with depth). On highlights only the surface term is boosted:
+  ``linear(image) * hdr_gain = t * gain * linear(tint) + (1 - t) * HAZE_LINEAR`` exactly, with the stored pixel as
+  bright (max channel) as the hazed tint, so highlights stay brighter than the hazed surfaces around them and fade
+  into the haze far away (hazed surfaces reach the haze's sRGB 0.91, above the 0.9 cap of the cue-free scenes).
 
 Focus policy: a fronto-parallel "subject" object is the nearest surface and ``focus_m`` is its depth (= the minimum
 depth of the scene), so the whole scene lies on or behind the focal plane and the signed CoC radius
@@ -29,11 +43,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 TEXTURES = ("flat", "noise", "stripes", "checker", "speckle")
+HAZE_LINEAR = (0.70, 0.75, 0.80)  # linear RGB airlight of appearance_cues > 0: a light grey-blue sky
+MIN_PERIOD_PX = 2.0  # perspective-scaled texture periods stop here (Nyquist: finer stripes would alias)
 
 
 @dataclass
@@ -44,6 +61,8 @@ class Scene:
     intrinsics: [3,3] float32 (fx, fy, cx, cy in px). focus_m: focus distance (m) under the focus policy.
     hdr_gain: [1,H,W] float32 >= 1, linear-light multiplier (> 1 on highlights). labels: [1,H,W] int64 surface id
     (0 = background wall, 1 = floor, 2.. = objects, 2 = the subject). seed: the seed it was made from.
+    info: the drawn parameters (subject / background depth, appearance_cues, and per surface its label, texture
+    kind, depth_m = harmonic mean depth over its footprint, texture_scale).
     """
 
     image: torch.Tensor
@@ -75,8 +94,18 @@ class _Rng:
 
     def __init__(self, seed: int):
         seed = int(seed) & 0x7FFF_FFFF_FFFF_FFFF
+        self.seed = seed
         self.g = torch.Generator().manual_seed(seed)
         self.py = random.Random(seed)  # scalar draws: much cheaper than 0-d tensors
+        self._tex: torch.Generator | None = None
+
+    @property
+    def tex(self) -> torch.Generator:
+        """Second stream for perspective-scaled noise grids: their size depends on depth, and drawing them from ``g``
+        would shift every later draw (shapes, highlights), i.e. change the geometry along with the appearance."""
+        if self._tex is None:
+            self._tex = torch.Generator().manual_seed(self.seed ^ 0x2545_F491_4F6C_DD1D)
+        return self._tex
 
     def uniform(self, lo: float = 0.0, hi: float = 1.0, size: tuple[int, ...] = ()) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(size, generator=self.g)
@@ -104,14 +133,25 @@ class _Rng:
 # ------------------------------------------------------------------------------------------------ textures
 
 
-def _noise(rng: _Rng, h: int, w: int, period_px: float, octaves: int = 3) -> torch.Tensor:
-    """Band-limited value noise in [0,1], [H,W]: bicubic upsampling of random grids, coarsest period ``period_px``."""
+def _scaled_period(period_px: float, scale: float) -> float:
+    """Texture period (px) of a surface seen at ``scale`` = z_ref / z_surface, floored at MIN_PERIOD_PX."""
+    return period_px if scale == 1.0 else max(period_px * scale, MIN_PERIOD_PX)
+
+
+def _noise(rng: _Rng, h: int, w: int, period_px: float, octaves: int = 3, scale: float = 1.0) -> torch.Tensor:
+    """Band-limited value noise in [0,1], [H,W]: bicubic upsampling of random grids, coarsest period
+    ``period_px`` (times the perspective ``scale``; see :func:`_scaled_period`)."""
     out = torch.zeros(h, w)
     amp, total = 1.0, 0.0
     for o in range(octaves):
         p = max(period_px / (2**o), 1.5)
         gh, gw = max(2, math.ceil(h / p) + 1), max(2, math.ceil(w / p) + 1)
         grid = torch.rand((1, 1, gh, gw), generator=rng.g)
+        if scale != 1.0:
+            # the unscaled draw above keeps rng.g where the cue-free scene has it; the grid used comes from rng.tex
+            p = max(_scaled_period(period_px, scale) / (2**o), 1.5)
+            gh, gw = max(2, math.ceil(h / p) + 1), max(2, math.ceil(w / p) + 1)
+            grid = torch.rand((1, 1, gh, gw), generator=rng.tex)
         up = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)[0, 0]
         out += amp * up
         total += amp
@@ -121,8 +161,11 @@ def _noise(rng: _Rng, h: int, w: int, period_px: float, octaves: int = 3) -> tor
     return (out - lo) / (hi - lo).clamp_min(1e-6)
 
 
-def _texture(rng: _Rng, kind: str, X: torch.Tensor, Y: torch.Tensor, short_px: int) -> torch.Tensor:
-    """A [3,H,W] sRGB texture of ``kind`` over the whole frame (masked later). Scales in pixels, depth-independent."""
+def _texture(rng: _Rng, kind: str, X: torch.Tensor, Y: torch.Tensor, short_px: int,
+             scale: float = 1.0) -> torch.Tensor:
+    """A [3,H,W] sRGB texture of ``kind`` over the whole frame (masked later). Periods are drawn in px (3-40) and
+    multiplied by the perspective ``scale`` (1 = depth-independent; speckle's 1-px dots stay 1 px). The draws do not
+    depend on ``scale``."""
     h, w = X.shape
     c1, c2 = rng.colour(), rng.colour()
     if kind == "flat":
@@ -131,22 +174,22 @@ def _texture(rng: _Rng, kind: str, X: torch.Tensor, Y: torch.Tensor, short_px: i
         return (c1[:, None, None] * shade).clamp(0, 0.9)
     period = rng.log_u(3.0, 40.0)  # px
     if kind == "noise":
-        t = _noise(rng, h, w, period, octaves=rng.randint(1, 4))
+        t = _noise(rng, h, w, period, octaves=rng.randint(1, 4), scale=scale)
         t = t if rng.u() < 0.5 else (t > 0.5).float() * 0.8 + 0.2 * t
     elif kind == "stripes":
         theta = rng.u(0, math.pi)
-        phase = (X * math.cos(theta) + Y * math.sin(theta)) * short_px / period
+        phase = (X * math.cos(theta) + Y * math.sin(theta)) * short_px / _scaled_period(period, scale)
         t = 0.5 + 0.5 * torch.sin(2 * math.pi * phase + rng.u(0, 2 * math.pi))
         if rng.u() < 0.5:
             t = (t > 0.5).float()
     elif kind == "checker":
         theta = rng.u(0, math.pi)
-        a = (X * math.cos(theta) + Y * math.sin(theta)) * short_px / period
-        b = (-X * math.sin(theta) + Y * math.cos(theta)) * short_px / period
+        a = (X * math.cos(theta) + Y * math.sin(theta)) * short_px / _scaled_period(period, scale)
+        b = (-X * math.sin(theta) + Y * math.cos(theta)) * short_px / _scaled_period(period, scale)
         t = ((torch.floor(a) + torch.floor(b)) % 2).float()
     elif kind == "speckle":
         t = torch.rand((h, w), generator=rng.g)
-        t = (t > rng.u(0.5, 0.9)).float() * 0.7 + 0.3 * _noise(rng, h, w, period, 2)
+        t = (t > rng.u(0.5, 0.9)).float() * 0.7 + 0.3 * _noise(rng, h, w, period, 2, scale=scale)
     else:  # pragma: no cover - internal
         raise ValueError(f"unknown texture {kind!r}")
     return (c1[:, None, None] * (1 - t) + c2[:, None, None] * t).clamp(0, 0.9)
@@ -199,7 +242,7 @@ def _plane_inv_depth(rng: _Rng, X: torch.Tensor, Y: torch.Tensor, inv0: float, c
 def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float, float] = (0.5, 10.0),
                num_objects: tuple[int, int] = (2, 7), p_textureless: float = 0.25, p_slanted: float = 0.5,
                highlights_per_mpx: float = 300.0, hfov_deg: tuple[float, float] = (45.0, 75.0),
-               focus_policy: str = "nearest") -> Scene:
+               focus_policy: str = "nearest", appearance_cues: float = 0.0) -> Scene:
     """Make one deterministic scene from ``seed``.
 
     Args:
@@ -214,6 +257,9 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
         hfov_deg: range of the horizontal field of view that sets fx (independent of the content).
         focus_policy: "nearest" (focus on the fronto-parallel nearest subject, all r >= 0) or "none" (subject
             drawn like the others, focus at the median depth).
+        appearance_cues: a >= 0 (dimensionless). 0: appearance hides depth (bit-identical to scenes made before the
+            option existed). a > 0: perspective texture scale (on/off) and haze with optical depth
+            ``a * depth_m / far`` (see the module docstring); the geometry is that of the a = 0 scene.
     Returns: :class:`Scene`.
     """
     if height < 8 or width < 8:
@@ -225,6 +271,13 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
         raise ValueError(f"num_objects must be (lo, hi) with 0 <= lo <= hi, got {num_objects}")
     if focus_policy not in ("nearest", "none"):
         raise ValueError(f"focus_policy must be 'nearest' or 'none', got {focus_policy!r}")
+    try:
+        cues = float(appearance_cues)
+    except (TypeError, ValueError):
+        cues = math.nan
+    if not (math.isfinite(cues) and cues >= 0):
+        raise ValueError(f"appearance_cues must be a finite number >= 0 (0 = appearance hides depth), "
+                         f"got {appearance_cues!r}")
 
     rng = _Rng(seed)
     short = min(height, width)
@@ -233,12 +286,20 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
     Y, X = torch.meshgrid(ys, xs, indexing="ij")  # units of the short side, origin at the centre
     half_w, half_h = width / (2 * short), height / (2 * short)
 
-    def tex() -> torch.Tensor:
-        kind = "flat" if rng.u() < p_textureless else rng.choice(TEXTURES[1:])
-        return _texture(rng, kind, X, Y, short)
-
     inv_near, inv_far = 1.0 / near, 1.0 / far
-    mid = math.sqrt(near * far)
+    mid = math.sqrt(near * far)  # also the reference depth of the perspective texture scale
+    surfaces: list[dict[str, Any]] = []
+
+    def tex(inv: torch.Tensor) -> torch.Tensor:
+        """Texture of the surface with inverse depth ``inv`` (0 off its footprint), recorded in ``surfaces``."""
+        kind = "flat" if rng.u() < p_textureless else rng.choice(TEXTURES[1:])
+        on = inv > 0
+        # an empty footprint (a shape that misses every pixel centre) is never seen: any depth will do
+        z = 1.0 / float(inv[on].mean()) if bool(on.any()) else mid
+        scale = mid / z if cues > 0 else 1.0
+        surfaces.append({"label": layer_id[0], "texture": kind, "depth_m": z, "texture_scale": scale})
+        return _texture(rng, kind, X, Y, short, scale)
+
     subject_z = rng.log_u(near, mid)
     # background: its nearest point at least 1.5x the subject's depth when the range allows it
     bg_lo = min(max(subject_z * 1.5, mid), far)
@@ -250,8 +311,9 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
     image = torch.zeros(3, height, width)
     labels = torch.zeros(height, width, dtype=torch.int64)
 
-    def composite(inv: torch.Tensor, texture: torch.Tensor) -> None:
+    def composite(inv: torch.Tensor) -> None:
         nonlocal inv_depth, image
+        texture = tex(inv)  # drawn after the layer's geometry, as always: the seed -> scene map does not change
         win = (inv > 0) & (inv >= inv_depth)
         inv_depth = torch.where(win, inv, inv_depth)
         image = torch.where(win[None], texture, image)
@@ -264,14 +326,14 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
     wall = torch.full_like(X, 1.0 / bg_z)
     if rng.u() < 0.5:
         wall = _plane_inv_depth(rng, X, Y, 1.0 / bg_z, 0.0, 0.0, 0.6, math.hypot(half_w, half_h))
-    composite(wall.clamp(inv_far, 1.0 / bg_lo if bg_lo < far else inv_far), tex())
+    composite(wall.clamp(inv_far, 1.0 / bg_lo if bg_lo < far else inv_far))
 
     # layer 1: an optional floor (inverse depth grows linearly below a horizon)
     if rng.u() < 0.4:
         horizon = rng.u(-0.2 * half_h, 0.6 * half_h)
         slope = (1.0 / (subject_z * rng.u(1.1, 1.4)) - 1.0 / bg_z) / max(half_h - horizon, 1e-3)
         floor = (1.0 / bg_z + slope * (Y - horizon)) * (Y > horizon)
-        composite(floor.clamp(max=1.0 / subject_z), tex())
+        composite(floor.clamp(max=1.0 / subject_z))
     else:
         layer_id[0] += 1
 
@@ -292,9 +354,15 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
             inv = _plane_inv_depth(rng, X, Y, 1.0 / z, cx, cy, 0.4, radius)
         lo = inv_far
         hi = 1.0 / subject_z if focus_policy == "nearest" else inv_near
-        composite(torch.where(mask, inv.clamp(lo, hi), torch.zeros_like(inv)), tex())
+        composite(torch.where(mask, inv.clamp(lo, hi), torch.zeros_like(inv)))
 
     depth = (1.0 / inv_depth).clamp(near, far)
+
+    haze = torch.tensor(HAZE_LINEAR)
+    if cues > 0:
+        transmittance = torch.exp(-cues * depth / far)  # [H,W]
+        lin = kornia.color.rgb_to_linear_rgb(image)
+        image = kornia.color.linear_rgb_to_rgb(transmittance * lin + (1 - transmittance) * haze[:, None, None])
 
     # highlights: tiny bright discs at depth-independent positions, values 0.95-1, HDR gain 2-30 in linear light
     n_hl = max(2, int(highlights_per_mpx * height * width / 1e6 + rng.u()))
@@ -314,9 +382,20 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
     hl_idx = torch.arange(n_hl)[:, None].expand_as(d2)[inside]
     flat = (iy * width + ix)[inside]
     image = image.reshape(3, -1).clone()
-    image[:, flat] = tint[hl_idx].T
+    if cues > 0:
+        t_hl = transmittance.reshape(-1)[flat]  # [m]
+        surface = kornia.color.rgb_to_linear_rgb(tint[hl_idx].T[:, None])[:, 0]  # [3,m] linear
+        airlight = (1 - t_hl) * haze[:, None]
+        radiance = t_hl * gains[hl_idx] * surface + airlight  # the gain boosts the surface term, not the haze
+        # one gain per pixel must serve three channels: store radiance / g with g chosen so the pixel's brightest
+        # channel is that of the hazed tint (g >= 1 since radiance >= hazed tint channel by channel)
+        g = radiance.amax(0) / (t_hl * surface + airlight).amax(0)
+        image[:, flat] = kornia.color.linear_rgb_to_rgb((radiance / g)[:, None])[:, 0]
+        hdr_gain.view(-1)[flat] = g
+    else:
+        image[:, flat] = tint[hl_idx].T
+        hdr_gain.view(-1)[flat] = gains[hl_idx]
     image = image.reshape(3, height, width)
-    hdr_gain.view(-1)[flat] = gains[hl_idx]
 
     if focus_policy == "nearest":
         focus_m = float(subject_z)
@@ -335,7 +414,9 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
         labels=labels[None],
         seed=int(seed),
         info={"num_objects": n_obj, "subject_depth_m": subject_z, "background_depth_m": bg_z,
-              "num_highlights": n_hl, "depth_range_m": (near, far), "focus_policy": focus_policy},
+              "num_highlights": n_hl, "depth_range_m": (near, far), "focus_policy": focus_policy,
+              "appearance_cues": cues, "haze_linear": HAZE_LINEAR if cues > 0 else None,
+              "texture_reference_depth_m": mid, "surfaces": surfaces},
     )
 
 
@@ -365,4 +446,4 @@ class SyntheticSceneDataset(Dataset):
         return scene.to_dict()
 
 
-__all__ = ["Scene", "SyntheticSceneDataset", "TEXTURES", "make_scene"]
+__all__ = ["HAZE_LINEAR", "Scene", "SyntheticSceneDataset", "TEXTURES", "make_scene"]

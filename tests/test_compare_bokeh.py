@@ -36,6 +36,29 @@ def test_k_calibration_fit_recovers_the_physics_k():
     assert compare.fit_k(scene.image, scene.depth_m, scene.focus_m, scene.image, 0.3, 8.0) < 0.6
 
 
+def test_population_radius_is_the_pixel_mean_of_abs_coc_over_all_samples():
+    # a: 4x4 px at 1 m, focus 100 m -> |delta| = 1 - 1/100; b: 4x8 px, half at 0.5 m (in front of the 1-m focus,
+    # |1 - 2| = 1) and half at 2 m (behind it, |1 - 0.5| = 0.5); pixel-weighted: b counts twice as much as a
+    a = {"depth_m": torch.ones(1, 4, 4), "focus_m": torch.tensor(100.0)}
+    b = {"depth_m": torch.cat([torch.full((1, 4, 4), 0.5), torch.full((1, 4, 4), 2.0)], dim=2), "focus_m": 1.0}
+    mean_delta = (16 * 0.99 + 16 * 1.0 + 16 * 0.5) / 48
+    assert compare.population_radius_px([a, b], [2.0, 5.0]) == pytest.approx([2 * mean_delta, 5 * mean_delta],
+                                                                              rel=1e-6)
+    with pytest.raises(ValueError, match="at least one sample"):
+        compare.population_radius_px([], [2.0])
+
+
+def test_scene_options_reach_the_synthetic_samples():
+    assert compare.parse_scene_options(None, {}) == {}
+    assert compare.parse_scene_options(None, {"scene_options": {"appearance_cues": 0.5}}) == {"appearance_cues": 0.5}
+    assert compare.parse_scene_options('{"appearance_cues": 1.0}', {}) == {"appearance_cues": 1.0}
+    with pytest.raises(SystemExit, match="scene-options"):
+        compare.parse_scene_options("[1, 2]", {})
+    plain = compare.synthetic_samples(1, 16, 0, 100.0)[0]
+    cued = compare.synthetic_samples(1, 16, 0, 100.0, {"appearance_cues": 1.0})[0]
+    assert torch.equal(plain["depth_m"], cued["depth_m"]) and not torch.equal(plain["image"], cued["image"])
+
+
 def test_compare_writes_html_and_json_with_baselines(tmp_path):
     torch.manual_seed(0)
     module, _ = build(load_config(["configs/stage1.yaml"], TINY))
@@ -52,7 +75,15 @@ def test_compare_writes_html_and_json_with_baselines(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["K_px_m"] == [2.0, 4.0]
     syn = saved["sections"]["synthetic test split"]["summary"]
-    assert set(syn) == {"learned", "learned_guided", "identity", "uniform_disk"}
+    assert set(syn) == {"learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population"}
+    for key in ("psnr", "ssim", "k_cal_err"):
+        assert math.isfinite(syn["uniform_disk_population"][key]), key
+    # the depth-free radius: mean |K (1/focus - 1/depth)| over the evaluated scene's pixels, one per K
+    depth = compare.synthetic_samples(1, 16, 0, 100.0)[0]["depth_m"].double()
+    expected = [K * float((1 / 100.0 - 1 / depth).abs().mean()) for K in (2.0, 4.0)]
+    assert saved["sections"]["synthetic test split"]["population_radius_px"] == pytest.approx(expected, rel=1e-6)
+    assert [row["population_radius_px"] for row in saved["sections"]["synthetic test split"]["rows"]] == \
+        pytest.approx(expected, rel=1e-6)
     # a fresh generator is the identity (zero-initialised residual): same numbers as the identity baseline
     assert syn["learned"]["psnr"] == pytest.approx(syn["identity"]["psnr"], abs=1e-3)
     assert syn["identity"]["k_cal_err"] > 0.5 and "k_cal_err_2d" in syn["learned"]
@@ -64,5 +95,5 @@ def test_compare_writes_html_and_json_with_baselines(tmp_path):
     assert real["rows"][0]["K_px_m"] == pytest.approx(float(k_from_lens(50, 2.8, 2.0, 24, sensor_width_mm=22.5)))
     assert math.isfinite(real["summary"]["uniform_disk"]["psnr"])
     html = (out / "index.html").read_text()
-    assert "synthetic test split" in html and "grids/" in html and (out / saved["sections"]["synthetic test split"]["grids"][0][1]).is_file()
+    assert "uniform_disk_population" in html and "synthetic test split" in html and "grids/" in html and (out / saved["sections"]["synthetic test split"]["grids"][0][1]).is_file()
     assert results["sections"].keys() == saved["sections"].keys()

@@ -1,12 +1,15 @@
-"""Procedural RGB-D scenes: determinism, ranges, occlusion structure, focus policy, highlights, Dataset."""
+"""Procedural RGB-D scenes: determinism, ranges, occlusion structure, focus policy, highlights, Dataset,
+appearance cues (haze, perspective texture scale)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from physics.camera import signed_coc_radius_px
-from physics.scenes import SyntheticSceneDataset, make_scene
+from physics.scenes import SyntheticSceneDataset, _Rng, _texture, make_scene
 
 
 def test_same_seed_gives_identical_scene():
@@ -139,3 +142,117 @@ def test_bad_options_rejected():
         make_scene(0, 16, 16, num_objects=(3, 1))
     with pytest.raises(ValueError, match="num_scenes"):
         SyntheticSceneDataset(0, 16, 16)
+
+
+# ------------------------------------------------------------------------------------------------ appearance cues
+
+
+def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """IEC 61966-2-1 decoding, written out here so the haze check does not reuse the code under test."""
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+
+
+@pytest.mark.parametrize("seed, h, w, options", [(0, 48, 64, {}), (7, 33, 17, {"p_textureless": 0.0}),
+                                                 (2_000_001, 64, 40, {"focus_policy": "none"})])
+def test_appearance_cues_default_is_bit_identical(seed, h, w, options):
+    a, b = make_scene(seed, h, w, **options), make_scene(seed, h, w, appearance_cues=0.0, **options)
+    for name in ("image", "depth_m", "intrinsics", "hdr_gain", "labels"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.focus_m == b.focus_m and a.info["appearance_cues"] == 0.0
+
+
+def test_appearance_cues_change_appearance_not_geometry():
+    for seed in range(4):
+        plain, cued = make_scene(seed, 48, 64, p_textureless=0.0), make_scene(seed, 48, 64, p_textureless=0.0,
+                                                                              appearance_cues=0.5)
+        assert torch.equal(plain.depth_m, cued.depth_m) and torch.equal(plain.labels, cued.labels)
+        assert torch.equal(plain.intrinsics, cued.intrinsics) and plain.focus_m == cued.focus_m
+        assert torch.equal(plain.hdr_gain > 1, cued.hdr_gain > 1)  # highlights at the same pixels
+        assert not torch.equal(plain.image, cued.image) and cued.info["appearance_cues"] == 0.5
+
+
+def test_haze_follows_the_transmittance_formula_on_flat_surfaces():
+    # all surfaces textureless: the perspective scale changes nothing, so the a = 0 scene of the same seed is the
+    # haze-free radiance, and every pixel must be t * radiance + (1 - t) * haze in linear light
+    a, far = 0.8, 10.0
+    haze = torch.tensor([0.70, 0.75, 0.80])[:, None, None]
+    for seed in range(3):
+        clear = make_scene(seed, 40, 56, p_textureless=1.0, depth_range_m=(0.5, far))
+        hazy = make_scene(seed, 40, 56, p_textureless=1.0, depth_range_m=(0.5, far), appearance_cues=a)
+        t = torch.exp(-a * hazy.depth_m / far)
+        expected_linear = t * _srgb_to_linear(clear.image) * clear.hdr_gain + (1 - t) * haze
+        # highlights included: the stored pixel times the stored gain is the hazed radiance (gain on the surface term)
+        assert torch.allclose(_srgb_to_linear(hazy.image) * hazy.hdr_gain, expected_linear, rtol=1e-4, atol=1e-5)
+        off = hazy.hdr_gain[0] == 1
+        assert torch.allclose(hazy.image[:, off], _linear_to_srgb(expected_linear)[:, off], atol=2e-5)
+        # the fronto-parallel subject (label 2) has one depth, so one transmittance: exp(-a * subject_z / far)
+        subject = hazy.labels[0] == 2
+        t_subject = math.exp(-a * hazy.info["subject_depth_m"] / far)
+        assert torch.allclose(t[0][subject], torch.tensor(t_subject), rtol=1e-5)
+        lin = t_subject * _srgb_to_linear(clear.image[:, subject & off]) + (1 - t_subject) * haze[:, 0]
+        assert torch.allclose(hazy.image[:, subject & off], _linear_to_srgb(lin), atol=2e-5)
+        assert (hazy.image - clear.image).abs().max() > 0.05  # the haze is visible, not a rounding effect
+
+
+def _mean_abs_gradient(texture: torch.Tensor) -> float:
+    lum = texture.mean(0)
+    return float((lum[1:] - lum[:-1]).abs().mean() + (lum[:, 1:] - lum[:, :-1]).abs().mean())
+
+
+@pytest.mark.parametrize("kind, tolerance", [("stripes", 0.05), ("checker", 0.08), ("noise", 0.15)])
+def test_texture_features_shrink_with_depth(kind, tolerance):
+    # the same surface twice as far (scale 1 vs 2 = z_ref / z) must show features half as large: edges / gradient
+    # per pixel double. Measured on a 257-px frame (>= 6 periods of the coarsest texture), median over 12 draws;
+    # noise lands below 2 because its finest octaves are floored at 1.5 px
+    n = 257
+    ys = (torch.arange(n, dtype=torch.float32) + 0.5 - n / 2) / n
+    Y, X = torch.meshgrid(ys, ys, indexing="ij")
+    ratios = [_mean_abs_gradient(_texture(_Rng(seed), kind, X, Y, n, scale=1.0))
+              / _mean_abs_gradient(_texture(_Rng(seed), kind, X, Y, n, scale=2.0)) for seed in range(12)]
+    assert abs(float(torch.tensor(ratios).median()) - 2.0) < 2.0 * tolerance, ratios
+
+
+def test_scene_textures_get_finer_with_depth_only_with_cues():
+    # per textured surface: gradient per unit contrast (1/px, a frequency) against depth over many scenes; the
+    # slope of log frequency on log depth is ~0 without cues and clearly positive with them (1 before the 2-px
+    # floor and finite surfaces bend it); a = 1e-3 leaves the haze negligible, so this isolates the texture scale
+    slopes = {}
+    for a in (0.0, 1e-3):
+        xs, ys = [], []
+        for seed in range(30):
+            s = make_scene(seed, 96, 96, p_textureless=0.0, appearance_cues=a)
+            lum, lab = s.image.mean(0), s.labels[0]
+            interior = s.hdr_gain[0] == 1
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    interior &= torch.roll(lab, (dy, dx), (0, 1)) == lab
+            interior = interior[:-1, :-1]
+            grad = (lum[1:, :-1] - lum[:-1, :-1]).abs() + (lum[:-1, 1:] - lum[:-1, :-1]).abs()
+            for surf in s.info["surfaces"]:
+                m = interior & (lab[:-1, :-1] == surf["label"])
+                if surf["texture"] in ("flat", "speckle") or m.sum() < 200 or lum[:-1, :-1][m].std() < 1e-3:
+                    continue
+                xs.append(math.log(float(s.depth_m[0, :-1, :-1][m].mean())))
+                ys.append(math.log(float(grad[m].mean() / lum[:-1, :-1][m].std())))
+                if a > 0:
+                    assert surf["texture_scale"] == pytest.approx(s.info["texture_reference_depth_m"] / surf["depth_m"])
+        x, y = torch.tensor(xs), torch.tensor(ys)
+        slopes[a] = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    assert abs(slopes[0.0]) < 0.2 and slopes[1e-3] > 0.4, slopes
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "strong"])
+def test_bad_appearance_cues_rejected(bad):
+    with pytest.raises(ValueError, match="appearance_cues"):
+        make_scene(0, 16, 16, appearance_cues=bad)
+    with pytest.raises(ValueError, match="appearance_cues"):
+        SyntheticSceneDataset(2, 16, 16, appearance_cues=bad)
+
+
+def test_appearance_cues_reach_the_dataset():
+    ds = SyntheticSceneDataset(2, 24, 32, seed=1, appearance_cues=0.6)
+    assert torch.equal(ds[1]["image"], make_scene(1_000_003 + 1, 24, 32, appearance_cues=0.6).image)

@@ -11,7 +11,11 @@ For every sample and strength K (px*m at the evaluated width) it compares, again
 ``focus_m``, e.g. a fixed 100 m, or each scene's nearest subject when that is null):
 - ``learned``: the Stage-1 generator (guidance off), ``learned_guided``: with physics guidance (flux conservation +
   stack consistency, strengths ``--flux-guidance`` / ``--stack-guidance``);
-- ``identity``: output = input; ``uniform_disk``: one disk blur of the frame's mean |CoC radius| over the image.
+- ``identity``: output = input; ``uniform_disk``: one disk blur of the frame's mean |CoC radius| over the image (an
+  oracle: it is told each scene's depth through that radius); ``uniform_disk_population``: one disk blur per K at
+  the population-mean radius K * mean |1/focus - 1/depth| over every pixel of every evaluated sample, the same for
+  all scenes -- the best a depth-free constant blur can know from the data distribution (on scenes whose appearance
+  hides depth, the ceiling of a depth-free uniform blur).
 K-calibration error: the K that best explains an output under the physics renderer (1-D fit with the known focus:
 log-K grid + parabola refinement; 2-D fit over focus x K on the first ``--fit2d-scenes`` scenes), as
 |K_fit - K| / K. Real aperture pairs (vabd: Canon 70D, APS-C 22.5 mm, 50 mm, f/16 input vs f/2.8, f/1.8; ebb:
@@ -25,6 +29,7 @@ learned+guidance | |learned - target| x4) and ``<out>/results.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -39,7 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 from bokeh.generation import GuidanceConfig  # noqa: E402
 from bokeh.io import image_grid, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
 
-METHODS = ("learned", "learned_guided", "identity", "uniform_disk")
+METHODS = ("learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population")
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -72,6 +77,22 @@ def uniform_disk(image: torch.Tensor, radius_px: float) -> torch.Tensor:
     lin = kornia.color.rgb_to_linear_rgb(image[None].clamp(0, 1))
     out = blur_bank(lin, [float(radius_px)])[0]
     return kornia.color.linear_rgb_to_rgb(out.clamp(0, 1))[0]
+
+
+def population_radius_px(samples: Sequence[dict[str, Any]], Ks: Sequence[float]) -> list[float]:
+    """Depth-free baseline radius (px) per K: the mean |r| = |K (1/focus_m - 1/depth_m)| over all pixels of all
+    ``samples`` (each with depth_m [1,H,W] in m and focus_m in m), pixel-weighted; K in px*m."""
+    from physics.camera import signed_coc_radius_px
+
+    total, count = 0.0, 0
+    for s in samples:
+        # |r| is K times |1/focus - 1/depth| (K >= 0): average that once, in float64 over possibly many pixels
+        delta = signed_coc_radius_px(s["depth_m"][None], 1.0, float(s["focus_m"])).abs().double()
+        total += float(delta.sum())
+        count += delta.numel()
+    if count == 0:
+        raise ValueError("population_radius_px needs at least one sample with a depth map")
+    return [abs(float(K)) * total / count for K in Ks]
 
 
 def fit_disk_radius(image: torch.Tensor, target: torch.Tensor, max_radius_px: float) -> float:
@@ -129,12 +150,13 @@ def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, obse
 
 
 # ------------------------------------------------------------------------------------------------------ samples
-def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = None) -> list[dict[str, Any]]:
+def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = None,
+                      scene_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The Stage-1 synthetic test split (same seeds as lightning_modules.stage1 'test'); focus_m: the generator's
-    training focus (None: each scene's nearest subject)."""
+    training focus (None: each scene's nearest subject); scene_options: keyword arguments of make_scene."""
     from lightning_modules.stage1 import SyntheticSplit
 
-    split = SyntheticSplit("test", count, size, size, seed, {}, focus_m)
+    split = SyntheticSplit("test", count, size, size, seed, dict(scene_options or {}), focus_m)
     return [dict(split[i], name=f"synthetic_{i:03d}") for i in range(count)]
 
 
@@ -204,6 +226,7 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
     except ImportError:  # pragma: no cover
         def tqdm(x, **_):
             return x
+    population = population_radius_px(samples, Ks)  # one radius per K for every scene: no per-scene depth
     for idx, s in enumerate(tqdm(samples, desc=tag, unit="scene")):
         image, depth, focus = s["image"], s["depth_m"], float(s["focus_m"])
         n = len(Ks)
@@ -216,11 +239,13 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
         grid_rows = []
         for j, K in enumerate(Ks):
             radius = signed_coc_radius_px(depth[None], K, focus).abs()
-            outputs = {"learned": learned[j], "identity": image, "uniform_disk": uniform_disk(image, float(radius.mean()))}
+            outputs = {"learned": learned[j], "identity": image,
+                       "uniform_disk": uniform_disk(image, float(radius.mean())),
+                       "uniform_disk_population": uniform_disk(image, population[j])}
             if guided is not None:
                 outputs["learned_guided"] = guided[j]
             row: dict[str, Any] = {"name": s["name"], "K_px_m": K, "focus_m": focus,
-                                   "mean_radius_px": float(radius.mean())}
+                                   "mean_radius_px": float(radius.mean()), "population_radius_px": population[j]}
             for method, pred in outputs.items():
                 m = {"psnr": psnr(pred, physics[j]), "ssim": ssim(pred, physics[j])}
                 if lpips is not None:
@@ -241,7 +266,7 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
             path = write_image(out / "grids" / f"{s['name']}.png", image_grid(grid_rows, labels=labels))
             grids.append((s["name"], path.relative_to(out).as_posix(), [round(k, 3) for k in Ks]))
     keys = ["psnr", "ssim", "k_cal_err", "k_cal_err_2d"] + (["lpips"] if lpips else [])
-    return {"rows": rows, "summary": summarize(rows, keys), "grids": grids}
+    return {"rows": rows, "summary": summarize(rows, keys), "grids": grids, "population_radius_px": population}
 
 
 def run_pairs(gen: Any, samples: list[dict[str, Any]], guidance: GuidanceConfig, steps: int, lpips: Callable | None,
@@ -285,10 +310,27 @@ def html_page(results: dict[str, Any]) -> str:
             parts.append(f"<tr><td>{method}</td>" + "".join(
                 f"<td>{vals[k]:.4g}</td>" if k in vals else "<td>-</td>" for k in keys) + "</tr>")
         parts.append("</table>")
+        if "population_radius_px" in data:
+            radii = ", ".join(f"{r:.3g}" for r in data["population_radius_px"])
+            parts.append(f"<p>uniform_disk_population radius (px) per K {results['K_px_m']}: {radii}</p>")
         for name, rel, Ks in data["grids"]:
             parts.append(f"<h3>{name} (K = {Ks} px*m)</h3><img src='{rel}' width='{min(1200, 220 * 5)}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def parse_scene_options(text: str | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """--scene-options JSON (an object), else the generator's recorded ``scene_options``, else {}."""
+    if text is None:
+        return dict(meta.get("scene_options") or {})
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--scene-options must be a JSON object, e.g. '{{\"appearance_cues\": 1.0}}': "
+                         f"{error}") from None
+    if not isinstance(options, dict):
+        raise SystemExit(f"--scene-options must be a JSON object, got {text!r}")
+    return options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -299,6 +341,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-scenes", type=int, default=16, help="synthetic test scenes (0 = skip)")
     p.add_argument("--size", type=int, default=None, help="synthetic scene size (default: the generator's width)")
     p.add_argument("--seed", type=int, default=0, help="data seed of the Stage-1 splits")
+    p.add_argument("--scene-options", default=None,
+                   help='JSON keyword arguments of physics.scenes.make_scene, e.g. \'{"appearance_cues": 1.0}\' '
+                        "(default: generator.json's scene_options when it records them, else none)")
     p.add_argument("--K", type=float, nargs="+", default=None, help="strengths (px*m at --size); default: eval K")
     p.add_argument("--rgbd", default=None, help="JSONL manifest {image, depth, depth_scale?, focus_m?}")
     p.add_argument("--aperture-pairs", default=None, help="folder with vabd/ and/or ebb/ real aperture pairs")
@@ -332,8 +377,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     sections: dict[str, Any] = {}
     bounds = (k_lo * scale, k_hi * scale)
+    scene_options = parse_scene_options(args.scene_options, meta)
     if args.num_scenes > 0:
-        samples = synthetic_samples(args.num_scenes, size, args.seed, meta.get("focus_m"))
+        samples = synthetic_samples(args.num_scenes, size, args.seed, meta.get("focus_m"), scene_options)
         sections["synthetic test split"] = run_synthetic(gen, samples, Ks, guidance, steps, bounds, args.fit2d_scenes,
                                                          lpips, out, "synthetic", args.max_grids)
     if args.rgbd:
@@ -350,15 +396,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     notes = (f"generator {args.generator} (trained width {meta['resolution']} px, K range [{k_lo}, {k_hi}] px*m, "
              f"physics references at focus {focus_text}); "
              f"{steps} sampling steps; guidance {guidance.to_dict()}; {lpips_note}. K-calibration error = |K_fit - K|/K, "
-             "K_fit by a 1-D log-K grid fit through physics.render with the true focus (2-D: focus x K).")
-    results = {"notes": notes, "K_px_m": Ks, "size": size, "seconds": time.perf_counter() - t0,
-               "sections": sections}
+             "K_fit by a 1-D log-K grid fit through physics.render with the true focus (2-D: focus x K). "
+             "Baselines: uniform_disk = one disk blur at each scene's true mean |r| (an oracle: told the depth); "
+             "uniform_disk_population = one disk blur at the mean |r| over all evaluated scenes, per K (depth-free). "
+             f"Synthetic scene options: {scene_options or 'defaults'}.")
+    results = {"notes": notes, "K_px_m": Ks, "size": size, "scene_options": scene_options,
+               "seconds": time.perf_counter() - t0, "sections": sections}
     write_json(out / "results.json", results)
     write_text(out / "index.html", html_page(results))
     for section, data in sections.items():
         print(f"== {section}")
         for method, vals in data["summary"].items():
-            print(f"  {method:15s} " + "  ".join(f"{k}={v:.4g}" for k, v in vals.items() if not k.endswith("_n")))
+            print(f"  {method:24s} " + "  ".join(f"{k}={v:.4g}" for k, v in vals.items() if not k.endswith("_n")))
+        if "population_radius_px" in data:
+            print("  uniform_disk_population radius (px) per K: "
+                  + ", ".join(f"K={k:.3g}: {r:.3g}" for k, r in zip(Ks, data["population_radius_px"])))
     print(f"wrote {out / 'index.html'} and {out / 'results.json'}")
     return results
 
