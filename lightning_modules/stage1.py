@@ -99,6 +99,11 @@ class SyntheticSplit(Dataset):
         self.base = int(seed) * 10_000_019 + SPLIT_OFFSETS[split]
         self.options = dict(scene_options)
         self.focus_m = check_focus_option(focus_m)
+        if self.count > 0:  # a bad scene option fails here, when the run is built, not at the first batch
+            try:
+                make_scene(self.base, self.height, self.width, **self.options)
+            except TypeError as err:
+                raise ValueError(f"data.synthetic.scene_options {self.options}: {err}") from None
 
     def __len__(self) -> int:
         return self.count
@@ -498,7 +503,9 @@ def generator_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``generator.json``: what :func:`load_generator` and the tools need to know about a trained generator."""
     return {"model": cfg["model"], "k": cfg["k"], "resolution": int(cfg["data"]["width"]),
             "eval_steps": int(cfg["eval"].get("num_steps", 4)), "eval_K_px_m": list(cfg["eval"].get("K_px_m", [])),
-            "trained_on": cfg["data"].get("kind", "synthetic"), **training_focus(cfg["data"])}
+            "trained_on": cfg["data"].get("kind", "synthetic"), **training_focus(cfg["data"]),
+            # the scenes it learned from: compare_bokeh evaluates on the same kind (e.g. appearance_cues)
+            "scene_options": dict(cfg["data"].get("synthetic", {}).get("scene_options") or {})}
 
 
 def export_generator(module: Stage1Module, run_dir: str | Path) -> Path:

@@ -302,11 +302,12 @@ def test_bench_stage2_runs_and_reports_consistent_numbers(tmp_path) -> None:
     bench = load_tool("bench_stage2")
     out = tmp_path / "bench.json"
     results = bench.main(["--sizes", "tiny", "--frames", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
-                          "--out", str(out)])
+                          "--defocus-cue", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     run = results["runs"][0]
-    model = build_depth_model({})
-    assert run["params"]["dsfa"] == sum(p.numel() for p in model.dsfa.parameters())
+    model = build_depth_model({"dsfa": {"defocus_cue": True}})
+    n_cue = sum(p.numel() for p in model.dsfa_cue.parameters())
+    assert n_cue > 0 and run["params"]["dsfa"] == sum(p.numel() for p in model.dsfa.parameters()) + n_cue
     assert run["params"]["encoder"] + run["params"]["decoder"] == sum(p.numel() for p in model.backbone.parameters())
     f = run["frames"]["1"]
     assert f["flops_base"] < f["flops_stack"] < f["flops_dsfa"]

@@ -289,6 +289,19 @@ def test_generator_metadata_records_the_training_focus(tmp_path):
     assert meta["focus_m"] is None and "nearest subject" in meta["focus_policy"]
 
 
+def test_generator_metadata_records_the_scene_options_and_bad_ones_fail_at_build(tmp_path):
+    from lightning_modules.stage1 import SyntheticSplit
+
+    module, _ = tiny_module(extra=["data.synthetic.scene_options={appearance_cues: 1.5}"])
+    export_generator(module, tmp_path / "cued")
+    _, meta = load_generator(tmp_path / "cued")
+    assert meta["scene_options"] == {"appearance_cues": 1.5}  # compare_bokeh evaluates on the same kind of scene
+    with pytest.raises(ValueError, match="appearance_cues"):
+        SyntheticSplit("train", 2, 16, 16, 0, {"appearance_cues": -1.0})
+    with pytest.raises(ValueError, match=r"scene_options .*hazee"):
+        SyntheticSplit("train", 2, 16, 16, 0, {"hazee": 1.0})
+
+
 def test_stage1_default_generates_stage2_default_stack():
     """configs/stage1.yaml's focus and eval strengths are Stage-2's default stack (configs/data/synthetic.yaml) at the
     generator's width (K scales with image width), inside its trained K range: make_stack's default output is what

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Stage-2 cost: parameters and forward latency of a base depth model vs the same model with DSFA, N = 1, 3, 5 frames.
 
-    python tools/bench_stage2.py [--sizes tiny small] [--frames 1 3 5] [--repeats 7] [--out runs/bench_stage2.json]
+    python tools/bench_stage2.py [--sizes tiny small] [--frames 1 3 5] [--repeats 7] [--defocus-cue] [--out F.json]
 
 Definitions (all timings: median over ``--repeats`` interleaved runs, batch 1, eval mode, no_grad, 2 threads):
   * params ratio      = DSFA parameters / encoder parameters (the ViT backbone).           goal <= 0.15
@@ -78,7 +78,7 @@ def bench_size(size: str, family: str, frames: list[int], repeats: int, warmup: 
     bb = model.backbone
     n_encoder = sum(p.numel() for m in bb.encoder_modules() for p in m.parameters())
     n_decoder = sum(p.numel() for m in bb.decoder_modules() for p in m.parameters())
-    n_dsfa = sum(p.numel() for p in model.dsfa.parameters())
+    n_dsfa = sum(p.numel() for p in model.param_groups()["dsfa"])  # the blocks and the shared defocus cue
     image = torch.rand(1, 3, side, side)
     grid = side // bb.patch_size
     result = {
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--attn-ratio", type=float, default=0.5)
     parser.add_argument("--taps", nargs="+", type=int, default=[-2, -1])
     parser.add_argument("--no-spatial", action="store_true", help="DSFA without the per-frame spatial step")
+    parser.add_argument("--defocus-cue", action="store_true", help="with the pixel defocus cue (dsfa.defocus_cue)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (written atomically)")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.frames) or args.repeats < 1:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--family dpt has sizes {sorted(DPT_SIZES)}")
     torch.set_num_threads(args.threads)
     dsfa_cfg = {"placement": args.placement, "mlp_ratio": args.mlp_ratio, "attn_ratio": args.attn_ratio,
-                "taps": args.taps, "spatial": not args.no_spatial}
+                "taps": args.taps, "spatial": not args.no_spatial, "defocus_cue": args.defocus_cue}
     total = len(args.sizes) * len(args.frames) * 3 * args.repeats
     results = {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "runs": []}
     with tqdm(total=total, desc="bench_stage2", unit="fwd", mininterval=5.0) as bar:
