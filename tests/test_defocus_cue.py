@@ -22,8 +22,7 @@ def _grating(period_px: float, amplitude: float, phase: float = 0.3, mean: float
 
 
 def test_ratio_equals_the_squared_otf_of_a_gaussian_blur() -> None:
-    torch.manual_seed(0)
-    cue = DefocusCue(channels=4, scales=2, eps=1e-10)  # eps: the noise floor, negligible here
+    cue = DefocusCue(scales=2, eps=1e-10)  # eps: the noise floor, negligible here
     period, sigma = 8.0, 1.2
     otf = math.exp(-2 * math.pi**2 * sigma**2 / period**2)
     frames = torch.stack([_grating(period, 0.3), _grating(period, 0.3 * otf)])[None]  # [1,2,3,H,W]
@@ -31,7 +30,7 @@ def test_ratio_equals_the_squared_otf_of_a_gaussian_blur() -> None:
         out = cue(frames, GRID)
     assert out.shape == (1, 2, GRID[0] * GRID[1], cue.out_dim)
     ratios = out[0, 1, :, : cue.out_dim // 2]
-    # every band, every token: log(E_blurred / E_sharp) = log OTF^2, whatever the learned filter is
+    # every band, every token: log(E_blurred / E_sharp) = log OTF^2, whatever the (linear, zero-sum) filter is
     torch.testing.assert_close(ratios, torch.full_like(ratios, 2 * math.log(otf)), atol=2e-3, rtol=0)
     assert torch.equal(out[0, 0, :, : cue.out_dim // 2], torch.zeros_like(ratios))  # the reference against itself
 
@@ -39,8 +38,7 @@ def test_ratio_equals_the_squared_otf_of_a_gaussian_blur() -> None:
 def test_ratio_does_not_depend_on_texture_contrast_or_brightness() -> None:
     """Band-pass filters (zero DC): a frame that only differs by a constant offset reads as no blur, and the same
     blur on a low- and a high-contrast texture gives the same ratio."""
-    torch.manual_seed(0)
-    cue = DefocusCue(channels=4, scales=1, eps=1e-10)
+    cue = DefocusCue(scales=1, eps=1e-10)
     otf = 0.5
     low = torch.stack([_grating(6.0, 0.05), _grating(6.0, 0.05 * otf)])
     high = torch.stack([_grating(6.0, 0.4), _grating(6.0, 0.4 * otf)])
@@ -58,5 +56,27 @@ def test_ratio_does_not_depend_on_texture_contrast_or_brightness() -> None:
 def test_bad_shapes_and_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\[B,F,3,H,W\]"):
         DefocusCue()(torch.rand(2, 3, 8, 8), (2, 2))
-    with pytest.raises(ValueError, match="channels"):
-        DefocusCue(channels=0)
+    with pytest.raises(ValueError, match="scales"):
+        DefocusCue(scales=0)
+
+
+def test_larger_blur_reads_as_a_lower_ratio_in_every_band_on_random_texture() -> None:
+    """Monotone in the radius on broadband texture (disk PSFs from physics.aperture), so the cue orders depths."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.rand(1, 1, H, W, generator=g).expand(1, 3, H, W)
+
+    def disk_blur(radius_px: float) -> torch.Tensor:
+        size = 2 * int(radius_px) + 3
+        yy, xx = torch.meshgrid(torch.arange(size) - size // 2, torch.arange(size) - size // 2, indexing="ij")
+        kernel = ((xx**2 + yy**2) <= radius_px**2).float()
+        kernel = (kernel / kernel.sum()).expand(3, 1, size, size)
+        padded = F.pad(sharp, (size // 2,) * 4, mode="circular")
+        return F.conv2d(padded, kernel, groups=3)
+
+    frames = torch.stack([sharp[0], disk_blur(1.0)[0], disk_blur(2.0)[0], disk_blur(4.0)[0]])[None]
+    cue = DefocusCue(scales=3)
+    out = cue(frames, GRID)[0, 1:, :, : cue.out_dim // 2].mean(1)  # [3 radii, bands]
+    assert bool((out < 0).all())
+    assert bool((out[1] < out[0]).all()) and bool((out[2] < out[1]).all())

@@ -306,8 +306,7 @@ def test_bench_stage2_runs_and_reports_consistent_numbers(tmp_path) -> None:
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     run = results["runs"][0]
     model = build_depth_model({"dsfa": {"defocus_cue": True}})
-    n_cue = sum(p.numel() for p in model.dsfa_cue.parameters())
-    assert n_cue > 0 and run["params"]["dsfa"] == sum(p.numel() for p in model.dsfa.parameters()) + n_cue
+    assert run["params"]["dsfa"] == sum(p.numel() for p in model.dsfa.parameters())
     assert run["params"]["encoder"] + run["params"]["decoder"] == sum(p.numel() for p in model.backbone.parameters())
     f = run["frames"]["1"]
     assert f["flops_base"] < f["flops_stack"] < f["flops_dsfa"]
@@ -333,5 +332,4 @@ def test_defocus_cue_keeps_identity_at_init_and_trains(placement: str) -> None:
     F.mse_loss(model(image, stack, K), target).backward()
     proj_grads = [block.cue_proj.weight.grad for block in model.dsfa.values()]
     assert all(g is not None and float(g.abs().sum()) > 0 for g in proj_grads)
-    groups = model.param_groups()
-    assert all(any(p is q for q in groups["dsfa"]) for p in model.dsfa_cue.parameters())
+    assert not list(model.dsfa_cue.parameters())  # a fixed measurement: only the blocks' projections learn

@@ -54,8 +54,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "spatial": True,  # run the per-frame spatial step
         "gamma_init": 0.0,  # 0: identity at init (pretrained encoders); 1: open paths (encoders trained from scratch)
         "defocus_cue": False,  # add pixel-level log band-energy ratios (DefocusCue) to every frame's tokens
-        "cue_channels": 8,  # band-pass filters per scale of the defocus cue
-        "cue_scales": 3,  # dyadic scales of the defocus cue (3: full, 1/2, 1/4 resolution)
+        "cue_scales": 4,  # dyadic scales of the defocus cue (4: full, 1/2, 1/4, 1/8 resolution)
     },
 }
 
@@ -170,7 +169,7 @@ class BokehDepthModel(nn.Module):
         self.dsfa_taps = sorted(resolved)
         heads = cfg.get("num_heads") or self.backbone.num_heads
         if cfg.get("defocus_cue", False):
-            self.dsfa_cue = DefocusCue(channels=int(cfg.get("cue_channels", 8)), scales=int(cfg.get("cue_scales", 3)))
+            self.dsfa_cue = DefocusCue(scales=int(cfg.get("cue_scales", 4)))
         cue_dim = self.dsfa_cue.out_dim if self.dsfa_cue is not None else 0
         for t in self.dsfa_taps:
             self.dsfa[str(t)] = DSFA(
@@ -223,9 +222,8 @@ class BokehDepthModel(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role for per-group learning rates: {"dsfa", "encoder", "decoder"} (lists may be empty)."""
-        cue = list(self.dsfa_cue.parameters()) if self.dsfa_cue is not None else []
         groups = {
-            "dsfa": list(self.dsfa.parameters()) + cue,
+            "dsfa": list(self.dsfa.parameters()),
             "encoder": [p for m in self.backbone.encoder_modules() for p in m.parameters()],
             "decoder": [p for m in self.backbone.decoder_modules() for p in m.parameters()],
         }
@@ -400,7 +398,7 @@ def build_depth_model(cfg: Mapping[str, Any] | Any = None) -> BokehDepthModel:
         stack_no_grad: encode stack frames without gradients.
         arch: preset overrides {backbone: {...}, decoder: {...}}.
         dsfa: {enabled, taps, placement, k_scale, num_heads, mlp_ratio, attn_ratio, alpha_init, spatial, gamma_init,
-            defocus_cue, cue_channels, cue_scales}.
+            defocus_cue, cue_scales}.
     Unknown keys raise ValueError naming the key.
     """
     cfg = _merge(DEFAULT_CONFIG, _to_dict(cfg))
