@@ -317,7 +317,8 @@ def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: i
         net = CompactBokehUNet(compact.get("unet"), k_scale=k_scale,
                                residual_scale=float(compact.get("residual_scale", 4.0)),
                                space_to_depth=int(compact.get("space_to_depth", 1)),
-                               blur_bank_inv_m=compact.get("blur_bank_inv_m"))
+                               blur_bank_inv_m=compact.get("blur_bank_inv_m"),
+                               blur_bank_kernel=str(compact.get("blur_bank_kernel", "gaussian")))
         return CompactBokehGenerator(net, k_range, resolution=resolution)
     if kind == "flux":
         flux = dict(model_cfg.get("flux") or {})

@@ -312,3 +312,27 @@ def test_flux_generator_matches_flux_kontext_pipeline_at_init():
                max_area=16 * 24, _auto_resize=False).images[0]
     assert ref.shape == ours.shape
     assert torch.allclose(ours, ref.clamp(0, 1), atol=1e-4), (ours - ref).abs().max()
+
+
+def test_disk_blur_bank_is_the_renderers_disk_psf_per_sample():
+    """blur_bank_kernel="disk": each sample's bank level is its image convolved with physics' disk of radius K*delta
+    (checked against physics.aperture.disk_kernel); K = 0 (null rows) leaves the image unchanged."""
+    import kornia
+    import torch.nn.functional as F
+
+    from bokeh.generation.compact import CompactBokehUNet
+    from physics.aperture import disk_kernel
+
+    unet = {"block_out_channels": (8, 16), "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "norm_num_groups": 4, "cross_attention_dim": 8,
+            "attention_head_dim": 4}
+    net = CompactBokehUNet(unet, blur_bank_inv_m=[0.5], blur_bank_kernel="disk")
+    sharp = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    bank = net.blur_features(sharp, torch.tensor([6.0, 0.0]))  # radii 3 px and 0 px
+    lin = kornia.color.rgb_to_linear_rgb(sharp)
+    k = disk_kernel(3.0)
+    expected = F.conv2d(F.pad(lin[:1].reshape(3, 1, 32, 32), (3,) * 4, mode="reflect"), k[None, None]).reshape(1, 3, 32, 32)
+    torch.testing.assert_close(bank[:1], kornia.color.linear_rgb_to_rgb(expected.clamp(0, 1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bank[1:], sharp[1:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="blur_bank_kernel"):
+        CompactBokehUNet(unet, blur_bank_kernel="box")

@@ -38,7 +38,7 @@ class CompactBokehUNet(nn.Module):
 
     def __init__(self, unet: dict[str, Any] | None = None, *, k_scale: float = 30.0, residual_scale: float = 4.0,
                  num_k_tokens: int = 1, space_to_depth: int = 1,
-                 blur_bank_inv_m: Sequence[float] | None = None) -> None:
+                 blur_bank_inv_m: Sequence[float] | None = None, blur_bank_kernel: str = "gaussian") -> None:
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -54,6 +54,9 @@ class CompactBokehUNet(nn.Module):
         # (delta_j in 1/m, i.e. the blur of surfaces at 1/focus - 1/depth = delta_j), concatenated to the input.
         # The network then chooses, per pixel, how much of which blur to use instead of learning to blur.
         self.blur_bank_inv_m = [float(d) for d in (blur_bank_inv_m or [])]
+        if blur_bank_kernel not in ("gaussian", "disk"):
+            raise ValueError(f"model.compact.blur_bank_kernel must be 'gaussian' or 'disk', got {blur_bank_kernel!r}")
+        self.blur_bank_kernel = blur_bank_kernel
         extra = 3 * len(self.blur_bank_inv_m)
         cfg.update(in_channels=(6 + extra) * s2, out_channels=3 * s2)
         self.unet = UNet2DConditionModel(**cfg)
@@ -92,8 +95,10 @@ class CompactBokehUNet(nn.Module):
                       ) -> torch.Tensor:
         """[B, 3 * len(bank), H, W]: sharp blurred in linear light at the spot size of radius r_j = K * delta_j.
 
-        A Gaussian of sigma r/2 (the disk's per-axis second moment) stands in for the disk: one batched, separable
-        kornia filter per bank level with a per-sample sigma (a per-sample disk FFT costs ~10x more on a CPU).
+        ``blur_bank_kernel`` "gaussian": a Gaussian of sigma r/2 (the disk's per-axis second moment) stands in for the
+        disk, one batched separable kornia filter per level with a per-sample sigma; "disk": the physics renderer's
+        soft-rimmed disk (physics.aperture.DiskAperture), one grouped convolution per level with a per-sample kernel,
+        so bokeh balls and edges get the PSF the targets are rendered with.
         Null-K rows (CFG) get unblurred copies, so the bank carries no K there.
         """
         import kornia
@@ -106,6 +111,9 @@ class CompactBokehUNet(nn.Module):
         h, w = sharp.shape[-2:]
         out = []
         for delta in self.blur_bank_inv_m:
+            if self.blur_bank_kernel == "disk":
+                out.append(kornia.color.linear_rgb_to_rgb(_disk_blur(lin, K * delta).clamp(0, 1)))
+                continue
             sigma = (K * delta / 2.0).clamp_min(0.05)
             size = min(2 * int(math.ceil(3 * float(sigma.max()))) + 1, 2 * min(h, w) - 1)
             size = max(3, size if size % 2 else size - 1)
@@ -120,6 +128,21 @@ class CompactBokehUNet(nn.Module):
 
     def to_state(self, image: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
         return (image - sharp) * self.residual_scale
+
+
+def _disk_blur(lin: torch.Tensor, radius_px: torch.Tensor) -> torch.Tensor:
+    """lin [B,C,H,W] convolved with a unit-sum soft disk of radius radius_px[b] per sample (reflect padding)."""
+    from physics.aperture import DiskAperture, kernel_half_size
+
+    b, c, h, w = lin.shape
+    half = min(kernel_half_size(float(radius_px.max())), min(h, w) - 1)
+    offs = torch.arange(-half, half + 1, dtype=lin.dtype, device=lin.device)
+    dy, dx = torch.meshgrid(offs, offs, indexing="ij")
+    kernels = DiskAperture().weights(dx, dy, radius_px.to(lin.dtype).view(b, 1, 1))  # [B,k,k]
+    kernels = kernels / kernels.sum(dim=(-2, -1), keepdim=True)
+    weight = kernels.repeat_interleave(c, dim=0).unsqueeze(1)  # [B*C,1,k,k] (symmetric: no flip needed)
+    padded = F.pad(lin.reshape(1, b * c, h, w), (half,) * 4, mode="reflect") if half else lin.reshape(1, b * c, h, w)
+    return F.conv2d(padded, weight, groups=b * c).view(b, c, h, w)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
