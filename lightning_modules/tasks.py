@@ -89,8 +89,9 @@ def checkpoint_config(cfg: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, *, monitor: str | None = None, mode: str | None = None) -> L.Trainer:
-    """Trainer(**cfg.trainer) writing into ``run_dir``: CSV + TensorBoard logs, last + best checkpoints, image grids."""
+def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    """Trainer(**cfg.trainer) writing into ``run_dir``: CSV + TensorBoard logs, last + best checkpoints (best of
+    ``checkpoint.monitor`` / ``checkpoint.mode``), image grids."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -99,9 +100,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, *, monitor: str | None = None, 
     trainer_cfg = check_trainer_config(cfg.trainer)
     log_cfg = cfg.get("log", {}) or {}
     ckpt_cfg = checkpoint_config(cfg)
-    monitor, mode = monitor or ckpt_cfg["monitor"], mode or ckpt_cfg["mode"]
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}", monitor=monitor, mode=mode,
+        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}", monitor=ckpt_cfg["monitor"],
+        mode=ckpt_cfg["mode"],
         save_last=True, save_top_k=1, auto_insert_metric_name=False,
     )
     callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="step")]
@@ -121,7 +122,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], t
 
     Returns {"test": metrics, "fit_s", "test_s", "best_checkpoint", "run_dir"} (+ "test_control": the metrics of the
     module's control, e.g. Stage-2's no-stack control, when it has one). Testing uses, with ``checkpoint.test``
-    "best" (default), the best checkpoint (``checkpoint.monitor``, default val/abs_rel) when one exists, else the final
+    "best" (default), the best checkpoint (``checkpoint.monitor``, e.g. val/silog) when one exists, else the final
     weights; with "last", the final weights (the same training budget for every model compared).
     """
     module, datamodule = built if built is not None else build(cfg)
