@@ -64,16 +64,16 @@ def test_larger_blur_reads_as_a_lower_ratio_in_every_band_on_random_texture() ->
     """Monotone in the radius on broadband texture (disk PSFs from physics.aperture), so the cue orders depths."""
     import torch.nn.functional as F
 
+    from physics.aperture import disk_kernel
+
     g = torch.Generator().manual_seed(0)
     sharp = torch.rand(1, 1, H, W, generator=g).expand(1, 3, H, W)
 
     def disk_blur(radius_px: float) -> torch.Tensor:
-        size = 2 * int(radius_px) + 3
-        yy, xx = torch.meshgrid(torch.arange(size) - size // 2, torch.arange(size) - size // 2, indexing="ij")
-        kernel = ((xx**2 + yy**2) <= radius_px**2).float()
-        kernel = (kernel / kernel.sum()).expand(3, 1, size, size)
-        padded = F.pad(sharp, (size // 2,) * 4, mode="circular")
-        return F.conv2d(padded, kernel, groups=3)
+        kernel = disk_kernel(radius_px)
+        half = kernel.shape[-1] // 2
+        padded = F.pad(sharp, (half,) * 4, mode="circular")
+        return F.conv2d(padded, kernel.expand(3, 1, *kernel.shape), groups=3)
 
     frames = torch.stack([sharp[0], disk_blur(1.0)[0], disk_blur(2.0)[0], disk_blur(4.0)[0]])[None]
     cue = DefocusCue(scales=3)

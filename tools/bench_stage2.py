@@ -78,7 +78,7 @@ def bench_size(size: str, family: str, frames: list[int], repeats: int, warmup: 
     bb = model.backbone
     n_encoder = sum(p.numel() for m in bb.encoder_modules() for p in m.parameters())
     n_decoder = sum(p.numel() for m in bb.decoder_modules() for p in m.parameters())
-    n_dsfa = sum(p.numel() for p in model.param_groups()["dsfa"])  # the blocks (the defocus cue has no parameters)
+    n_dsfa = sum(p.numel() for p in model.dsfa.parameters())  # the defocus cue, when on, has no parameters
     image = torch.rand(1, 3, side, side)
     grid = side // bb.patch_size
     result = {

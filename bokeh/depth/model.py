@@ -309,20 +309,19 @@ class BokehDepthModel(nn.Module):
                           f"runs at {(hw, ww)} and the depth is resized back", stacklevel=3)
             self._warned_patch = True
 
-        def prep(x: torch.Tensor) -> torch.Tensor:
-            if resize:
-                x = F.interpolate(x, size=(hw, ww), mode="bilinear", align_corners=False, antialias=True)
-            return self.normalise(x)
+        if resize:  # once, here: the encoder passes and the defocus cue all read the working-size pixels
+            image = F.interpolate(image, size=(hw, ww), mode="bilinear", align_corners=False, antialias=True)
+            if n:
+                stack = F.interpolate(stack.flatten(0, 1), size=(hw, ww), mode="bilinear", align_corners=False,
+                                      antialias=True).view(b, n, 3, hw, ww)
+        prep = self.normalise
 
         # blur radii scale with the image width: DSFA sees K in the pixels of the grid it looks at
         K = K_px_m.to(device=image.device, dtype=image.dtype) * (ww / w) if n else None
         grid = (hw // self.backbone.patch_size, ww // self.backbone.patch_size)
         cue = None
         if self.dsfa_enabled and self.dsfa_cue is not None:
-            frames = torch.cat([image.unsqueeze(1), stack], dim=1) if n else image.unsqueeze(1)  # [B,F,3,h,w] sRGB
-            if resize:
-                frames = F.interpolate(frames.flatten(0, 1), size=(hw, ww), mode="bilinear", align_corners=False,
-                                       antialias=True).view(b, -1, 3, hw, ww)
+            frames = torch.cat([image.unsqueeze(1), stack], dim=1) if n else image.unsqueeze(1)  # [B,F,3,hw,ww] sRGB
             cue = self.dsfa_cue(frames, grid)
         if not self.dsfa_enabled:
             taps = self.backbone.encode(prep(image))
