@@ -15,7 +15,7 @@ The bands are fixed, from kornia: the Sobel gradient energy (|d/dx|^2 + |d/dy|^2
 Laplacian energy of the luma at dyadic scales (full, 1/2, 1/4, 1/8 resolution). Both filters sum to zero, so a
 constant gives no response, as flux conservation under blur needs for the ratio to be blur-only. Nothing here learns
 (the DSFA blocks' projections of these features do), so the cue runs without gradients: a first version with
-learnable 3x3 filters cost 3x as much per training step, for the weight gradients at full resolution (BENCHMARKS.md).
+learnable 3x3 filters spent most of its time on their weight gradients at full resolution (BENCHMARKS.md).
 Hand-written: no library layer computes token-pooled band-energy ratios.
 
     DefocusCue(scales=S)(frames [B,F,3,H,W] sRGB, grid (h, w)) -> [B,F,h*w,4*S]
