@@ -307,6 +307,10 @@ class Stage1DataModule(L.LightningDataModule):
 
 
 # ------------------------------------------------------------------------------------------------------- models
+COMPACT_KEYS = {"unet", "residual_scale", "space_to_depth", "blur_bank_inv_m", "blur_bank_kernel", "head",
+                "defocus_side", "defocus_max_inv_m", "defocus_init_inv_m"}
+
+
 def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: int | None):
     """Generator from ``cfg.model``: kind compact (embedded default) or flux (adapter on FLUX.1-Kontext)."""
     model_cfg = dict(model_cfg)
@@ -314,11 +318,21 @@ def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: i
     k_scale = float(model_cfg.get("k_scale", 4.0))
     if kind == "compact":
         compact = dict(model_cfg.get("compact") or {})
-        net = CompactBokehUNet(compact.get("unet"), k_scale=k_scale,
-                               residual_scale=float(compact.get("residual_scale", 4.0)),
-                               space_to_depth=int(compact.get("space_to_depth", 1)),
-                               blur_bank_inv_m=compact.get("blur_bank_inv_m"),
-                               blur_bank_kernel=str(compact.get("blur_bank_kernel", "gaussian")))
+        unknown = sorted(set(compact) - COMPACT_KEYS)
+        if unknown:
+            raise ConfigError(f"model.compact has unknown keys {unknown}; expected some of {sorted(COMPACT_KEYS)}")
+        try:
+            net = CompactBokehUNet(compact.get("unet"), k_scale=k_scale,
+                                   residual_scale=float(compact.get("residual_scale", 4.0)),
+                                   space_to_depth=int(compact.get("space_to_depth", 1)),
+                                   blur_bank_inv_m=compact.get("blur_bank_inv_m"),
+                                   blur_bank_kernel=str(compact.get("blur_bank_kernel", "gaussian")),
+                                   head=str(compact.get("head", "residual")),
+                                   defocus_side=str(compact.get("defocus_side", "front")),
+                                   defocus_max_inv_m=float(compact.get("defocus_max_inv_m", 2.5)),
+                                   defocus_init_inv_m=float(compact.get("defocus_init_inv_m", 0.5)))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         return CompactBokehGenerator(net, k_range, resolution=resolution)
     if kind == "flux":
         flux = dict(model_cfg.get("flux") or {})

@@ -32,6 +32,7 @@ from .aperture import Aperture, DiskAperture, ImageAperture, kernel_half_size, m
 
 __all__ = [
     "render_bokeh",
+    "render_radius_map",
     "render_exact_reference",
     "render_scatter_bokehme",
     "layer_radii",
@@ -237,6 +238,40 @@ def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, foc
     if return_radius:
         return result, (prep.radius if prep.batched else prep.radius[0])
     return result
+
+
+def render_radius_map(image: torch.Tensor, radius_px: torch.Tensor, *, aperture: Union[str, Aperture, torch.Tensor] =
+                      "disk", color_space: str = "srgb", layer_ratio: float = 1.2,
+                      pyramid_radius_px: float = 3.0) -> torch.Tensor:
+    """The layered renderer of :func:`render_bokeh` driven by a signed CoC radius map instead of depth, K and focus.
+
+    For callers that own the blur map itself (e.g. a generator that predicts where the defocus lies):
+    ``render_radius_map(img, signed_coc_radius_px(depth, K, focus))`` equals ``render_bokeh(img, depth, K, focus)``.
+
+    Args:
+        image: [B,3,H,W] all-in-focus image, sRGB in [0,1] or linear (``color_space``).
+        radius_px: [B,1,H,W] signed CoC radius (px; < 0 in front of the focal plane, composited over what lies
+            behind), finite. Differentiable w.r.t. both inputs.
+    Returns: [B,3,H,W] in ``color_space``.
+    """
+    if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
+        raise ValueError(f"image must be a floating-point tensor [B,3,H,W]; got "
+                         f"{tuple(image.shape) if torch.is_tensor(image) else type(image).__name__}")
+    if color_space not in ("srgb", "linear"):
+        raise ValueError(f"color_space must be 'srgb' or 'linear'; got {color_space!r}")
+    b, _, h, w = image.shape
+    if not torch.is_tensor(radius_px) or tuple(radius_px.shape) != (b, 1, h, w):
+        raise ValueError(f"radius_px must be a tensor [B,1,H,W] = {(b, 1, h, w)} matching image; got "
+                         f"{tuple(radius_px.shape) if torch.is_tensor(radius_px) else type(radius_px).__name__}")
+    if not torch.isfinite(radius_px.detach()).all():
+        raise ValueError("radius_px contains NaN or infinite values")
+    dtype = _working_dtype(image)
+    lin = image.to(dtype)
+    if color_space == "srgb":
+        lin = kornia.color.rgb_to_linear_rgb(lin.clamp(0.0, 1.0))
+    out = _render_layers(lin, radius_px.to(dtype), make_aperture(aperture), layer_ratio=float(layer_ratio),
+                         pyramid_radius_px=float(pyramid_radius_px))
+    return _finish(out, color_space, True, clip=False)
 
 
 def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, layer_ratio: float,

@@ -31,9 +31,19 @@ def test_k_calibration_fit_recovers_the_physics_k():
         observed = render_bokeh(scene.image[None], scene.depth_m[None], torch.tensor([K]),
                                 torch.tensor([scene.focus_m]))[0].clamp(0, 1)
         k_fit = compare.fit_k(scene.image, scene.depth_m, scene.focus_m, observed, 0.3, 8.0)
-        assert abs(k_fit - K) / K < 0.08, (K, k_fit)
+        assert abs(k_fit - K) / K < 0.02, (K, k_fit)  # well inside the 15% the tool measures
     # the sharp input is explained by (almost) no blur: a large calibration error for the identity baseline
     assert compare.fit_k(scene.image, scene.depth_m, scene.focus_m, scene.image, 0.3, 8.0) < 0.6
+
+
+def test_k_is_unmeasurable_where_every_radius_stays_inside_the_in_focus_half_pixel():
+    """A textured plane at 10 m, focus 100 m: |r| = K (1/10 - 1/100) = 0.09 K px. At K = 2, even K x 1.15 gives
+    0.21 px < 0.5 px, which the renderer leaves sharp: the renders at K +- 15% are identical (sensitivity 0, the row
+    is kept out of k_cal_err_measurable). At K = 60 (5.4 px) they differ by several 8-bit codes."""
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    depth = torch.full((1, 32, 32), 10.0)
+    assert compare.k_sensitivity_rms(image, depth, 100.0, 2.0) == 0.0
+    assert compare.k_sensitivity_rms(image, depth, 100.0, 60.0) > 3 * compare.K_MEASURABLE_RMS  # 0.018 measured
 
 
 def test_population_radius_is_the_pixel_mean_of_abs_coc_over_all_samples():
@@ -87,6 +97,13 @@ def test_compare_writes_html_and_json_with_baselines(tmp_path):
     # a fresh generator is the identity (zero-initialised residual): same numbers as the identity baseline
     assert syn["learned"]["psnr"] == pytest.approx(syn["identity"]["psnr"], abs=1e-3)
     assert syn["identity"]["k_cal_err"] > 0.5 and "k_cal_err_2d" in syn["learned"]
+    rows = saved["sections"]["synthetic test split"]["rows"]
+    assert all(isinstance(row["k_measurable"], bool) and row["k_sensitivity_rms"] >= 0 for row in rows)
+    measurable = [row for row in rows if row["k_measurable"]]
+    if measurable:  # the headline K error averages exactly the measurable rows
+        assert syn["identity"]["k_cal_err_measurable_n"] == len(measurable)
+        assert syn["identity"]["k_cal_err_measurable"] == pytest.approx(
+            sum(row["identity"]["k_cal_err"] for row in measurable) / len(measurable))
     # the physics references are rendered at the focus the generator was trained on (the config default: 100 m)
     assert {row["focus_m"] for row in saved["sections"]["synthetic test split"]["rows"]} == {100.0}
     real = saved["sections"]["real aperture pairs"]

@@ -182,13 +182,13 @@ def test_stack_uses_the_same_initial_noise_for_every_frame():
     gen = tiny_compact()
     perturb(gen.net, 0.05)
     seen = []
-    original = gen.predict_x0
+    original = gen.predict_x0_and_defocus
 
     def spy(x_t, sigma, cond, K, null_mask):
         seen.append(x_t.clone())
         return original(x_t, sigma, cond, K, null_mask)
 
-    gen.predict_x0 = spy
+    gen.predict_x0_and_defocus = spy
     image = torch.rand(2, 3, 32, 32)
     res = gen.generate_stack(image, [0.5, 2.0, 4.0], num_steps=2, seed=3)
     first = seen[0].view(2, 3, 3, 32, 32)
@@ -336,3 +336,77 @@ def test_disk_blur_bank_is_the_renderers_disk_psf_per_sample():
     torch.testing.assert_close(bank[1:], sharp[1:], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="blur_bank_kernel"):
         CompactBokehUNet(unet, blur_bank_kernel="box")
+
+
+# ------------------------------------------------------------------------------------- layered (physics) x0 head
+def _smooth_texture(h: int, w: int, seed: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, h // 4, w // 4, generator=g)
+    return (0.1 + 0.8 * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)).clamp(0, 1)
+
+
+def test_layered_head_at_init_is_the_physics_render_of_a_uniform_defocus():
+    """At init the layered head's x0 is physics' render of a plane whose defocus 1/depth - 1/focus is
+    defocus_init_inv_m (front side, focus 100 m); null-K rows stay sharp."""
+    from physics.render import render_bokeh
+
+    torch.manual_seed(0)
+    net = CompactBokehUNet(TINY_UNET, k_scale=8.0, head="layered", defocus_init_inv_m=0.5).eval()
+    sharp = torch.cat([_smooth_texture(32, 32, s) for s in (0, 1)])
+    K = torch.tensor([3.0, 7.0])
+    with torch.no_grad():
+        x0, delta = net.predict(torch.randn(2, 3, 32, 32), torch.tensor([0.7, 0.7]), sharp, K)
+        null_x0, _ = net.predict(torch.randn(2, 3, 32, 32), torch.tensor([0.7, 0.7]), sharp, K,
+                                 torch.tensor([True, True]))
+    assert torch.allclose(delta, torch.full_like(delta, 0.5), atol=1e-6)
+    depth = torch.full((2, 1, 32, 32), 1.0 / (1.0 / 100.0 + 0.5))  # K (1/100 - 1/depth) = -0.5 K
+    expected = render_bokeh(sharp, depth, K, 100.0)
+    torch.testing.assert_close(net.to_image(x0, sharp), expected, atol=1e-5, rtol=0)
+    assert (expected - sharp).abs().mean() > 0.01  # a real blur, not the identity
+    torch.testing.assert_close(net.to_image(null_x0, sharp), sharp, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("true_delta", [0.15, 1.5])
+def test_layered_head_gradient_moves_the_defocus_toward_the_rendered_blur(true_delta):
+    """Trained only on rendered frames (no depth), the head's defocus logit gets a gradient whose descent direction
+    moves delta from its 0.5 init toward the plane's true defocus 1/depth - 1/focus (smaller or larger)."""
+    from physics.render import render_bokeh
+
+    torch.manual_seed(0)
+    net = CompactBokehUNet(TINY_UNET, k_scale=8.0, head="layered", defocus_init_inv_m=0.5)
+    sharp = _smooth_texture(32, 32, 3)
+    K = torch.tensor([6.0])
+    target = render_bokeh(sharp, torch.full((1, 1, 32, 32), 1.0 / (0.01 + true_delta)), K, 100.0)
+    x0 = net(torch.randn(1, 3, 32, 32), torch.tensor([0.5]), sharp, K)
+    ((net.to_image(x0, sharp) - target) ** 2).mean().backward()
+    descent = -float(net.unet.conv_out.bias.grad[3])  # the defocus logit's bias (space_to_depth 1)
+    assert descent * (true_delta - 0.5) > 0, descent
+
+
+def test_layered_head_options_are_checked():
+    with pytest.raises(ValueError, match="head"):
+        CompactBokehUNet(TINY_UNET, head="kernel")
+    with pytest.raises(ValueError, match="defocus_side"):
+        CompactBokehUNet(TINY_UNET, head="layered", defocus_side="left")
+    with pytest.raises(ValueError, match="defocus_init_inv_m"):
+        CompactBokehUNet(TINY_UNET, head="layered", defocus_init_inv_m=3.0, defocus_max_inv_m=2.5)
+
+
+def test_layered_head_stack_is_rendered_by_physics_at_the_input_size():
+    """A 48x72 image through a 32-px generator: the layered head's defocus map (1/m) is re-rendered at the input
+    size with K for the input width, so at init each frame is physics' render of the full-size image of a plane at
+    1/depth - 1/100 = 0.5 1/m (crisp disks, not an upsampled 32-px residual)."""
+    from physics.render import render_bokeh
+
+    gen = tiny_compact(head="layered", defocus_init_inv_m=0.5)
+    image = _smooth_texture(48, 72, 5)[0]
+    res = gen.generate_stack(image, [4.0, 9.0], num_steps=2)
+    assert res.work_size != (48, 72) and res.info["rendered_at_input_size"]
+    assert res.info["defocus_inv_m"].shape == (1, 2, 1, *res.work_size)
+    depth = torch.full((2, 1, 48, 72), 1.0 / (0.01 + 0.5))
+    expected = render_bokeh(image.expand(2, -1, -1, -1), depth, res.K_work_px_m * 72 / res.work_size[1], 100.0)
+    torch.testing.assert_close(res.frames[0], expected, atol=1e-4, rtol=0)
+    upsampled = gen.generate_stack(image, [4.0, 9.0], num_steps=2, render_full_resolution=False).frames[0]
+    assert (upsampled - expected).abs().mean() > 1e-3  # the old path differs: the re-render did something

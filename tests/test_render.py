@@ -282,3 +282,38 @@ def test_bad_aperture_image_in_renderer():
         render_bokeh(img, depth, 10.0, 2.0, aperture=torch.zeros(8, 8))
     with pytest.raises(ValueError, match="aperture"):
         render_exact_reference(img, depth, 10.0, 2.0, aperture=torch.zeros(0, 8))
+
+
+# ------------------------------------------------------------------------------ the renderer driven by a radius map
+def test_radius_map_renderer_is_render_bokeh_given_the_thin_lens_radius():
+    """render_radius_map(img, r) with r = K (1/focus - 1/depth) is render_bokeh(img, depth, K, focus) bit for bit,
+    both sides of the focal plane and per-sample K."""
+    from physics.camera import signed_coc_radius_px
+    from physics.render import render_radius_map
+
+    img = torch.cat([_texture(40, 48, seed=s) for s in (0, 1)])
+    depth = torch.cat([_slanted_plane(40, 48, 15.0, 2.0, 6.0), torch.full((1, 1, 40, 48), 0.8)])
+    depth[1, :, 10:20, 12:30] = 5.0  # behind the focal plane next to a region in front of it
+    K, focus = torch.tensor([15.0, 6.0]), torch.tensor([2.0, 1.5])
+    expected = render_bokeh(img, depth, K, focus, aperture="hexagon")
+    got = render_radius_map(img, signed_coc_radius_px(depth, K, focus), aperture="hexagon")
+    assert torch.equal(got, expected)
+
+
+def test_radius_map_renderer_gradient_matches_finite_differences():
+    from physics.render import render_radius_map
+
+    g = torch.Generator().manual_seed(4)
+    img = 0.05 + 0.9 * _texture(20, 20, seed=7).double()
+    radius = -(1.0 + 4.0 * torch.rand(1, 1, 20, 20, generator=g, dtype=torch.float64))  # 1-5 px, in front
+    weight = torch.rand(1, 3, 20, 20, generator=g, dtype=torch.float64)
+    _fd_check(lambda r: (render_radius_map(img, r) * weight).sum(), radius, eps=1e-7)
+
+
+@pytest.mark.parametrize("radius, match", [(torch.zeros(1, 1, 8, 9), r"radius_px must be a tensor \[B,1,H,W\]"),
+                                           (torch.full((1, 1, 8, 8), float("nan")), "NaN")])
+def test_radius_map_renderer_refuses_a_bad_radius_map(radius, match):
+    from physics.render import render_radius_map
+
+    with pytest.raises(ValueError, match=match):
+        render_radius_map(torch.rand(1, 3, 8, 8), radius)

@@ -148,6 +148,31 @@ def test_stage1_module_config_errors_name_the_problem():
         tiny_module(extra=["model.kind=unet3d"])
     with pytest.raises(ConfigError, match="data.kind"):
         tiny_module(extra=["data.kind=video"])
+    with pytest.raises(ConfigError, match="model.compact.head"):
+        tiny_module(extra=["model.compact.head=kernel"])
+
+
+def test_unknown_compact_model_keys_are_refused_naming_them():
+    from lightning_modules.config import ConfigError
+    from lightning_modules.stage1 import KRange, build_generator
+
+    with pytest.raises(ConfigError, match=r"model.compact has unknown keys \['hed'\]"):
+        build_generator({"kind": "compact", "compact": {"hed": "layered"}}, KRange(0.5, 2.0), 16)
+
+
+def test_layered_head_generator_exports_and_loads_with_its_head(tmp_path):
+    module, _ = tiny_module(extra=["model.compact.head=layered"])
+    with torch.no_grad():
+        for p in module.generator.net.unet.conv_out.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    module.generator.eval()
+    export_generator(module, tmp_path)
+    gen, _ = load_generator(tmp_path)
+    assert gen.net.head == "layered"
+    image = torch.rand(3, 16, 24)
+    a = module.generator.generate_stack(image, [0.75, 1.5], num_steps=2).frames
+    b = gen.generate_stack(image, [0.75, 1.5], num_steps=2).frames
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a[0, 0], image, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------- focus policy (issue 4)

@@ -116,3 +116,20 @@ def test_default_config_makes_stage2_stacks_in_range_and_records_the_training_fo
         make_stack.main(args + ["--out", str(tmp_path / "c"), "--K", "16", "0.5", "--K-at-width", "112"])
     row = json.loads((tmp_path / "c" / "stacks.jsonl").read_text())
     assert row["K_work_px_m"] == pytest.approx([8.0, 0.5])  # 16 -> 9.14 at 64 px: clamped; 0.5 -> 0.29: clamped
+
+
+def test_layered_generator_writes_its_defocus_map_at_the_image_size(tmp_path):
+    torch.manual_seed(0)
+    module, _ = build(load_config(["configs/stage1.yaml"], TINY + ["model.compact.head=layered"]))
+    export_generator(module, tmp_path / "gen")
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "a.png", np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    assert make_stack.main(["--generator", str(tmp_path / "gen"), "--input", str(src), "--out", str(out),
+                            "--steps", "2"]) == 0
+    row = json.loads((out / "stacks.jsonl").read_text().splitlines()[0])
+    defocus = np.load(out / row["defocus_inv_m"])
+    # a fresh layered head renders a uniform defocus map of defocus_init_inv_m (configs/stage1.yaml: 0.5 1/m)
+    assert defocus.shape == (20, 30) and np.allclose(defocus, 0.5, atol=1e-5)
+    assert Image.open(out / row["defocus_png"]).size == (30, 20)

@@ -11,6 +11,9 @@
 - Output: ``<out>/frames/<name>_k<i>.png`` (the input size, aspect kept), ``<out>/images/<name>.png`` (the sharp
   reference as read), ``<out>/stacks.jsonl`` with rows {image, stack: [...], K_px_m: [...], depth?, intrinsics?,
   focus_m?} (paths relative to the manifest), and ``<out>/run.json`` (settings). Every file is written atomically.
+  A generator with the layered head (``model.compact.head: layered``) also writes the defocus map it rendered from,
+  ``<out>/defocus/<name>.npy`` (1/m, input size, mean over the stack) and a colour map ``.png`` (rows get
+  ``defocus_inv_m`` and ``defocus_png``): where the generator believes the blur lies, a by-product worth inspecting.
 - ``focus_m``: the generator draws the focus it was trained on (its ``generator.json`` ``focus_m``; the default
   Stage-1 config trains at a fixed 100 m, Stage-2's default stack), so a generator with a fixed training focus writes
   that focus into every row (an input row's different focus_m is replaced, with a warning); a generator trained on
@@ -36,7 +39,8 @@ import _bootstrap  # noqa: F401
 import torch  # noqa: E402
 
 from bokeh.generation import GuidanceConfig  # noqa: E402
-from bokeh.io import list_images, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
+from bokeh.io import (list_images, prepare_output_dir, read_image, write_image, write_json,  # noqa: E402
+                      write_npy, write_text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +100,22 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base)
 
 
+def write_defocus(out: Path, name: str, defocus_inv_m: torch.Tensor, size: tuple[int, int],
+                  max_inv_m: float) -> dict[str, str]:
+    """Save a layered-head generator's defocus map (1/m, the mean over the stack's frames, resized to the image):
+    ``defocus/<name>.npy`` (float32 [H,W]) and ``defocus/<name>.png`` (turbo over [0, max_inv_m], warm = more blur)."""
+    import torch.nn.functional as F
+
+    from bokeh.io import colorize_depth
+
+    mean = F.interpolate(defocus_inv_m.mean(0, keepdim=True).float(), size=tuple(size), mode="bilinear",
+                         align_corners=False)[0, 0]
+    npy = write_npy(out / "defocus" / f"{name}.npy", mean)
+    png = write_image(out / "defocus" / f"{name}.png",
+                      colorize_depth(mean.clamp_min(1e-6), vmin=1e-6, vmax=max_inv_m, inverse=False))
+    return {"defocus_inv_m": _rel(npy, out), "defocus_png": _rel(png, out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lightning_modules.stage1 import load_generator
@@ -135,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         rec: dict[str, Any] = {"image": _rel(ref_path, out), "stack": [_rel(p, out) for p in frame_paths],
                                "K_px_m": [round(float(k), 6) for k in K],
                                "K_work_px_m": [round(float(k), 6) for k in res.K_work_px_m]}
+        if "defocus_inv_m" in res.info:  # the layered head's defocus map: where the generator put the blur
+            rec.update(write_defocus(out, row["name"], res.info["defocus_inv_m"][0], image.shape[-2:],
+                                     float(gen.net.defocus_max_inv_m)))
         for key in ("intrinsics", "focus_m", "depth_scale"):
             if key in row:
                 rec[key] = row[key]

@@ -6,6 +6,19 @@ token, so that each pixel's query decides how much of K it takes. The diffusion 
 ``(bokeh - sharp) * residual_scale``: the network only learns what bokeh changes, and an all-zero prediction is
 already the sharp image. The network predicts the clean state x0 (``prediction="sample"``); the flow-matching
 velocity follows as v = (x_t - x0) / t, so the sampler and the loss stay those of rectified flow.
+
+Two output heads (``head``):
+- ``residual``: the UNet's 3 output channels are the x0 residual itself (a free-form image edit).
+- ``layered``: a physics-structured x0. One more output channel is a per-pixel defocus map delta (1/m, in
+  [0, defocus_max_inv_m]); x0 is the sharp image rendered by the physics layered renderer
+  (:func:`physics.render.render_radius_map`, occlusion-aware, linear light) with the signed CoC radius
+  ``side * K * delta`` px, plus the 3 residual channels. No depth goes in: delta is inferred from the image and
+  learned only through the rendered frames' loss. Why: a depth-free network that must both find where blur goes and
+  synthesise a disk blur wastes its capacity on the second, which physics does exactly; with delta K-independent the
+  stack's radii grow linearly with K by construction (the sweep proposition). ``defocus_side`` fixes which side of
+  the focal plane the blur lies on (``front``: blurrier = nearer, composited over the rest, as with a far focus;
+  ``back``: blurrier = farther, as with the nearest subject in focus): the renderer's blur is symmetric in the sign,
+  so a signed delta starting at 0 would get no gradient for its sign.
 """
 
 from __future__ import annotations
@@ -38,7 +51,9 @@ class CompactBokehUNet(nn.Module):
 
     def __init__(self, unet: dict[str, Any] | None = None, *, k_scale: float = 30.0, residual_scale: float = 4.0,
                  num_k_tokens: int = 1, space_to_depth: int = 1,
-                 blur_bank_inv_m: Sequence[float] | None = None, blur_bank_kernel: str = "gaussian") -> None:
+                 blur_bank_inv_m: Sequence[float] | None = None, blur_bank_kernel: str = "gaussian",
+                 head: str = "residual", defocus_side: str = "front", defocus_max_inv_m: float = 2.5,
+                 defocus_init_inv_m: float = 0.5) -> None:
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -57,8 +72,20 @@ class CompactBokehUNet(nn.Module):
         if blur_bank_kernel not in ("gaussian", "disk"):
             raise ValueError(f"model.compact.blur_bank_kernel must be 'gaussian' or 'disk', got {blur_bank_kernel!r}")
         self.blur_bank_kernel = blur_bank_kernel
+        if head not in ("residual", "layered"):
+            raise ValueError(f"model.compact.head must be 'residual' or 'layered', got {head!r}")
+        if defocus_side not in ("front", "back"):
+            raise ValueError(f"model.compact.defocus_side must be 'front' or 'back', got {defocus_side!r}")
+        if not 0.0 < float(defocus_init_inv_m) < float(defocus_max_inv_m):
+            raise ValueError(f"model.compact needs 0 < defocus_init_inv_m < defocus_max_inv_m (1/m), got "
+                             f"{defocus_init_inv_m} and {defocus_max_inv_m}")
+        self.head = head
+        self.defocus_sign = -1.0 if defocus_side == "front" else 1.0
+        self.defocus_max_inv_m = float(defocus_max_inv_m)
         extra = 3 * len(self.blur_bank_inv_m)
-        cfg.update(in_channels=(6 + extra) * s2, out_channels=3 * s2)
+        # layered: one defocus channel at the UNet's resolution (bilinearly upsampled: a defocus map is smooth at
+        # the s x s scale, and one channel per sub-pixel would print the pixel_shuffle grid into it)
+        cfg.update(in_channels=(6 + extra) * s2, out_channels=3 * s2 + (1 if head == "layered" else 0))
         self.unet = UNet2DConditionModel(**cfg)
         self.context_dim = int(cfg["cross_attention_dim"])
         self.k_embed = KEmbedding(self.context_dim, k_scale=k_scale, num_tokens=num_k_tokens)
@@ -68,6 +95,11 @@ class CompactBokehUNet(nn.Module):
         # Start as the identity (zero residual): the output conv predicts exactly zero at init.
         nn.init.zeros_(self.unet.conv_out.weight)
         nn.init.zeros_(self.unet.conv_out.bias)
+        if head == "layered":
+            # ...and a uniform defocus map of defocus_init_inv_m (the last output channel is the defocus logit)
+            p = float(defocus_init_inv_m) / self.defocus_max_inv_m
+            with torch.no_grad():
+                self.unet.conv_out.bias[3 * s2] = math.log(p / (1.0 - p))
 
     def context(self, K_px_m: torch.Tensor, null_mask: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.k_embed(K_px_m, null_mask)
@@ -78,6 +110,41 @@ class CompactBokehUNet(nn.Module):
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor,
                 null_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x_t [B,3,H,W] (state space), sigma [B] in [0,1], sharp [B,3,H,W] sRGB [0,1], K [B] -> x0 [B,3,H,W]."""
+        return self.predict(x_t, sigma, sharp, K_px_m, null_mask)[0]
+
+    def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor,
+                null_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x0 [B,3,H,W], defocus map delta [B,1,H,W] in 1/m, or None for the residual head)."""
+        out = self._unet_out(x_t, sigma, sharp, K_px_m, null_mask)
+        s = self.space_to_depth
+        residual = F.pixel_shuffle(out[:, :3 * s * s], s) if s > 1 else out[:, :3]
+        if self.head == "residual":
+            return residual, None
+        logit = out[:, 3 * s * s:]
+        if s > 1:
+            logit = F.interpolate(logit, scale_factor=s, mode="bilinear", align_corners=False)
+        delta_inv_m = self.defocus_max_inv_m * torch.sigmoid(logit)
+        rendered = self.render_defocus(sharp, self._per_sample_k(K_px_m, null_mask, sharp), delta_inv_m)
+        return self.to_state(rendered, sharp) + residual, delta_inv_m
+
+    def render_defocus(self, image: torch.Tensor, K_px_m: torch.Tensor, defocus_inv_m: torch.Tensor) -> torch.Tensor:
+        """image [B,3,H,W] sRGB rendered by physics at the signed radius side * K * delta (px; K [B] in px*m at this
+        width, delta [B,1,H,W] in 1/m)."""
+        from physics.render import render_radius_map
+
+        K = torch.as_tensor(K_px_m, dtype=image.dtype, device=image.device).reshape(-1, 1, 1, 1)
+        return render_radius_map(image.clamp(0, 1), self.defocus_sign * K * defocus_inv_m)
+
+    @staticmethod
+    def _per_sample_k(K_px_m: torch.Tensor, null_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """K [B] (0 on null-K rows: the unconditional branch carries no blur strength)."""
+        K = torch.as_tensor(K_px_m, dtype=like.dtype, device=like.device).reshape(-1).expand(like.shape[0])
+        if null_mask is not None:
+            K = torch.where(torch.as_tensor(null_mask, device=K.device).reshape(-1).bool(), torch.zeros_like(K), K)
+        return K
+
+    def _unet_out(self, x_t: torch.Tensor, sigma: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor,
+                  null_mask: torch.Tensor | None) -> torch.Tensor:
         h, w = x_t.shape[-2:]
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"CompactBokehUNet needs H, W divisible by {self.size_multiple}, got {h}x{w}")
@@ -89,7 +156,7 @@ class CompactBokehUNet(nn.Module):
             inp = F.pixel_unshuffle(inp, self.space_to_depth)
         sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(x_t.shape[0])
         out = self.unet(inp, sigma * 1000.0, encoder_hidden_states=self.context(K_px_m, null_mask)).sample
-        return F.pixel_shuffle(out, self.space_to_depth) if self.space_to_depth > 1 else out
+        return out  # [B, 3 s^2 (+1), H/s, W/s]: split by :meth:`predict`
 
     def blur_features(self, sharp: torch.Tensor, K_px_m: torch.Tensor, null_mask: torch.Tensor | None = None
                       ) -> torch.Tensor:
@@ -103,10 +170,7 @@ class CompactBokehUNet(nn.Module):
         """
         import kornia
 
-        b = sharp.shape[0]
-        K = torch.as_tensor(K_px_m, dtype=sharp.dtype, device=sharp.device).reshape(-1).expand(b)
-        if null_mask is not None:
-            K = torch.where(torch.as_tensor(null_mask, device=K.device).reshape(-1).bool(), torch.zeros_like(K), K)
+        K = self._per_sample_k(K_px_m, null_mask, sharp)
         lin = kornia.color.rgb_to_linear_rgb(sharp.clamp(0, 1))
         h, w = sharp.shape[-2:]
         out = []

@@ -105,6 +105,15 @@ class BokehGenerator(nn.Module):
                    null_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def predict_x0_and_defocus(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any], K: torch.Tensor,
+                               null_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x0 and, for backbones that predict one, the defocus map delta [B,1,h,w] (1/m) it was rendered from."""
+        return self.predict_x0(x_t, sigma, cond, K, null_mask), None
+
+    def render_defocus(self, image: torch.Tensor, K_px_m: torch.Tensor, defocus_inv_m: torch.Tensor) -> torch.Tensor:
+        """Physics render of ``image`` [B,3,H,W] at K [B] (px*m at this width) with a predicted defocus map."""
+        raise NotImplementedError
+
     def to_image(self, state: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -126,12 +135,15 @@ class BokehGenerator(nn.Module):
                        num_steps: int | None = None, cfg_scale: float = 1.0,
                        guidance: GuidanceConfig | None = None, color_transfer: bool = False,
                        seed: int | None = 0, noise: torch.Tensor | None = None,
-                       residual_upsample: bool = True) -> StackResult:
+                       residual_upsample: bool = True, render_full_resolution: bool = True) -> StackResult:
         """image [3,H,W] | [B,3,H,W] sRGB [0,1]; K_px_m [N] for the input width -> StackResult (frames [B,N,3,H,W]).
 
         All B*N frames go through the network in one batch per step, and every frame of an image starts from the
         same noise. With ``residual_upsample`` the output at the input size is ``input + resize(bokeh - sharp)``
-        at the working size, so in-focus detail survives the working resolution.
+        at the working size, so in-focus detail survives the working resolution. A backbone that predicts a
+        defocus map (the compact layered head) is instead, with ``render_full_resolution``, re-rendered by physics
+        at the input size from its upsampled map (crisp disks at any size); ``info["defocus_inv_m"]`` holds the map
+        [B,N,1,h,w] (1/m, working size).
         """
         image = check_image_batch(image)
         device = next(self.parameters()).device
@@ -158,14 +170,20 @@ class BokehGenerator(nn.Module):
         start_step = int(math.floor((guidance.start_fraction if guide else 0.0) * steps))
         sharp_flat = flat_cond["sharp"]
 
+        defocus: list[torch.Tensor | None] = [None]  # the K-conditioned defocus map of the latest step
+
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             if cfg_scale == 1.0:
-                return self.predict_x0(x, sigma, flat_cond, K_flat, torch.zeros_like(K_flat, dtype=torch.bool))
+                x0, defocus[0] = self.predict_x0_and_defocus(x, sigma, flat_cond, K_flat,
+                                                             torch.zeros_like(K_flat, dtype=torch.bool))
+                return x0
             both = self.expand_cond(flat_cond, 1)
             both = {k: (torch.cat([v, v]) if torch.is_tensor(v) and k in self.batched_keys else v)
                     for k, v in both.items()}
             null = torch.cat([torch.zeros_like(K_flat, dtype=torch.bool), torch.ones_like(K_flat, dtype=torch.bool)])
-            x0 = self.predict_x0(torch.cat([x, x]), torch.cat([sigma, sigma]), both, torch.cat([K_flat, K_flat]), null)
+            x0, delta = self.predict_x0_and_defocus(torch.cat([x, x]), torch.cat([sigma, sigma]), both,
+                                                    torch.cat([K_flat, K_flat]), null)
+            defocus[0] = None if delta is None else delta.chunk(2)[0]
             cond_x0, null_x0 = x0.chunk(2)
             return null_x0 + cfg_scale * (cond_x0 - null_x0)
 
@@ -182,16 +200,28 @@ class BokehGenerator(nn.Module):
         frames = self.to_image(state, flat_cond).clamp(0, 1)
         if color_transfer:
             frames = lab_color_transfer(frames, sharp_flat)
+        delta = defocus[0]
+        rerendered = False
         if (h, w) != (H, W):
             ref = image.repeat_interleave(n, 0)
-            if residual_upsample:
+            if delta is not None and render_full_resolution:
+                # physics re-renders the defocus map (1/m: resolution-free) at the input size and K; what the frame
+                # holds beyond that render (residual channels, guidance, colour transfer) is upsampled onto it
+                K_in = K_flat * (W / w)
+                rest = frames - self.render_defocus(sharp_flat, K_flat, delta)
+                up = F.interpolate(delta, size=(H, W), mode="bilinear", align_corners=False)
+                frames = (self.render_defocus(ref, K_in, up) + resize(rest, (H, W))).clamp(0, 1)
+                rerendered = True
+            elif residual_upsample:
                 frames = (ref + resize(frames - sharp_flat, (H, W))).clamp(0, 1)
             else:
                 frames = resize(frames, (H, W)).clamp(0, 1)
+        info = {"num_steps": steps, "cfg_scale": cfg_scale, "guidance": guidance.to_dict() if guidance else None,
+                "color_transfer": color_transfer, "rendered_at_input_size": rerendered}
+        if delta is not None:
+            info["defocus_inv_m"] = delta.view(b, n, 1, h, w).cpu()
         return StackResult(frames=frames.view(b, n, 3, H, W).cpu(), K_px_m=K, K_work_px_m=K_work.cpu(),
-                           work_size=(h, w), info={"num_steps": steps, "cfg_scale": cfg_scale,
-                                                   "guidance": guidance.to_dict() if guidance else None,
-                                                   "color_transfer": color_transfer})
+                           work_size=(h, w), info=info)
 
 
 class CompactBokehGenerator(BokehGenerator):
@@ -212,6 +242,12 @@ class CompactBokehGenerator(BokehGenerator):
 
     def predict_x0(self, x_t, sigma, cond, K, null_mask):
         return self.net(x_t, sigma, cond["sharp"], K, null_mask)
+
+    def predict_x0_and_defocus(self, x_t, sigma, cond, K, null_mask):
+        return self.net.predict(x_t, sigma, cond["sharp"], K, null_mask)
+
+    def render_defocus(self, image, K_px_m, defocus_inv_m):
+        return self.net.render_defocus(image, K_px_m, defocus_inv_m)
 
     def to_image(self, state, cond):
         return self.net.to_image(state, cond["sharp"])
