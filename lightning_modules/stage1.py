@@ -308,7 +308,7 @@ class Stage1DataModule(L.LightningDataModule):
 
 # ------------------------------------------------------------------------------------------------------- models
 COMPACT_KEYS = {"unet", "residual_scale", "space_to_depth", "blur_bank_inv_m", "blur_bank_kernel", "head",
-                "defocus_side", "defocus_max_inv_m", "defocus_init_inv_m"}
+                "defocus_side", "defocus_max_inv_m", "defocus_init_inv_m", "defocus_residual", "defocus_k_free"}
 
 
 def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: int | None):
@@ -330,7 +330,9 @@ def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: i
                                    head=str(compact.get("head", "residual")),
                                    defocus_side=str(compact.get("defocus_side", "front")),
                                    defocus_max_inv_m=float(compact.get("defocus_max_inv_m", 2.5)),
-                                   defocus_init_inv_m=float(compact.get("defocus_init_inv_m", 0.5)))
+                                   defocus_init_inv_m=float(compact.get("defocus_init_inv_m", 0.5)),
+                                   defocus_residual=bool(compact.get("defocus_residual", True)),
+                                   defocus_k_free=bool(compact.get("defocus_k_free", False)))
         except ValueError as error:
             raise ConfigError(str(error)) from None
         return CompactBokehGenerator(net, k_range, resolution=resolution)

@@ -410,3 +410,32 @@ def test_layered_head_stack_is_rendered_by_physics_at_the_input_size():
     torch.testing.assert_close(res.frames[0], expected, atol=1e-4, rtol=0)
     upsampled = gen.generate_stack(image, [4.0, 9.0], num_steps=2, render_full_resolution=False).frames[0]
     assert (upsampled - expected).abs().mean() > 1e-3  # the old path differs: the re-render did something
+
+
+def test_k_free_layered_head_predicts_one_defocus_map_for_every_k_and_renders_it_with_physics():
+    """defocus_k_free + no residual: from the same state the network returns the same defocus map for any K, and
+    each frame is exactly physics' render of the depth 1 / (1/100 + delta) at that K, focus 100 m (front side):
+    radii r_i = K_i * delta, the sweep proposition, by construction."""
+    from physics.render import render_bokeh
+
+    torch.manual_seed(0)
+    net = CompactBokehUNet(TINY_UNET, k_scale=8.0, head="layered", defocus_residual=False,
+                           defocus_k_free=True).eval()
+    assert net.unet.conv_out.out_channels == 1
+    perturb(net, 0.2)
+    sharp = _smooth_texture(32, 32, 2).expand(2, -1, -1, -1)
+    x_t = torch.randn(1, 3, 32, 32).expand(2, -1, -1, -1)
+    K = torch.tensor([2.0, 7.0])
+    with torch.no_grad():
+        x0, delta = net.predict(x_t, torch.tensor([0.6, 0.6]), sharp, K)
+    assert torch.equal(delta[0], delta[1]) and float(delta.std()) > 1e-3  # one non-uniform map for both K
+    expected = render_bokeh(sharp, 1.0 / (0.01 + delta), K, 100.0)
+    torch.testing.assert_close(net.to_image(x0, sharp), expected, atol=1e-5, rtol=0)
+    torch.manual_seed(0)
+    k_aware = CompactBokehUNet(TINY_UNET, k_scale=8.0, head="layered", defocus_residual=False).eval()
+    perturb(k_aware, 0.2)
+    with torch.no_grad():
+        _, delta_k = k_aware.predict(x_t, torch.tensor([0.6, 0.6]), sharp, K)
+    assert not torch.allclose(delta_k[0], delta_k[1], atol=1e-4)  # without the option the map follows K
+    with pytest.raises(ValueError, match="blur_bank_inv_m"):
+        CompactBokehUNet(TINY_UNET, head="layered", defocus_k_free=True, blur_bank_inv_m=[0.5])

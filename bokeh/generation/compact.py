@@ -18,7 +18,9 @@ Two output heads (``head``):
   stack's radii grow linearly with K by construction (the sweep proposition). ``defocus_side`` fixes which side of
   the focal plane the blur lies on (``front``: blurrier = nearer, composited over the rest, as with a far focus;
   ``back``: blurrier = farther, as with the nearest subject in focus): the renderer's blur is symmetric in the sign,
-  so a signed delta starting at 0 would get no gradient for its sign.
+  so a signed delta starting at 0 would get no gradient for its sign. ``defocus_residual: false`` drops the 3
+  residual channels (x0 is then the render alone); ``defocus_k_free: true`` hides K from the network (null K token,
+  no blur bank), so delta is the same for every K of a stack given the state and K acts through the renderer only.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class CompactBokehUNet(nn.Module):
                  num_k_tokens: int = 1, space_to_depth: int = 1,
                  blur_bank_inv_m: Sequence[float] | None = None, blur_bank_kernel: str = "gaussian",
                  head: str = "residual", defocus_side: str = "front", defocus_max_inv_m: float = 2.5,
-                 defocus_init_inv_m: float = 0.5) -> None:
+                 defocus_init_inv_m: float = 0.5, defocus_residual: bool = True,
+                 defocus_k_free: bool = False) -> None:
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -79,13 +82,19 @@ class CompactBokehUNet(nn.Module):
         if not 0.0 < float(defocus_init_inv_m) < float(defocus_max_inv_m):
             raise ValueError(f"model.compact needs 0 < defocus_init_inv_m < defocus_max_inv_m (1/m), got "
                              f"{defocus_init_inv_m} and {defocus_max_inv_m}")
+        if defocus_k_free and self.blur_bank_inv_m:
+            raise ValueError("model.compact.defocus_k_free needs blur_bank_inv_m: [] (the bank's radii K * delta_j "
+                             "would hand K to the network)")
         self.head = head
+        self.defocus_residual = bool(defocus_residual) if head == "layered" else True
+        self.defocus_k_free = bool(defocus_k_free) and head == "layered"
         self.defocus_sign = -1.0 if defocus_side == "front" else 1.0
         self.defocus_max_inv_m = float(defocus_max_inv_m)
         extra = 3 * len(self.blur_bank_inv_m)
         # layered: one defocus channel at the UNet's resolution (bilinearly upsampled: a defocus map is smooth at
         # the s x s scale, and one channel per sub-pixel would print the pixel_shuffle grid into it)
-        cfg.update(in_channels=(6 + extra) * s2, out_channels=3 * s2 + (1 if head == "layered" else 0))
+        out_channels = (3 * s2 if self.defocus_residual else 0) + (1 if head == "layered" else 0)
+        cfg.update(in_channels=(6 + extra) * s2, out_channels=out_channels)
         self.unet = UNet2DConditionModel(**cfg)
         self.context_dim = int(cfg["cross_attention_dim"])
         self.k_embed = KEmbedding(self.context_dim, k_scale=k_scale, num_tokens=num_k_tokens)
@@ -99,7 +108,7 @@ class CompactBokehUNet(nn.Module):
             # ...and a uniform defocus map of defocus_init_inv_m (the last output channel is the defocus logit)
             p = float(defocus_init_inv_m) / self.defocus_max_inv_m
             with torch.no_grad():
-                self.unet.conv_out.bias[3 * s2] = math.log(p / (1.0 - p))
+                self.unet.conv_out.bias[-1] = math.log(p / (1.0 - p))
 
     def context(self, K_px_m: torch.Tensor, null_mask: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.k_embed(K_px_m, null_mask)
@@ -117,15 +126,17 @@ class CompactBokehUNet(nn.Module):
         """(x0 [B,3,H,W], defocus map delta [B,1,H,W] in 1/m, or None for the residual head)."""
         out = self._unet_out(x_t, sigma, sharp, K_px_m, null_mask)
         s = self.space_to_depth
-        residual = F.pixel_shuffle(out[:, :3 * s * s], s) if s > 1 else out[:, :3]
-        if self.head == "residual":
-            return residual, None
-        logit = out[:, 3 * s * s:]
+        if self.defocus_residual:
+            residual = F.pixel_shuffle(out[:, :3 * s * s], s) if s > 1 else out[:, :3]
+            if self.head == "residual":
+                return residual, None
+        logit = out[:, -1:]
         if s > 1:
             logit = F.interpolate(logit, scale_factor=s, mode="bilinear", align_corners=False)
         delta_inv_m = self.defocus_max_inv_m * torch.sigmoid(logit)
         rendered = self.render_defocus(sharp, self._per_sample_k(K_px_m, null_mask, sharp), delta_inv_m)
-        return self.to_state(rendered, sharp) + residual, delta_inv_m
+        x0 = self.to_state(rendered, sharp)
+        return (x0 + residual if self.defocus_residual else x0), delta_inv_m
 
     def render_defocus(self, image: torch.Tensor, K_px_m: torch.Tensor, defocus_inv_m: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W] sRGB rendered by physics at the signed radius side * K * delta (px; K [B] in px*m at this
@@ -155,8 +166,10 @@ class CompactBokehUNet(nn.Module):
         if self.space_to_depth > 1:
             inp = F.pixel_unshuffle(inp, self.space_to_depth)
         sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        if self.defocus_k_free:  # the network sees no K (the null token): K enters only through the renderer
+            null_mask = torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device)
         out = self.unet(inp, sigma * 1000.0, encoder_hidden_states=self.context(K_px_m, null_mask)).sample
-        return out  # [B, 3 s^2 (+1), H/s, W/s]: split by :meth:`predict`
+        return out  # [B, (3 s^2) (+1), H/s, W/s]: split by :meth:`predict`
 
     def blur_features(self, sharp: torch.Tensor, K_px_m: torch.Tensor, null_mask: torch.Tensor | None = None
                       ) -> torch.Tensor:
