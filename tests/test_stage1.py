@@ -15,7 +15,9 @@ from lightning_modules.stage1 import (PairManifest, Stage1Module, build, export_
 TINY = [
     "data.height=16", "data.width=16", "data.batch_size=4", "data.eval_batch_size=4",
     "data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-    "model.compact.unet.block_out_channels=[16, 32]", "model.compact.unet.norm_num_groups=8",
+    "model.compact.unet.block_out_channels=[16, 32]",
+    "model.compact.unet.down_block_types=[DownBlock2D, CrossAttnDownBlock2D]",
+    "model.compact.unet.up_block_types=[CrossAttnUpBlock2D, UpBlock2D]", "model.compact.unet.norm_num_groups=8",
     "model.compact.unet.cross_attention_dim=16", "model.compact.unet.attention_head_dim=8", "eval.num_steps=2",
     "k.min=0.5", "k.max=2.0", "eval.K_px_m=[1.0]",
 ]

@@ -16,7 +16,9 @@ from lightning_modules.tasks import check_trainer_config
 OVERRIDES = [
     "data.height=16", "data.width=16", "data.batch_size=4", "data.eval_batch_size=4", "data.num_workers=0",
     "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.num_test=4",
-    "model.compact.unet.block_out_channels=[16, 32]", "model.compact.unet.cross_attention_dim=16",
+    "model.compact.unet.block_out_channels=[16, 32]",
+    "model.compact.unet.down_block_types=[DownBlock2D, CrossAttnDownBlock2D]",
+    "model.compact.unet.up_block_types=[CrossAttnUpBlock2D, UpBlock2D]", "model.compact.unet.cross_attention_dim=16",
     "model.compact.unet.attention_head_dim=8", "eval.num_steps=1", "eval.K_px_m=[2.0]",
     # every compact parameter gets a gradient every step: plain ddp_spawn (no unused-parameter search) must work
     "trainer.strategy=ddp_spawn", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",

@@ -17,6 +17,8 @@ from _tools import load_tool
 make_stack = load_tool("make_stack", "tool_make_stack")
 
 TINY = ["data.height=16", "data.width=16", "model.compact.unet.block_out_channels=[16, 32]",
+        "model.compact.unet.down_block_types=[DownBlock2D, CrossAttnDownBlock2D]",
+        "model.compact.unet.up_block_types=[CrossAttnUpBlock2D, UpBlock2D]",
         "model.compact.unet.cross_attention_dim=16", "model.compact.unet.attention_head_dim=8",
         "eval.num_steps=2", "k.min=0.5", "k.max=2.0", "eval.K_px_m=[1.0, 2.0]"]
 
