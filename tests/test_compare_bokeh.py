@@ -117,3 +117,19 @@ def test_compare_writes_html_and_json_with_baselines(tmp_path):
     html = (out / "index.html").read_text()
     assert "uniform_disk_population" in html and "synthetic test split" in html and "grids/" in html and (out / saved["sections"]["synthetic test split"]["grids"][0][1]).is_file()
     assert results["sections"].keys() == saved["sections"].keys()
+
+
+def test_a_layered_generator_gets_its_defocus_map_scored_against_the_true_one(tmp_path):
+    """A fresh layered head renders a uniform map of defocus_init_inv_m = 0.5 1/m: its mean ratio to the scene's
+    true |1/100 - 1/depth| is 0.5 / that mean (computed here from the scene), its correlation undefined (None)."""
+    torch.manual_seed(0)
+    overrides = [o for o in TINY if o != "model.compact.head=residual"] + ["model.compact.head=layered"]
+    module, _ = build(load_config(["configs/stage1.yaml"], overrides))
+    export_generator(module, tmp_path / "gen")
+    compare.main(["--generator", str(tmp_path / "gen"), "--out", str(tmp_path / "out"), "--num-scenes", "1",
+                  "--fit2d-scenes", "0", "--steps", "1", "--flux-guidance", "0", "--stack-guidance", "0"])
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    row = saved["sections"]["synthetic test split"]["rows"][0]["learned"]
+    depth = compare.synthetic_samples(1, 16, 0, 100.0)[0]["depth_m"].double()
+    assert row["defocus_mean_ratio"] == pytest.approx(0.5 / float((1 / 100.0 - 1 / depth).abs().mean()), rel=1e-5)
+    assert row["defocus_corr"] is None

@@ -23,7 +23,9 @@ Canon 7D, 22.3 mm, 50 mm f/1.8 vs a wide-DoF input): K from physics.camera at an
 (``--assumed-focus-m``, default 2 m: the focus is not recorded; K changes by s1/(s1 - f), < 3% beyond 2 m), the
 learned frame vs the real photo next to identity and a uniform disk blur whose radius is fitted to the real photo
 (an oracle the generator does not get). Writes ``<out>/index.html`` (grids: input | physics or real | learned |
-learned+guidance | |learned - target| x4) and ``<out>/results.json``.
+learned+guidance | |learned - target| x4) and ``<out>/results.json``. For a generator with the layered head, the
+learned rows also get its defocus map against the true |1/focus - 1/depth| (``defocus_corr``, ``defocus_mean_ratio``
+pred/true, ``defocus_mae_inv_m``) and the grids two grey maps (learned, true) on one scale.
 """
 
 from __future__ import annotations
@@ -178,6 +180,23 @@ def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, obse
     return k, float(1.0 / inv[i])
 
 
+def defocus_agreement(pred_inv_m: torch.Tensor, depth_m: torch.Tensor, focus_m: float) -> dict[str, float | None]:
+    """A generator's defocus map [1,h,w] (1/m) against the scene's true |1/focus - 1/depth| [1,H,W] (resized to the
+    map, area-averaged): Pearson correlation (None for a constant map), mean ratio pred / true (1 = the right overall
+    blur; < 1 under-blurs), mean absolute error (1/m)."""
+    import torch.nn.functional as F
+
+    true = (1.0 / float(focus_m) - 1.0 / depth_m.double()).abs()[None]
+    if true.shape[-2:] != pred_inv_m.shape[-2:]:
+        true = F.interpolate(true, size=pred_inv_m.shape[-2:], mode="area")
+    true, pred = true.flatten(), pred_inv_m.double().flatten()
+    corr = None
+    if float(pred.std()) > 1e-9 and float(true.std()) > 1e-9:
+        corr = float(torch.corrcoef(torch.stack([pred, true]))[0, 1])
+    return {"defocus_corr": corr, "defocus_mean_ratio": float(pred.mean() / true.mean().clamp_min(1e-12)),
+            "defocus_mae_inv_m": float((pred - true).abs().mean())}
+
+
 # ------------------------------------------------------------------------------------------------------ samples
 def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = None,
                       scene_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -262,7 +281,9 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
         with torch.no_grad():
             physics = render_bokeh(image[None].expand(n, -1, -1, -1), depth[None].expand(n, -1, -1, -1),
                                    torch.tensor(Ks), torch.full((n,), focus)).clamp(0, 1)
-        learned = gen.generate_stack(image, Ks, num_steps=steps, seed=idx).frames[0]
+        result = gen.generate_stack(image, Ks, num_steps=steps, seed=idx)
+        learned = result.frames[0]
+        defocus = result.info.get("defocus_inv_m")  # layered head: the map it rendered, [1, N, 1, h, w]
         guided = (gen.generate_stack(image, Ks, num_steps=steps, seed=idx, guidance=guidance).frames[0]
                   if guidance.enabled else None)
         grid_rows = []
@@ -290,15 +311,27 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
                     k2, f2 = fit_k_focus(image, depth, focus, pred, 0.1 * k_bounds[0], 2.0 * k_bounds[1])
                     m.update(K_fit2d_px_m=k2, focus_fit2d_m=f2, k_cal_err_2d=abs(k2 - K) / K)
                 row[method] = m
+            if defocus is not None:
+                row["learned"].update(defocus_agreement(defocus[0, j], depth, focus))
             rows.append(row)
             cells = [image, physics[j], learned[j]] + ([guided[j]] if guided is not None else []) + \
                     [((learned[j] - physics[j]).abs() * 4).clamp(0, 1)]
+            if defocus is not None:  # grey maps on one scale: predicted and true |1/focus - 1/depth|
+                import torch.nn.functional as F
+
+                true = (1.0 / focus - 1.0 / depth).abs()
+                pred = F.interpolate(defocus[0, j][None].float(), size=true.shape[-2:], mode="bilinear",
+                                     align_corners=False)[0]
+                top = float(torch.maximum(true.max(), pred.max()).clamp_min(1e-6))
+                cells += [(pred / top).expand(3, -1, -1), (true / top).expand(3, -1, -1)]
             grid_rows.append(cells)
         if len(grids) < max_grids:
-            labels = ["input", "physics", "learned"] + (["learned+guidance"] if guided is not None else []) + ["|diff| x4"]
+            labels = ["input", "physics", "learned"] + (["learned+guidance"] if guided is not None else []) + \
+                ["|diff| x4"] + (["defocus (learned)", "defocus (true)"] if defocus is not None else [])
             path = write_image(out / "grids" / f"{s['name']}.png", image_grid(grid_rows, labels=labels))
             grids.append((s["name"], path.relative_to(out).as_posix(), [round(k, 3) for k in Ks]))
-    keys = ["psnr", "ssim", "k_cal_err_measurable", "k_cal_err", "k_cal_err_2d"] + (["lpips"] if lpips else [])
+    keys = ["psnr", "ssim", "k_cal_err_measurable", "k_cal_err", "k_cal_err_2d", "defocus_corr",
+            "defocus_mean_ratio", "defocus_mae_inv_m"] + (["lpips"] if lpips else [])
     return {"rows": rows, "summary": summarize(rows, keys), "grids": grids, "population_radius_px": population}
 
 
