@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from bokeh.generation import (CompactBokehGenerator, CompactBokehUNet, FluxKontextBokehGenerator, GuidanceConfig,
-                              KRange, install_k_adapter)
+                              KRange, build_compact, install_k_adapter)
 from bokeh.generation.flow import sample_t
 from bokeh.generation.flux_adapter import load_adapter, save_adapter, tiny_flux_transformer, tiny_flux_vae
 from lightning_modules.config import ConfigError
@@ -307,8 +307,11 @@ class Stage1DataModule(L.LightningDataModule):
 
 
 # ------------------------------------------------------------------------------------------------------- models
-COMPACT_KEYS = {"unet", "residual_scale", "space_to_depth", "blur_bank_inv_m", "blur_bank_kernel", "head",
-                "defocus_side", "defocus_max_inv_m", "defocus_init_inv_m", "defocus_residual", "defocus_k_free"}
+def _compact_keys() -> set[str]:
+    """The keys ``model.compact`` may hold: CompactBokehUNet's arguments (k_scale comes from ``model.k_scale``)."""
+    import inspect
+
+    return set(inspect.signature(CompactBokehUNet).parameters) - {"k_scale"}
 
 
 def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: int | None):
@@ -318,21 +321,12 @@ def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: i
     k_scale = float(model_cfg.get("k_scale", 4.0))
     if kind == "compact":
         compact = dict(model_cfg.get("compact") or {})
-        unknown = sorted(set(compact) - COMPACT_KEYS)
+        allowed = _compact_keys()
+        unknown = sorted(set(compact) - allowed)
         if unknown:
-            raise ConfigError(f"model.compact has unknown keys {unknown}; expected some of {sorted(COMPACT_KEYS)}")
+            raise ConfigError(f"model.compact has unknown keys {unknown}; expected some of {sorted(allowed)}")
         try:
-            net = CompactBokehUNet(compact.get("unet"), k_scale=k_scale,
-                                   residual_scale=float(compact.get("residual_scale", 4.0)),
-                                   space_to_depth=int(compact.get("space_to_depth", 1)),
-                                   blur_bank_inv_m=compact.get("blur_bank_inv_m"),
-                                   blur_bank_kernel=str(compact.get("blur_bank_kernel", "gaussian")),
-                                   head=str(compact.get("head", "residual")),
-                                   defocus_side=str(compact.get("defocus_side", "front")),
-                                   defocus_max_inv_m=float(compact.get("defocus_max_inv_m", 2.5)),
-                                   defocus_init_inv_m=float(compact.get("defocus_init_inv_m", 0.5)),
-                                   defocus_residual=bool(compact.get("defocus_residual", True)),
-                                   defocus_k_free=bool(compact.get("defocus_k_free", False)))
+            net = build_compact(dict(compact, k_scale=k_scale))
         except ValueError as error:
             raise ConfigError(str(error)) from None
         return CompactBokehGenerator(net, k_range, resolution=resolution)

@@ -47,13 +47,13 @@ Number = Union[float, int, torch.Tensor]
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def validate_render_inputs(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, focus_m: Number, *,
-                           color_space: str = "srgb", f_mm: Number | None = None) -> None:
-    """Raise ``ValueError`` naming the argument for every kind of bad renderer input."""
+def _check_image(image: torch.Tensor, color_space: str, batched_only: bool = False) -> None:
+    """The renderers' checks of ``image`` and ``color_space`` (ValueError naming what is wrong)."""
+    shapes = "[B,3,H,W]" if batched_only else "[B,3,H,W] or [3,H,W]"
     if not torch.is_tensor(image):
-        raise ValueError(f"image must be a torch.Tensor [B,3,H,W] or [3,H,W]; got {type(image).__name__}")
-    if image.dim() not in (3, 4) or image.shape[-3] != 3:
-        raise ValueError(f"image must have shape [B,3,H,W] or [3,H,W]; got {tuple(image.shape)}")
+        raise ValueError(f"image must be a torch.Tensor {shapes}; got {type(image).__name__}")
+    if image.dim() not in ((4,) if batched_only else (3, 4)) or image.shape[-3] != 3:
+        raise ValueError(f"image must have shape {shapes}; got {tuple(image.shape)}")
     if image.numel() == 0:
         raise ValueError(f"image is empty (shape {tuple(image.shape)})")
     if not image.is_floating_point():
@@ -62,6 +62,12 @@ def validate_render_inputs(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: N
         raise ValueError("image contains NaN or infinite values")
     if color_space not in ("srgb", "linear"):
         raise ValueError(f"color_space must be 'srgb' or 'linear'; got {color_space!r}")
+
+
+def validate_render_inputs(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, focus_m: Number, *,
+                           color_space: str = "srgb", f_mm: Number | None = None) -> None:
+    """Raise ``ValueError`` naming the argument for every kind of bad renderer input."""
+    _check_image(image, color_space)
     if not torch.is_tensor(depth_m):
         raise ValueError(f"depth_m must be a torch.Tensor [B,1,H,W] of depths in metres; got {type(depth_m).__name__}")
     if depth_m.dim() != image.dim():
@@ -254,11 +260,7 @@ def render_radius_map(image: torch.Tensor, radius_px: torch.Tensor, *, aperture:
             behind), finite. Differentiable w.r.t. both inputs.
     Returns: [B,3,H,W] in ``color_space``.
     """
-    if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
-        raise ValueError(f"image must be a floating-point tensor [B,3,H,W]; got "
-                         f"{tuple(image.shape) if torch.is_tensor(image) else type(image).__name__}")
-    if color_space not in ("srgb", "linear"):
-        raise ValueError(f"color_space must be 'srgb' or 'linear'; got {color_space!r}")
+    _check_image(image, color_space, batched_only=True)
     b, _, h, w = image.shape
     if not torch.is_tensor(radius_px) or tuple(radius_px.shape) != (b, 1, h, w):
         raise ValueError(f"radius_px must be a tensor [B,1,H,W] = {(b, 1, h, w)} matching image; got "

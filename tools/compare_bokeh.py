@@ -84,12 +84,10 @@ def uniform_disk(image: torch.Tensor, radius_px: float) -> torch.Tensor:
 def population_radius_px(samples: Sequence[dict[str, Any]], Ks: Sequence[float]) -> list[float]:
     """Depth-free baseline radius (px) per K: the mean |r| = |K (1/focus_m - 1/depth_m)| over all pixels of all
     ``samples`` (each with depth_m [1,H,W] in m and focus_m in m), pixel-weighted; K in px*m."""
-    from physics.camera import signed_coc_radius_px
-
     total, count = 0.0, 0
     for s in samples:
         # |r| is K times |1/focus - 1/depth| (K >= 0): average that once, in float64 over possibly many pixels
-        delta = signed_coc_radius_px(s["depth_m"][None], 1.0, float(s["focus_m"])).abs().double()
+        delta = true_defocus_inv_m(s["depth_m"], float(s["focus_m"])).double()
         total += float(delta.sum())
         count += delta.numel()
     if count == 0:
@@ -180,13 +178,18 @@ def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, obse
     return k, float(1.0 / inv[i])
 
 
-def defocus_agreement(pred_inv_m: torch.Tensor, depth_m: torch.Tensor, focus_m: float) -> dict[str, float | None]:
-    """A generator's defocus map [1,h,w] (1/m) against the scene's true |1/focus - 1/depth| [1,H,W] (resized to the
-    map, area-averaged): Pearson correlation (None for a constant map), mean ratio pred / true (1 = the right overall
-    blur; < 1 under-blurs), mean absolute error (1/m)."""
-    import torch.nn.functional as F
+def true_defocus_inv_m(depth_m: torch.Tensor, focus_m: float) -> torch.Tensor:
+    """|1/focus - 1/depth| [1,H,W] (1/m): the CoC radius per unit K."""
+    from physics.camera import signed_coc_radius_px
 
-    true = (1.0 / float(focus_m) - 1.0 / depth_m.double()).abs()[None]
+    return signed_coc_radius_px(depth_m[None], 1.0, float(focus_m))[0].abs()
+
+
+def defocus_agreement(pred_inv_m: torch.Tensor, true_inv_m: torch.Tensor) -> dict[str, float | None]:
+    """A generator's defocus map [1,h,w] (1/m) against the scene's true one [1,H,W] (:func:`true_defocus_inv_m`,
+    resized to the map, area-averaged): Pearson correlation (None for a constant map), mean ratio pred / true (1 = the
+    right overall blur; < 1 under-blurs), mean absolute error (1/m)."""
+    true = true_inv_m.double()[None]
     if true.shape[-2:] != pred_inv_m.shape[-2:]:
         true = F.interpolate(true, size=pred_inv_m.shape[-2:], mode="area")
     true, pred = true.flatten(), pred_inv_m.double().flatten()
@@ -284,6 +287,7 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
         result = gen.generate_stack(image, Ks, num_steps=steps, seed=idx)
         learned = result.frames[0]
         defocus = result.info.get("defocus_inv_m")  # layered head: the map it rendered, [1, N, 1, h, w]
+        true_defocus = true_defocus_inv_m(depth, focus) if defocus is not None else None
         guided = (gen.generate_stack(image, Ks, num_steps=steps, seed=idx, guidance=guidance).frames[0]
                   if guidance.enabled else None)
         grid_rows = []
@@ -312,18 +316,15 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
                     m.update(K_fit2d_px_m=k2, focus_fit2d_m=f2, k_cal_err_2d=abs(k2 - K) / K)
                 row[method] = m
             if defocus is not None:
-                row["learned"].update(defocus_agreement(defocus[0, j], depth, focus))
+                row["learned"].update(defocus_agreement(defocus[0, j], true_defocus))
             rows.append(row)
             cells = [image, physics[j], learned[j]] + ([guided[j]] if guided is not None else []) + \
                     [((learned[j] - physics[j]).abs() * 4).clamp(0, 1)]
             if defocus is not None:  # grey maps on one scale: predicted and true |1/focus - 1/depth|
-                import torch.nn.functional as F
-
-                true = (1.0 / focus - 1.0 / depth).abs()
-                pred = F.interpolate(defocus[0, j][None].float(), size=true.shape[-2:], mode="bilinear",
+                pred = F.interpolate(defocus[0, j][None].float(), size=true_defocus.shape[-2:], mode="bilinear",
                                      align_corners=False)[0]
-                top = float(torch.maximum(true.max(), pred.max()).clamp_min(1e-6))
-                cells += [(pred / top).expand(3, -1, -1), (true / top).expand(3, -1, -1)]
+                top = float(torch.maximum(true_defocus.max(), pred.max()).clamp_min(1e-6))
+                cells += [(pred / top).expand(3, -1, -1), (true_defocus / top).expand(3, -1, -1)]
             grid_rows.append(cells)
         if len(grids) < max_grids:
             labels = ["input", "physics", "learned"] + (["learned+guidance"] if guided is not None else []) + \
