@@ -1,7 +1,9 @@
-"""Lightning callbacks for Stage-2: image grids (RGB | stack | prediction | GT | error) as PNG and in TensorBoard."""
+"""Lightning callbacks: Stage-2 image grids (RGB | stack | prediction | GT | error) as PNG and in TensorBoard; the
+time a fit spends in validation (what a wall-clock budget pays for it)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,3 +71,26 @@ class DepthImageLogger(L.Callback):
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0 and trainer.is_global_zero and isinstance(outputs, torch.Tensor):
             self._write(trainer, batch, outputs, "test/depth", "test.png")
+
+
+class ValidationTime(L.Callback):
+    """Seconds spent in validation loops during ``fit`` (sanity check included), and how many ran.
+
+    Lightning's own Timer keeps only the last validation's start and end; a fit under ``trainer.max_time`` needs the
+    sum to know how many training steps its validations cost.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.count = 0
+        self._start: float | None = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.count += 1
+            self._start = None

@@ -84,6 +84,19 @@ def physics_targets(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: torch.Te
     return out.clamp(0, 1)
 
 
+def true_defocus_inv_m(depth_m: torch.Tensor, focus_m: torch.Tensor, side_sign: float, max_inv_m: float
+                       ) -> torch.Tensor:
+    """The layered head's target map [B,1,H,W] (1/m): side_sign * (1/focus - 1/depth), clamped to the range the head
+    can express, [0, max_inv_m] (surfaces on the other side of the focal plane count as in focus).
+
+    depth_m [B,1,H,W] (m, > 0), focus_m [B] (m); side_sign -1 for blur in front of the focal plane, +1 behind it.
+    """
+    from physics.camera import signed_coc_radius_px
+
+    # K = 1 px*m turns the signed CoC radius into the defocus 1/focus - 1/depth itself
+    return (side_sign * signed_coc_radius_px(depth_m, 1.0, focus_m)).clamp(0.0, max_inv_m)
+
+
 class SyntheticSplit(Dataset):
     """physics.scenes scenes of one split (seeds disjoint across splits): image, depth_m, focus_m.
 
@@ -376,10 +389,35 @@ class Stage1Module(L.LightningModule):
         self.render_options = dict(cfg.get("render_options") or {})
         self.p_null = float(cfg["train"].get("p_null_k", 0.1))
         self.t_dist = str(cfg["train"].get("t_distribution", "logit_normal"))
+        self.defocus_weight = self._defocus_weight(cfg)
+        self.defocus_loss = str(cfg["train"].get("defocus_loss", "l1"))
+        if self.defocus_loss not in ("l1", "l2"):
+            raise ConfigError(f"train.defocus_loss must be 'l1' (the median map) or 'l2' (the mean map); "
+                              f"got {self.defocus_loss!r}")
         self.eval_steps = int(cfg["eval"].get("num_steps", 4))
         self.eval_k = [float(x) for x in cfg["eval"].get("K_px_m", [k["min"], k["max"]])]
         self.test_results: dict[str, float] = {}
         self._test_sums: dict[str, list[float]] = {}
+
+    def _defocus_weight(self, cfg: Mapping[str, Any]) -> float:
+        """``train.defocus_weight``: weight of the L1 (or, ``train.defocus_loss: l2``, squared) error (1/m) between
+        the layered head's map and the true defocus of the scene. Training only (the depth behind the physics targets); sampling stays depth-free."""
+        weight = cfg["train"].get("defocus_weight", 0.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"train.defocus_weight must be a number >= 0; got {weight!r}")
+        if weight > 0:
+            if getattr(getattr(self.generator, "net", None), "head", None) != "layered":
+                raise ConfigError("train.defocus_weight > 0 needs model.kind=compact with model.compact.head=layered "
+                                  "(the only generator with a defocus map); set train.defocus_weight=0")
+            if cfg["data"].get("kind", "synthetic") == "pairs":
+                raise ConfigError("train.defocus_weight > 0 needs depth (data.kind synthetic or rgbd_manifest); real "
+                                  "pairs have none: set train.defocus_weight=0")
+        return float(weight)
+
+    def defocus_target(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """True defocus map [B,1,H,W] (1/m) of a batch with depth, on the generator's side of the focal plane."""
+        net = self.generator.net
+        return true_defocus_inv_m(batch["depth_m"], batch["focus_m"], net.defocus_sign, net.defocus_max_inv_m)
 
     # trainable parameters: the adapter (flux) or the whole compact network
     def trainable_named_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -405,13 +443,23 @@ class Stage1Module(L.LightningModule):
         null = torch.rand(b, device=self.device) < self.p_null
         t = sample_t(b, device=self.device, distribution=self.t_dist)
         out = self.generator.training_loss(sharp, target, K, null, t)
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=b, sync_dist=True)
+        loss = out["loss"]
         self.log("train/v_mse", out["v_mse"], batch_size=b, sync_dist=True)
-        return out["loss"]
+        if self.defocus_weight > 0:
+            error = out["defocus_inv_m"] - self.defocus_target(batch)
+            defocus_term = error.abs().mean() if self.defocus_loss == "l1" else error.pow(2).mean()
+            loss = loss + self.defocus_weight * defocus_term
+            self.log("train/image_loss", out["loss"], batch_size=b, sync_dist=True)
+            self.log(f"train/defocus_{self.defocus_loss}", defocus_term, batch_size=b, sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+        return loss
 
-    def _sample(self, sharp: torch.Tensor, K: float, guidance: GuidanceConfig | None = None) -> torch.Tensor:
+    def _sample(self, sharp: torch.Tensor, K: float, guidance: GuidanceConfig | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(frame [B,3,H,W], the layered head's defocus map [B,1,h,w] (1/m) or None)."""
         res = self.generator.generate_stack(sharp, [K], num_steps=self.eval_steps, seed=0, guidance=guidance)
-        return res.frames[:, 0].to(sharp.device)
+        defocus = res.info.get("defocus_inv_m")
+        return res.frames[:, 0].to(sharp.device), (None if defocus is None else defocus[:, 0].to(sharp.device))
 
     def _eval_step(self, batch: Mapping[str, torch.Tensor], prefix: str) -> dict[str, float]:
         sharp = batch["image"]
@@ -420,19 +468,23 @@ class Stage1Module(L.LightningModule):
         Ks = [float(batch["K_px_m"][0])] if "K_px_m" in batch else self.eval_k
         # fixed-t flow loss (comparable across epochs)
         gen = torch.Generator(device="cpu").manual_seed(1)
-        losses, psnrs, psnr_id = [], [], []
+        losses, psnrs, psnr_id, defocus_mae = [], [], [], []
         for K in Ks:
             Kt = torch.full((b,), K, device=self.device)
             target = self.targets_for(batch, Kt)
             t = torch.full((b,), 0.5, device=self.device)
             noise = torch.randn(target.shape, generator=gen).to(self.device) if self.cfg["model"].get("kind", "compact") == "compact" else None
             losses.append(float(self.generator.training_loss(sharp, target, Kt, torch.zeros(b, dtype=torch.bool, device=self.device), t, noise)["loss"]))
-            pred = self._sample(sharp, K)
+            pred, defocus = self._sample(sharp, K)
             psnrs.append(float(psnr(pred, target).mean()))
+            if defocus is not None and "depth_m" in batch and defocus.shape[-2:] == sharp.shape[-2:]:
+                defocus_mae.append(float((defocus - self.defocus_target(batch)).abs().mean()))
             psnr_id.append(float(psnr(sharp, target).mean()))
         out[f"{prefix}/loss"] = sum(losses) / len(losses)
         out[f"{prefix}/psnr"] = sum(psnrs) / len(psnrs)
         out[f"{prefix}/psnr_identity"] = sum(psnr_id) / len(psnr_id)
+        if defocus_mae:  # the sampled map vs the scene's true defocus (1/m): calibration, not image fidelity
+            out[f"{prefix}/defocus_mae"] = sum(defocus_mae) / len(defocus_mae)
         for key, value in out.items():
             self.log(key, value, prog_bar=key.endswith("psnr"), batch_size=b, sync_dist=True)
         return out
@@ -604,6 +656,7 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     from lightning.pytorch.loggers import CSVLogger
 
     from bokeh.io import write_json
+    from lightning_modules.callbacks import ValidationTime
     from lightning_modules.tasks import check_trainer_config, find_last_checkpoint
 
     trainer_cfg = check_trainer_config(cfg.trainer)
@@ -611,8 +664,9 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     run_dir = Path(prepare_run_dir())
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-step{step}", monitor="val/psnr",
                                  mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False)
+    validation_time = ValidationTime()
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=[CSVLogger(run_dir, name="logs", version="")],
-                        callbacks=[checkpoint], **trainer_cfg)
+                        callbacks=[checkpoint, validation_time], **trainer_cfg)
     ckpt = ckpt_path or (str(find_last_checkpoint(run_dir)) if resume and find_last_checkpoint(run_dir) else None)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
@@ -625,6 +679,8 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     t1 = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = {"test": dict(module.test_results), "fit_s": fit_s, "test_s": time.perf_counter() - t1,
+               "steps": int(trainer.global_step), "fit_validation_s": validation_time.seconds,
+               "fit_validations": validation_time.count,
                "best_checkpoint": best or "", "run_dir": str(run_dir),
                "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
     if trainer.is_global_zero:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from bokeh.generation.flow import sample_t
 from lightning_modules.config import load_config
 from lightning_modules.stage1 import (PairManifest, Stage1Module, build, export_generator, load_generator,
                                       nearest_subject_focus)
@@ -341,3 +342,91 @@ def test_stage1_default_generates_stage2_default_stack():
     assert s1.data.synthetic.focus_m == s2.focus_m
     assert list(s1.eval.K_px_m) == pytest.approx([k * scale for k in s2.K_px_m], rel=1e-5)
     assert all(s1.k.min <= k * scale <= s1.k.max for k in s2.K_px_m)
+
+
+# ------------------------------------------------------------------------- defocus supervision of the layered head
+def test_true_defocus_map_is_the_thin_lens_defocus_on_the_head_side_clamped_to_its_range():
+    from lightning_modules.stage1 import true_defocus_inv_m
+
+    depth = torch.tensor([0.4, 0.5, 2.0, 10.0, 200.0]).view(1, 1, 1, 5)
+    front = true_defocus_inv_m(depth, torch.tensor([100.0]), -1.0, 2.4)  # focus 100 m, blur in front of it
+    # 1/d - 1/100: 2.49 (clamped to the head's 2.4), 1.99, 0.49, 0.09, and 0 behind the focal plane
+    assert front.flatten().tolist() == pytest.approx([2.4, 1.99, 0.49, 0.09, 0.0], abs=1e-6)
+    back = true_defocus_inv_m(depth, torch.tensor([0.5]), 1.0, 2.5)  # nearest subject at 0.5 m, the rest behind it
+    assert back.flatten().tolist() == pytest.approx([0.0, 0.0, 1.5, 1.9, 1.995], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_defocus_weight_adds_the_maps_error_to_the_frames_loss(kind):
+    torch.manual_seed(0)
+    module, dm = tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.5",
+                                    f"train.defocus_loss={kind}"])
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(3)
+    total = module.training_step(batch, 0)
+    torch.manual_seed(3)  # the same K, null mask, t and noise, without the map's term
+    module.defocus_weight = 0.0
+    frames_only = module.training_step(batch, 0)
+    torch.manual_seed(3)
+    K = module.draw_k(batch)
+    null = torch.rand(K.shape[0]) < module.p_null
+    t = sample_t(K.shape[0], distribution=module.t_dist)
+    out = module.generator.training_loss(batch["image"], module.targets_for(batch, K), K, null, t)
+    truth = (1.0 / batch["depth_m"] - 1.0 / batch["focus_m"].view(-1, 1, 1, 1)).clamp(0, 2.5)  # focus 100 m: front
+    error = (out["defocus_inv_m"] - truth).detach()
+    expected = float(error.abs().mean() if kind == "l1" else error.pow(2).mean())
+    assert expected > 1e-3
+    assert float(total) == pytest.approx(float(frames_only) + 0.5 * expected, rel=1e-5)
+
+
+def test_defocus_supervision_moves_the_map_toward_the_true_defocus():
+    torch.manual_seed(0)
+    module, dm = tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=1.0"])
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    truth = module.defocus_target(batch)
+
+    def map_error() -> float:
+        with torch.no_grad():
+            x_t, sigma = torch.zeros_like(batch["image"]), torch.ones(4)  # t = 1: the map from the sharp image alone
+            defocus = module.generator.net.predict(x_t, sigma, batch["image"], torch.ones(4))[1]
+        return float((defocus - truth).abs().mean())
+
+    before = map_error()
+    for step in range(25):
+        torch.manual_seed(step)
+        loss = module.training_step(batch, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert map_error() < 0.5 * before
+
+
+def test_defocus_weight_is_refused_where_there_is_no_map_or_no_depth():
+    from lightning_modules.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.defocus_weight > 0 needs .*head=layered"):
+        tiny_module(extra=["model.compact.head=residual", "train.defocus_weight=0.1"])
+    with pytest.raises(ConfigError, match=r"train\.defocus_weight must be a number >= 0"):
+        tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=-1.0"])
+    with pytest.raises(ConfigError, match=r"train\.defocus_loss must be 'l1' .* or 'l2'"):
+        tiny_module(extra=["model.compact.head=layered", "train.defocus_loss=huber"])
+    with pytest.raises(ConfigError, match=r"train\.defocus_weight > 0 needs depth"):
+        tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.1", "data.kind=pairs",
+                           "data.manifest.train=x.jsonl"])
+
+
+def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
+    from lightning_modules.stage1 import run
+
+    cfg = load_config(["configs/stage1.yaml"], TINY + [
+        "model.compact.head=layered", "train.defocus_weight=0.1", "trainer.max_epochs=2", "trainer.max_time=null",
+        "trainer.enable_progress_bar=false", "data.num_workers=0"])
+    result = run(cfg, lambda: tmp_path)
+    assert result["steps"] == 4  # 2 epochs x 8 scenes / batch 4
+    assert result["fit_validations"] == 2  # one per epoch, no sanity check
+    assert 0 < result["fit_validation_s"] < result["fit_s"]
+    assert json.loads((tmp_path / "result.json").read_text())["fit_validations"] == 2
+    assert result["test"]["defocus_mae"] > 0  # the layered head's sampled map is scored against the true defocus

@@ -257,10 +257,23 @@ class CompactBokehGenerator(BokehGenerator):
 
     def training_loss(self, sharp: torch.Tensor, target: torch.Tensor, K_px_m: torch.Tensor, null_mask: torch.Tensor,
                       t: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Rectified-flow loss on the residual state; sharp/target [B,3,H,W], K [B] (working width), t [B]."""
+        """Rectified-flow loss on the residual state; sharp/target [B,3,H,W], K [B] (working width), t [B].
+
+        The returned dict also holds ``defocus_inv_m``: the layered head's predicted map [B,1,H,W] (1/m) behind this
+        loss's x0, or None for the residual head (the Lightning module may supervise it).
+        """
         x0 = self.net.to_state(target, sharp)
         noise = torch.randn_like(x0) if noise is None else noise
-        return flow_matching_loss(lambda x_t, tt: self.net(x_t, tt, sharp, K_px_m, null_mask), x0, noise, t)
+        maps: list[torch.Tensor | None] = []
+
+        def predict(x_t: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+            x0_hat, defocus = self.net.predict(x_t, tt, sharp, K_px_m, null_mask)
+            maps.append(defocus)
+            return x0_hat
+
+        out = flow_matching_loss(predict, x0, noise, t)
+        out["defocus_inv_m"] = maps[0]
+        return out
 
 
 class FluxKontextBokehGenerator(BokehGenerator):
