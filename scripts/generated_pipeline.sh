@@ -11,6 +11,9 @@
 # Focus: one far focus for every scene (FOCUS_M=100 m, beyond the 0.5-10 m scenes), as in stage2.yaml's physics
 # stacks and Stage-1's training targets (configs/stage1.yaml): the generator has no focus input and puts the focal
 # plane where it learned to. FOCUS_M=null: each scene's nearest subject (for generators trained that way).
+# Scenes: SCENE_OPTIONS (JSON, default {}) = physics.scenes.make_scene keywords for every split and the eval, e.g.
+# '{"appearance_cues": 1.0}', the scenes configs/stage1.yaml trains on (haze, texture scale: depth shows in the look);
+# {} = Stage-2's depth-hiding scenes, where a depth-free generator cannot know where the blur goes.
 # Knobs (environment): GENERATOR, NUM_TRAIN (1000), NUM_VAL (64), NUM_TEST (200), SIZE (112), K ("2 5 12"), FOCUS_M,
 #   STAGE1_OVERRIDES, FIT_OVERRIDES (e.g. "trainer.max_epochs=2 threads=1"), GEN_STEPS (generator's default),
 #   THREADS (1), PYTHON (.venv/bin/python).
@@ -20,6 +23,7 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-runs/generated_pipeline/$(date +%Y%m%d-%H%M%S)}
 NUM_TRAIN=${NUM_TRAIN:-1000}; NUM_VAL=${NUM_VAL:-64}; NUM_TEST=${NUM_TEST:-200}
 SIZE=${SIZE:-112}; K=${K:-"2 5 12"}; THREADS=${THREADS:-1}; FOCUS_M=${FOCUS_M:-100.0}
+SCENE_OPTIONS=${SCENE_OPTIONS:-"{}"}
 FOCUS_ARG=()
 [[ "$FOCUS_M" != null ]] && FOCUS_ARG=(--focus-m "$FOCUS_M")
 K_LIST="[${K// /,}]"
@@ -32,7 +36,7 @@ if [[ -e "$OUT" ]] && [[ -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
 fi
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/pipeline.log"; }
-log "out=$OUT train=$NUM_TRAIN val=$NUM_VAL test=$NUM_TEST size=$SIZE K=$K focus=$FOCUS_M"
+log "out=$OUT train=$NUM_TRAIN val=$NUM_VAL test=$NUM_TEST size=$SIZE K=$K focus=$FOCUS_M scenes=$SCENE_OPTIONS"
 log "fit_overrides='$FIT_OVERRIDES'"
 
 # 1. Stage-1
@@ -50,7 +54,7 @@ for split in train val test; do
   var="NUM_${split^^}"
   log "export $split (${!var} scenes)"
   $PY tools/export_synthetic.py --out "$OUT/data/${split}_scenes" --split "$split" --num "${!var}" \
-      --size "$SIZE" "$SIZE" --physics-K $K "${FOCUS_ARG[@]}"
+      --size "$SIZE" "$SIZE" --physics-K $K "${FOCUS_ARG[@]}" --scene-options "$SCENE_OPTIONS"
 done
 
 # 3. Stage-1 stacks for training (the test split's are generated inside tools/eval.py)
@@ -79,5 +83,6 @@ $PY tools/eval.py --threads "$THREADS" --base "base=$OUT/stage2_physics" \
     --bokehdepth "BD-physics=$OUT/stage2_physics" --bokehdepth "BD-generated=$OUT/stage2_generated" \
     --generator "$GENERATOR" "${STEPS_ARG[@]/--steps/--generator-steps}" --config data/synthetic.yaml \
     --out "$OUT/variants" data.synthetic.num_test="$NUM_TEST" data.synthetic.height="$SIZE" \
-    data.synthetic.width="$SIZE" data.synthetic.K_px_m="$K_LIST" data.synthetic.focus_m="$FOCUS_M"
+    data.synthetic.width="$SIZE" data.synthetic.K_px_m="$K_LIST" data.synthetic.focus_m="$FOCUS_M" \
+    data.synthetic.scene_options="$SCENE_OPTIONS"
 log "done: $OUT/variants/metrics.md"

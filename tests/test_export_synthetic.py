@@ -71,3 +71,30 @@ def test_bad_inputs(exported, tmp_path):
         main(["--out", str(tmp_path / "c"), "--num", "1", "--physics-K", "2", "--focus-m", "0"])
     with pytest.raises(ValueError, match="physics-K"):
         main(["--out", str(tmp_path / "b"), "--num", "1", "--physics-K", "0"])
+
+
+def test_scene_options_export_the_scenes_with_appearance_cues(tmp_path):
+    from bokeh.io import read_image
+    from physics.scenes import make_scene
+
+    out = tmp_path / "cues"
+    settings = _tool("export_synthetic")(["--out", str(out), "--num", "2", "--split", "val", "--size", "24", "24",
+                                          "--physics-K", "3", "--scene-options", '{"appearance_cues": 1.0}'])
+    assert settings["scene_options"] == {"appearance_cues": 1.0}
+    row = json.loads((out / "scenes.jsonl").read_text().splitlines()[1])
+    scene, plain = make_scene(row["seed"], 24, 24, appearance_cues=1.0), make_scene(row["seed"], 24, 24)
+    image = read_image(out / row["image"])
+    assert (image - torch.as_tensor(scene.image)).abs().max() <= 0.5 / 255  # the hazed scene, 8-bit
+    assert (image - torch.as_tensor(plain.image)).abs().max() > 0.05       # not the depth-hiding one
+
+
+@pytest.mark.parametrize("text, message", [
+    ("appearance_cues=1", "must be a JSON object such as"),
+    ("[1, 2]", "must be a JSON object, got list"),
+    ('{"apearance_cues": 1}', r"unknown keys \['apearance_cues'\]"),
+])
+def test_bad_scene_options_are_refused_before_writing(tmp_path, text, message):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=message):
+        _tool("export_synthetic")(["--out", str(out), "--num", "1", "--scene-options", text])
+    assert not out.exists()

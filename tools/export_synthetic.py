@@ -3,6 +3,7 @@
 
     python tools/export_synthetic.py --out data/syn_train --split train --num 1000 --size 112 112
     python tools/export_synthetic.py --out data/syn_train --split train --num 1000 --physics-K 2 5 12 --focus-m 100
+    python tools/export_synthetic.py ... --scene-options '{"appearance_cues": 1.0}'   # scenes whose look carries depth
 
 The scenes are those of Stage-2's synthetic DataModule: split s, scene i has seed ``seed + offset[s] + i``
 (lightning_modules.data.SPLIT_SEED_OFFSETS), so an exported split holds exactly the pictures the physics-stack
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one focus distance for every scene's physics stack (default: each scene's nearest subject)")
     p.add_argument("--layer-ratio", type=float, default=1.5,
                    help="renderer layer spacing (configs/data/synthetic.yaml)")
+    p.add_argument("--scene-options", default="{}", metavar="JSON",
+                   help='physics.scenes.make_scene keywords as a JSON object, e.g. \'{"appearance_cues": 1.0}\' '
+                        "(the scenes configs/stage1.yaml trains on); default {} = Stage-2's depth-hiding scenes")
     p.add_argument("--batch-size", type=int, default=32, help="scenes rendered per batch")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -53,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: int = 112, width: int = 112,
            physics_K: list[float] | None = None, focus_m: float | None = None, layer_ratio: float = 1.5,
-           batch_size: int = 32,
+           scene_options: dict[str, Any] | None = None, batch_size: int = 32,
            progress: bool = True) -> dict[str, Any]:
     """Write the scenes into the (prepared, empty) folder ``out``; returns the export settings and counts."""
     from bokeh.io import write_image, write_json, write_npy, write_text
@@ -68,6 +72,7 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
         raise ValueError(f"--size must be at least 8x8 pixels, got {height}x{width}")
     if physics_K is not None and (not physics_K or any(not k > 0 for k in physics_K)):
         raise ValueError(f"--physics-K must list positive strengths (px*m), got {physics_K}")
+    scene_options = dict(scene_options or {})
     seeds = [seed + SPLIT_SEED_OFFSETS[split] + i for i in range(num)]
     scenes_lines, stack_lines, cameras = [], [], {}
     chunks = range(0, num, batch_size)
@@ -79,12 +84,12 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
         chunk = seeds[start : start + batch_size]
         if physics_K is not None:
             data = render_synthetic_split(chunk, height=height, width=width, K_px_m=physics_K, focus_m=focus_m,
-                                          render_options={"layer_ratio": layer_ratio}, batch_size=len(chunk),
-                                          progress=False)
+                                          scene_options=scene_options, render_options={"layer_ratio": layer_ratio},
+                                          batch_size=len(chunk), progress=False)
             images, depths = data.image.float() / 255.0, data.depth_m
             focus, intr, frames = data.focus_m, data.intrinsics, data.stack
         else:
-            scenes = [make_scene(s, height, width) for s in chunk]
+            scenes = [make_scene(s, height, width, **scene_options) for s in chunk]
             images = torch.stack([torch.as_tensor(s.image, dtype=torch.float32) for s in scenes])
             depths = torch.stack([torch.as_tensor(s.depth_m, dtype=torch.float32) for s in scenes])
             focus = torch.tensor([float(focus_m or s.focus_m) for s in scenes])
@@ -112,9 +117,31 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
         write_text(out / "stacks_physics.jsonl", "\n".join(stack_lines) + "\n")
     settings = {"num": num, "split": split, "seed": seed, "seeds": [seeds[0], seeds[-1]], "height": height,
                 "width": width, "physics_K_px_m": physics_K, "focus_m": focus_m, "layer_ratio": layer_ratio,
+                "scene_options": scene_options,
                 "manifests": ["scenes.jsonl"] + (["stacks_physics.jsonl"] if stack_lines else [])}
     write_json(out / "export.json", settings)
     return settings
+
+
+def parse_scene_options(text: str) -> dict[str, Any]:
+    """--scene-options: a JSON object of physics.scenes.make_scene keywords, checked against its signature before
+    anything is written."""
+    import inspect
+
+    from physics.scenes import make_scene
+
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--scene-options must be a JSON object such as '{{\"appearance_cues\": 1.0}}'; "
+                         f"got {text!r} ({error.msg})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--scene-options must be a JSON object, got {type(options).__name__}: {text!r}")
+    allowed = set(inspect.signature(make_scene).parameters) - {"seed", "height", "width"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"--scene-options has unknown keys {unknown}; make_scene takes {sorted(allowed)}")
+    return options
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -123,10 +150,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.num <= 0:
         raise ValueError(f"--num must be a positive number of scenes, got {args.num}")
+    scene_options = parse_scene_options(args.scene_options)
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     settings = export(out, num=args.num, split=args.split, seed=args.seed, height=args.size[0], width=args.size[1],
                       physics_K=args.physics_K, focus_m=args.focus_m, layer_ratio=args.layer_ratio,
-                      batch_size=args.batch_size)
+                      scene_options=scene_options, batch_size=args.batch_size)
     print(f"wrote {args.num} {args.split} scenes to {out} ({', '.join(settings['manifests'])})")
     return settings
 
