@@ -389,19 +389,19 @@ class Stage1Module(L.LightningModule):
         self.render_options = dict(cfg.get("render_options") or {})
         self.p_null = float(cfg["train"].get("p_null_k", 0.1))
         self.t_dist = str(cfg["train"].get("t_distribution", "logit_normal"))
-        self.defocus_weight = self._defocus_weight(cfg)
-        self.defocus_loss = str(cfg["train"].get("defocus_loss", "l1"))
-        if self.defocus_loss not in ("l1", "l2"):
-            raise ConfigError(f"train.defocus_loss must be 'l1' (the median map) or 'l2' (the mean map); "
-                              f"got {self.defocus_loss!r}")
+        self.defocus_weight, self.defocus_loss = self._defocus_supervision(cfg)
         self.eval_steps = int(cfg["eval"].get("num_steps", 4))
         self.eval_k = [float(x) for x in cfg["eval"].get("K_px_m", [k["min"], k["max"]])]
         self.test_results: dict[str, float] = {}
         self._test_sums: dict[str, list[float]] = {}
 
-    def _defocus_weight(self, cfg: Mapping[str, Any]) -> float:
-        """``train.defocus_weight``: weight of the L1 (or, ``train.defocus_loss: l2``, squared) error (1/m) between
-        the layered head's map and the true defocus of the scene. Training only (the depth behind the physics targets); sampling stays depth-free."""
+    def _defocus_supervision(self, cfg: Mapping[str, Any]) -> tuple[float, str]:
+        """(``train.defocus_weight``, ``train.defocus_loss``): the weight of the L1 (``l1``) or squared (``l2``) error
+        (1/m) between the layered head's map and the scene's true defocus. Training only (the depth behind the
+        physics targets); sampling stays depth-free."""
+        loss = str(cfg["train"].get("defocus_loss", "l1"))
+        if loss not in ("l1", "l2"):
+            raise ConfigError(f"train.defocus_loss must be 'l1' (the median map) or 'l2' (the mean map); got {loss!r}")
         weight = cfg["train"].get("defocus_weight", 0.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ConfigError(f"train.defocus_weight must be a number >= 0; got {weight!r}")
@@ -412,7 +412,7 @@ class Stage1Module(L.LightningModule):
             if cfg["data"].get("kind", "synthetic") == "pairs":
                 raise ConfigError("train.defocus_weight > 0 needs depth (data.kind synthetic or rgbd_manifest); real "
                                   "pairs have none: set train.defocus_weight=0")
-        return float(weight)
+        return float(weight), loss
 
     def defocus_target(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """True defocus map [B,1,H,W] (1/m) of a batch with depth, on the generator's side of the focal plane."""
@@ -477,6 +477,7 @@ class Stage1Module(L.LightningModule):
             losses.append(float(self.generator.training_loss(sharp, target, Kt, torch.zeros(b, dtype=torch.bool, device=self.device), t, noise)["loss"]))
             pred, defocus = self._sample(sharp, K)
             psnrs.append(float(psnr(pred, target).mean()))
+            # (a map at a working size other than the batch's is not compared: no resampling of a defocus edge)
             if defocus is not None and "depth_m" in batch and defocus.shape[-2:] == sharp.shape[-2:]:
                 defocus_mae.append(float((defocus - self.defocus_target(batch)).abs().mean()))
             psnr_id.append(float(psnr(sharp, target).mean()))
