@@ -420,6 +420,26 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
     )
 
 
+def scene_options_from_json(text: str, name: str = "scene_options") -> dict[str, Any]:
+    """A JSON object of :func:`make_scene` keywords (``name`` is how the caller calls it, for the error), checked
+    against make_scene's signature. Raises ValueError naming what is wrong."""
+    import inspect
+    import json
+
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} must be a JSON object such as '{{\"appearance_cues\": 1.0}}'; "
+                         f"got {text!r} ({error.msg})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(options).__name__}: {text!r}")
+    allowed = set(inspect.signature(make_scene).parameters) - {"seed", "height", "width"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"{name} has unknown keys {unknown}; make_scene takes {sorted(allowed)}")
+    return options
+
+
 class SyntheticSceneDataset(Dataset):
     """``num_scenes`` procedural scenes of ``height`` x ``width``, made on the fly (deterministic per index).
 

@@ -67,6 +67,8 @@ def test_scene_options_reach_the_synthetic_samples():
     assert compare.parse_scene_options('{"appearance_cues": 1.0}', {}) == {"appearance_cues": 1.0}
     with pytest.raises(SystemExit, match="scene-options"):
         compare.parse_scene_options("[1, 2]", {})
+    with pytest.raises(SystemExit, match=r"--scene-options has unknown keys \['cues'\]"):
+        compare.parse_scene_options('{"cues": 1.0}', {})
     plain = compare.synthetic_samples(1, 16, 0, 100.0)[0]
     cued = compare.synthetic_samples(1, 16, 0, 100.0, {"appearance_cues": 1.0})[0]
     assert torch.equal(plain["depth_m"], cued["depth_m"]) and not torch.equal(plain["image"], cued["image"])

@@ -388,16 +388,14 @@ def html_page(results: dict[str, Any]) -> str:
 
 def parse_scene_options(text: str | None, meta: dict[str, Any]) -> dict[str, Any]:
     """--scene-options JSON (an object), else the generator's recorded ``scene_options``, else {}."""
+    from physics.scenes import scene_options_from_json
+
     if text is None:
         return dict(meta.get("scene_options") or {})
     try:
-        options = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"--scene-options must be a JSON object, e.g. '{{\"appearance_cues\": 1.0}}': "
-                         f"{error}") from None
-    if not isinstance(options, dict):
-        raise SystemExit(f"--scene-options must be a JSON object, got {text!r}")
-    return options
+        return scene_options_from_json(text, "--scene-options")
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -123,34 +123,15 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
     return settings
 
 
-def parse_scene_options(text: str) -> dict[str, Any]:
-    """--scene-options: a JSON object of physics.scenes.make_scene keywords, checked against its signature before
-    anything is written."""
-    import inspect
-
-    from physics.scenes import make_scene
-
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--scene-options must be a JSON object such as '{{\"appearance_cues\": 1.0}}'; "
-                         f"got {text!r} ({error.msg})") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"--scene-options must be a JSON object, got {type(options).__name__}: {text!r}")
-    allowed = set(inspect.signature(make_scene).parameters) - {"seed", "height", "width"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"--scene-options has unknown keys {unknown}; make_scene takes {sorted(allowed)}")
-    return options
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from bokeh.io import prepare_output_dir
 
     args = parse_args(argv)
     if args.num <= 0:
         raise ValueError(f"--num must be a positive number of scenes, got {args.num}")
-    scene_options = parse_scene_options(args.scene_options)
+    from physics.scenes import scene_options_from_json
+
+    scene_options = scene_options_from_json(args.scene_options, "--scene-options")
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     settings = export(out, num=args.num, split=args.split, seed=args.seed, height=args.size[0], width=args.size[1],
                       physics_K=args.physics_K, focus_m=args.focus_m, layer_ratio=args.layer_ratio,
