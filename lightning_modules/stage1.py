@@ -390,6 +390,7 @@ class Stage1Module(L.LightningModule):
         self.p_null = float(cfg["train"].get("p_null_k", 0.1))
         self.t_dist = str(cfg["train"].get("t_distribution", "logit_normal"))
         self.defocus_weight, self.defocus_loss = self._defocus_supervision(cfg)
+        self.image_weight = self._image_weight(cfg, self.defocus_weight)
         self.eval_steps = int(cfg["eval"].get("num_steps", 4))
         self.eval_k = [float(x) for x in cfg["eval"].get("K_px_m", [k["min"], k["max"]])]
         self.test_results: dict[str, float] = {}
@@ -413,6 +414,19 @@ class Stage1Module(L.LightningModule):
                 raise ConfigError("train.defocus_weight > 0 needs depth (data.kind synthetic or rgbd_manifest); real "
                                   "pairs have none: set train.defocus_weight=0")
         return float(weight), loss
+
+    @staticmethod
+    def _image_weight(cfg: Mapping[str, Any], defocus_weight: float) -> float:
+        """``train.image_weight``: the weight of the frames' rectified-flow loss (1 = as before the key existed).
+        0 trains the layered head's defocus map alone (``train.defocus_weight`` > 0 then required): the generator
+        becomes a depth-free defocus-map regressor whose frames are physics renders of that map."""
+        weight = cfg["train"].get("image_weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"train.image_weight must be a number >= 0; got {weight!r}")
+        if weight == 0 and defocus_weight == 0:
+            raise ConfigError("train.image_weight=0 with train.defocus_weight=0 leaves nothing to train: set one of "
+                              "them > 0")
+        return float(weight)
 
     def defocus_target(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """True defocus map [B,1,H,W] (1/m) of a batch with depth, on the generator's side of the focal plane."""
@@ -443,7 +457,7 @@ class Stage1Module(L.LightningModule):
         null = torch.rand(b, device=self.device) < self.p_null
         t = sample_t(b, device=self.device, distribution=self.t_dist)
         out = self.generator.training_loss(sharp, target, K, null, t)
-        loss = out["loss"]
+        loss = self.image_weight * out["loss"]
         self.log("train/v_mse", out["v_mse"], batch_size=b, sync_dist=True)
         if self.defocus_weight > 0:
             error = out["defocus_inv_m"] - self.defocus_target(batch)

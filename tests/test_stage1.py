@@ -380,6 +380,34 @@ def test_defocus_weight_adds_the_maps_error_to_the_frames_loss(kind):
     assert float(total) == pytest.approx(float(frames_only) + 0.5 * expected, rel=1e-5)
 
 
+def test_image_weight_zero_trains_the_map_alone():
+    torch.manual_seed(0)
+    module, dm = tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=1.0",
+                                    "train.image_weight=0.0"])
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(3)
+    total = module.training_step(batch, 0)
+    torch.manual_seed(3)  # the same K, null mask and t: the map the step saw
+    K = module.draw_k(batch)
+    null = torch.rand(K.shape[0]) < module.p_null
+    t = sample_t(K.shape[0], distribution=module.t_dist)
+    out = module.generator.training_loss(batch["image"], module.targets_for(batch, K), K, null, t)
+    truth = (1.0 / batch["depth_m"] - 1.0 / batch["focus_m"].view(-1, 1, 1, 1)).clamp(0, 2.5)
+    map_l1 = float((out["defocus_inv_m"] - truth).abs().mean())
+    assert float(out["loss"]) > 1e-4  # the frames' loss is there, and left out
+    assert float(total) == pytest.approx(map_l1, rel=1e-5)
+
+
+def test_image_weight_is_checked():
+    from lightning_modules.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.image_weight must be a number >= 0"):
+        tiny_module(extra=["model.compact.head=layered", "train.image_weight=-0.5"])
+    with pytest.raises(ConfigError, match=r"train\.image_weight=0 with train\.defocus_weight=0 leaves nothing"):
+        tiny_module(extra=["model.compact.head=layered", "train.image_weight=0.0", "train.defocus_weight=0.0"])
+
+
 def _map_error_after_training(defocus_weight: float, steps: int = 25) -> tuple[float, float]:
     """(error before, error after) of the map predicted from the sharp image alone (t = 1), L1 in 1/m against the
     true defocus, for ``steps`` Adam steps on one batch with the given ``train.defocus_weight``."""
