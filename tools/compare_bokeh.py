@@ -87,7 +87,7 @@ def population_radius_px(samples: Sequence[dict[str, Any]], Ks: Sequence[float])
     total, count = 0.0, 0
     for s in samples:
         # |r| is K times |1/focus - 1/depth| (K >= 0): average that once, in float64 over possibly many pixels
-        delta = true_defocus_inv_m(s["depth_m"], float(s["focus_m"])).double()
+        delta = defocus_magnitude_inv_m(s["depth_m"], float(s["focus_m"])).double()
         total += float(delta.sum())
         count += delta.numel()
     if count == 0:
@@ -178,15 +178,16 @@ def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, obse
     return k, float(1.0 / inv[i])
 
 
-def true_defocus_inv_m(depth_m: torch.Tensor, focus_m: float) -> torch.Tensor:
-    """|1/focus - 1/depth| [1,H,W] (1/m): the CoC radius per unit K."""
+def defocus_magnitude_inv_m(depth_m: torch.Tensor, focus_m: float) -> torch.Tensor:
+    """|1/focus - 1/depth| [1,H,W] (1/m): the CoC radius per unit K, both sides of the focal plane, unclamped (the
+    metric; the training target ``lightning_modules.stage1.true_defocus_inv_m`` is one-sided and clamped)."""
     from physics.camera import signed_coc_radius_px
 
     return signed_coc_radius_px(depth_m[None], 1.0, float(focus_m))[0].abs()
 
 
 def defocus_agreement(pred_inv_m: torch.Tensor, true_inv_m: torch.Tensor) -> dict[str, float | None]:
-    """A generator's defocus map [1,h,w] (1/m) against the scene's true one [1,H,W] (:func:`true_defocus_inv_m`,
+    """A generator's defocus map [1,h,w] (1/m) against the scene's true one [1,H,W] (:func:`defocus_magnitude_inv_m`,
     resized to the map, area-averaged): Pearson correlation (None for a constant map), mean ratio pred / true (1 = the
     right overall blur; < 1 under-blurs), mean absolute error (1/m)."""
     true = true_inv_m.double()[None]
@@ -287,7 +288,7 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
         result = gen.generate_stack(image, Ks, num_steps=steps, seed=idx)
         learned = result.frames[0]
         defocus = result.info.get("defocus_inv_m")  # layered head: the map it rendered, [1, N, 1, h, w]
-        true_defocus = true_defocus_inv_m(depth, focus) if defocus is not None else None
+        true_defocus = defocus_magnitude_inv_m(depth, focus) if defocus is not None else None
         guided = (gen.generate_stack(image, Ks, num_steps=steps, seed=idx, guidance=guidance).frames[0]
                   if guidance.enabled else None)
         grid_rows = []

@@ -130,13 +130,28 @@ class CompactBokehUNet(nn.Module):
             residual = F.pixel_shuffle(out[:, :3 * s * s], s) if s > 1 else out[:, :3]
             if self.head == "residual":
                 return residual, None
-        logit = out[:, -1:]
-        if s > 1:
-            logit = F.interpolate(logit, scale_factor=s, mode="bilinear", align_corners=False)
-        delta_inv_m = self.defocus_max_inv_m * torch.sigmoid(logit)
+        delta_inv_m = self._defocus_from_out(out)
         rendered = self.render_defocus(sharp, self._per_sample_k(K_px_m, null_mask, sharp), delta_inv_m)
         x0 = self.to_state(rendered, sharp)
         return (x0 + residual if self.defocus_residual else x0), delta_inv_m
+
+    def _defocus_from_out(self, out: torch.Tensor) -> torch.Tensor:
+        """The UNet output's last channel (a logit at 1/s resolution) -> defocus map [B,1,H,W] in 1/m."""
+        logit = out[:, -1:]
+        if self.space_to_depth > 1:
+            logit = F.interpolate(logit, scale_factor=self.space_to_depth, mode="bilinear", align_corners=False)
+        return self.defocus_max_inv_m * torch.sigmoid(logit)
+
+    def defocus_map(self, x_t: torch.Tensor, sigma: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+        """The layered head's defocus map [B,1,H,W] (1/m) alone, without rendering; x_t [B,3,H,W] (state), sigma [B].
+
+        Computed with the null K token: for a ``defocus_k_free`` head that is the map rendered at every K."""
+        if self.head != "layered":
+            raise ValueError("defocus_map needs model.compact.head=layered (the residual head has no defocus map)")
+        b = sharp.shape[0]
+        null = torch.ones(b, dtype=torch.bool, device=sharp.device)
+        K = torch.zeros(b, dtype=sharp.dtype, device=sharp.device)
+        return self._defocus_from_out(self._unet_out(x_t, sigma, sharp, K, null))
 
     def render_defocus(self, image: torch.Tensor, K_px_m: torch.Tensor, defocus_inv_m: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W] sRGB rendered by physics at the signed radius side * K * delta (px; K [B] in px*m at this
