@@ -48,6 +48,15 @@ def test_the_probe_refuses_a_head_without_a_depth_free_map(tmp_path):
                     "model.compact.head=residual"])
     assert exit_info.value.code == 2
     assert not (tmp_path / "p").exists()
+    with pytest.raises(SystemExit) as exit_info:  # TINY's batch is 4 scenes
+        probe.main(["--config", "configs/stage1.yaml", "--out", str(tmp_path / "q"), "--num-train", "2", *TINY])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(SystemExit) as exit_info:  # a misspelt scene option, named before anything is written
+        probe.main(["--config", "configs/stage1.yaml", "--out", str(tmp_path / "r"), *TINY,
+                    "data.synthetic.scene_options={appearance_cue: 1.0}"])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_tiny_probe_writes_its_figures_and_picture(tmp_path):
