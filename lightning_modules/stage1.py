@@ -97,6 +97,14 @@ def true_defocus_inv_m(depth_m: torch.Tensor, focus_m: torch.Tensor, side_sign: 
     return (side_sign * signed_coc_radius_px(depth_m, 1.0, focus_m)).clamp(0.0, max_inv_m)
 
 
+def _loss_weight(cfg: Mapping[str, Any], key: str, default: float) -> float:
+    """``train.<key>``, a loss weight: a finite number >= 0 (ConfigError naming the key otherwise)."""
+    weight = cfg["train"].get(key, default)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ConfigError(f"train.{key} must be a number >= 0; got {weight!r}")
+    return float(weight)
+
+
 class SyntheticSplit(Dataset):
     """physics.scenes scenes of one split (seeds disjoint across splits): image, depth_m, focus_m.
 
@@ -403,9 +411,7 @@ class Stage1Module(L.LightningModule):
         loss = str(cfg["train"].get("defocus_loss", "l1"))
         if loss not in ("l1", "l2"):
             raise ConfigError(f"train.defocus_loss must be 'l1' (the median map) or 'l2' (the mean map); got {loss!r}")
-        weight = cfg["train"].get("defocus_weight", 0.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ConfigError(f"train.defocus_weight must be a number >= 0; got {weight!r}")
+        weight = _loss_weight(cfg, "defocus_weight", 0.0)
         if weight > 0:
             if getattr(getattr(self.generator, "net", None), "head", None) != "layered":
                 raise ConfigError("train.defocus_weight > 0 needs model.kind=compact with model.compact.head=layered "
@@ -413,20 +419,18 @@ class Stage1Module(L.LightningModule):
             if cfg["data"].get("kind", "synthetic") == "pairs":
                 raise ConfigError("train.defocus_weight > 0 needs depth (data.kind synthetic or rgbd_manifest); real "
                                   "pairs have none: set train.defocus_weight=0")
-        return float(weight), loss
+        return weight, loss
 
     @staticmethod
     def _image_weight(cfg: Mapping[str, Any], defocus_weight: float) -> float:
         """``train.image_weight``: the weight of the frames' rectified-flow loss (1 = as before the key existed).
         0 trains the layered head's defocus map alone (``train.defocus_weight`` > 0 then required): the generator
         becomes a depth-free defocus-map regressor whose frames are physics renders of that map."""
-        weight = cfg["train"].get("image_weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ConfigError(f"train.image_weight must be a number >= 0; got {weight!r}")
+        weight = _loss_weight(cfg, "image_weight", 1.0)
         if weight == 0 and defocus_weight == 0:
             raise ConfigError("train.image_weight=0 with train.defocus_weight=0 leaves nothing to train: set one of "
                               "them > 0")
-        return float(weight)
+        return weight
 
     def defocus_target(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """True defocus map [B,1,H,W] (1/m) of a batch with depth, on the generator's side of the focal plane."""
