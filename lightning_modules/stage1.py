@@ -40,6 +40,7 @@ from bokeh.generation import (CompactBokehGenerator, CompactBokehUNet, FluxKonte
 from bokeh.generation.flow import sample_t
 from bokeh.generation.flux_adapter import load_adapter, save_adapter, tiny_flux_transformer, tiny_flux_vae
 from lightning_modules.config import ConfigError
+from lightning_modules.schedules import warmup_cosine
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
@@ -529,15 +530,7 @@ class Stage1Module(L.LightningModule):
                                 betas=tuple(opt_cfg.get("betas", (0.9, 0.999))))
         total = self.trainer.estimated_stepping_batches if self.trainer else 1000
         total = int(total) if math.isfinite(total) else 100_000
-        warmup = int(opt_cfg.get("warmup_steps", 0))
-        min_ratio = float(opt_cfg.get("min_lr_ratio", 0.1))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / max(1, warmup)
-            frac = min(1.0, (step - warmup) / max(1, total - warmup))
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-
+        schedule = warmup_cosine(total, int(opt_cfg.get("warmup_steps", 0)), float(opt_cfg.get("min_lr_ratio", 0.1)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
                                                     "interval": "step"}}
 

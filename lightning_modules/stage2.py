@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.config import ConfigError
+from lightning_modules.schedules import warmup_cosine
 
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
 
@@ -170,19 +171,6 @@ class Stage2Module(L.LightningModule):
         schedule = warmup_cosine(total, warmup, min_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class warmup_cosine:
-    """LR factor: linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total`` steps."""
-
-    def __init__(self, total: int, warmup: int, min_ratio: float = 0.0) -> None:
-        self.total, self.warmup, self.min_ratio = total, min(warmup, total), min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 # Keys a Stage-2 config may hold (None: anything below, checked by the builder of that section).

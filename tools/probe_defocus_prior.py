@@ -11,8 +11,8 @@ defocus map (1/m), so its K-calibration error is the per-scene scale error of th
 config's own UNet (``model.compact``, layered and K-free) as a deterministic regressor from the sharp image (the
 diffusion state fixed at zero, t = 1: nothing but the image goes in) to the true defocus map of the config's
 synthetic scenes (``data.synthetic``: scene options, focus), L1 in 1/m, AdamW with the config's learning rate and
-a cosine schedule; no rendering, about 3x cheaper per step than a Stage-1 fit. It reports on held-out scenes (the
-Stage-1 test split): the map's MAE (1/m), the per-scene scale error |log(mean predicted / mean true)| (a scale
+the Stage-1 schedule (warm-up, cosine); no rendering, about 3x cheaper per step than a Stage-1 fit. It reports on
+held-out scenes (the Stage-1 test split): the map's MAE (1/m), the per-scene scale error |log(mean predicted / mean true)| (a scale
 error e in log is a K error of about e), the mean ratio, and the Pearson correlation. Outputs in --out (atomic):
 
     probe.json   settings, the held-out figures and their curve over training steps
@@ -24,7 +24,6 @@ Plain PyTorch loop (no Lightning): a diagnostic, not a model anyone keeps.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from typing import Any
@@ -110,6 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from bokeh.io import image_grid, prepare_output_dir, write_image, write_json
     from lightning_modules.config import ConfigError, load_config
+    from lightning_modules.schedules import warmup_cosine
     from lightning_modules.stage1 import SyntheticSplit
 
     cfg = load_config([args.config], args.overrides)
@@ -148,13 +148,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     optim = cfg.optim
     opt = torch.optim.AdamW(net.parameters(), lr=float(optim.lr), betas=tuple(optim.betas),
                             weight_decay=float(optim.weight_decay))
-    warmup, floor = int(optim.warmup_steps), float(optim.min_lr_ratio)
-
-    def lr_factor(step: int) -> float:  # the Stage-1 schedule's shape: linear warm-up, cosine to min_lr_ratio
-        cosine = 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
-        return min(1.0, (step + 1) / max(warmup, 1)) * (floor + (1 - floor) * cosine)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    # the Stage-1 module's schedule over this probe's steps
+    schedule = warmup_cosine(args.steps, int(optim.warmup_steps), float(optim.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     loader = DataLoader(_Cached(train), batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(args.seed), num_workers=0)
     curve, start, step = [evaluate(0)[0]], time.time(), 0
