@@ -9,10 +9,10 @@ clamp(|r| + 0.5 - dist, 0, 1)), so a spot under half a pixel stays inside its pi
 0.75-1 px is wider than the disk. This bench measures what that costs, at the radii where it matters.
 
 Reference: a continuous-looking scene drawn at --supersample x the output size (1/f colour noise plus hard-edged
-discs, seeded), blurred there by the disk of radius r x supersample (soft-rimmed kernel, FFT convolution), then
-box-averaged to the output size: the pixel-integrated defocused image. Candidates, all from the box-averaged sharp
-image: ``renderer`` = physics.render.render_radius_map with a uniform radius r (the layered renderer itself, linear
-light); ``bandlimited`` = the sharp image's spectrum times the continuous disk's MTF 2 J1(2 pi r f) / (2 pi r f)
+discs, seeded), blurred there by the disk of radius r x supersample (physics.dfd.blur_bank: the renderer's
+soft-rimmed disk, FFT convolution), then box-averaged to the output size: the pixel-integrated defocused image.
+Candidates, all from the box-averaged sharp image: ``renderer`` = physics.render.render_radius_map with a uniform
+radius r (the layered renderer itself, linear light); ``bandlimited`` = the sharp image's spectrum times the continuous disk's MTF 2 J1(2 pi r f) / (2 pi r f)
 (the discrete filter for band-limited content; hand-written: no library offers it); ``identity`` = no blur (the
 baseline every ratio is measured against, in the same run). Scores on the interior (a border of 4 px dropped):
 PSNR (linear, peak 1) and RMSE ratio to identity (< 1: closer to the truth than not blurring at all).
@@ -71,19 +71,6 @@ def supersampled_scene(size: int, factor: int, seed: int) -> torch.Tensor:
     return image
 
 
-def disk_blur_fft(image: torch.Tensor, radius_px: float) -> torch.Tensor:
-    """[C,H,W] circularly convolved with the renderer's soft-rimmed disk of ``radius_px`` (a large radius here)."""
-    from physics.aperture import DiskAperture
-
-    kernel = DiskAperture().kernel(radius_px, dtype=torch.float64)
-    c, h, w = image.shape
-    k = kernel.shape[0]
-    padded = torch.zeros(h, w, dtype=torch.float64)
-    padded[:k, :k] = kernel
-    padded = torch.roll(padded, shifts=(-(k // 2), -(k // 2)), dims=(0, 1))  # kernel centre at the origin
-    return torch.fft.ifft2(torch.fft.fft2(image.double()) * torch.fft.fft2(padded)).real
-
-
 def bandlimited_disk(image: torch.Tensor, radius_px: float) -> torch.Tensor:
     """[C,H,W] times the continuous disk's MTF 2 J1(2 pi r f) / (2 pi r f) on the DFT grid (circular)."""
     h, w = image.shape[-2:]
@@ -94,14 +81,12 @@ def bandlimited_disk(image: torch.Tensor, radius_px: float) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(image.double()) * mtf).real
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1.0 / (a - b).pow(2).mean().clamp_min(1e-20)))
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from bokeh.io import prepare_output_dir, write_json
+    from bokeh.metrics import psnr
+    from physics.dfd import blur_bank
     from physics.render import render_radius_map
 
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
@@ -114,13 +99,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scores: dict[str, list[float]] = {"renderer": [], "bandlimited": [], "identity": []}
         ratios: dict[str, list[float]] = {"renderer": [], "bandlimited": []}
         for hi, lo in zip(scenes, sharp):
-            reference = F.avg_pool2d(disk_blur_fft(hi, r * s)[None], s)[0]
+            reference = F.avg_pool2d(blur_bank(hi[None].double(), [r * s])[0], s)[0]
             radius_map = torch.full((1, 1) + lo.shape[-2:], float(r), dtype=torch.float64)
             candidates = {"renderer": render_radius_map(lo[None], radius_map, color_space="linear")[0],
                           "bandlimited": bandlimited_disk(lo, r), "identity": lo}
             errors = {}
             for name, image in candidates.items():
-                scores[name].append(psnr(image[interior], reference[interior]))
+                scores[name].append(float(psnr(image[interior][None], reference[interior][None])))
                 errors[name] = float((image[interior] - reference[interior]).pow(2).mean().sqrt())
             for name in ratios:
                 ratios[name].append(errors[name] / max(errors["identity"], 1e-20))
