@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from physics.render import RENDERER_VERSION
+
 # Seeds of the synthetic splits are disjoint by construction: split s uses seeds base + offset[s] + i, i < count,
 # and counts are far below the offsets.
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000, "predict": 2_000_000}
@@ -328,6 +330,7 @@ class SyntheticStackDataModule(L.LightningDataModule):
                 "split": split, "seeds": [self.seed + SPLIT_SEED_OFFSETS[split], self.counts[split]],
                 "hw": [self.height, self.width], "K": self.K_px_m, "focus": self.focus_m,
                 "scene": self.scene_options, "render": self.render_options, "noise": self.noise_std,
+                "renderer_version": RENDERER_VERSION,
             },
             sort_keys=True,
             default=str,

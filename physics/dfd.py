@@ -2,7 +2,7 @@
 
 1. :func:`estimate_blur_radius` matches every frame of a stack against the sharp reference re-blurred by a disk of
    each candidate radius (in linear light), compares them over a local window, takes the best candidate per pixel and
-   refines it to sub-pixel precision with a parabola through the neighbouring errors. A confidence in [0, 1) says how
+   refines it between its neighbours by the best blend of the two candidate blurs (a closed-form quadratic). A confidence in [0, 1) says how
    much the error curve varies (textureless pixels: ~0).
 2. :func:`depth_from_bokeh_sweep` regresses the inverse-depth offset ``Delta = 1/s1 - 1/d`` from radii
    ``r_i = K_i Delta + noise``: ``Delta_hat = sum_i w_i K_i r_i / sum_i w_i K_i^2`` (unbiased; variance
@@ -79,7 +79,7 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     radius both sides equal the all-in-focus image blurred by both disks, whatever the reference's own blur.
     The windowed squared residual is divided by its white-noise variance factor ``||D(r)||^2 + ||D(rho r)||^2`` (so
     that stronger smoothing of the noise does not pull estimates towards large radii); the best candidate per pixel is
-    refined to sub-pixel precision by a parabola through its neighbours.
+    refined between its neighbours (:func:`_refine_between_candidates`).
 
     Args:
         reference: [B,3,H,W] the sharpest view. frames: [B,N,3,H,W] blurrier views of it (same colour space).
@@ -91,8 +91,8 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
         reference_noise: True when the reference carries sensor noise like the frames (photos); False for a
             noise-free reference (rendered or denoised): sets the noise-variance normalisation.
         confidence: "contrast" (in [0,1]; ~0 on textureless pixels) or "curvature" (the error curve's curvature at
-            its minimum over its mean level, 1/px^2: an inverse-variance weight that is also ~0 for radii below
-            ~0.5 px, where a pixel-sampled disk is a delta and the radius is not identifiable), or "both"
+            its minimum over its mean level, 1/px^2: an inverse-variance weight; small near r = 0, where a spot's
+            effect is second order in r), or "both"
             (then the return is radius, contrast, curvature).
         noise_floor: added to the error in the confidence denominator (squared linear units).
     Returns:
@@ -125,7 +125,13 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     bank = blur_bank(ref, radii, ap)  # [C,B,3,H,W]
     norm_ref = torch.tensor([float((ap.kernel(r) ** 2).sum()) for r in radii], dtype=ref.dtype)
     h, w = ref.shape[-2:]
-    errors = []
+    errors, raw, cross, step_sq = [], [], [], []
+
+    def window(x: torch.Tensor) -> torch.Tensor:  # [M,B,H,W] -> windowed mean over window_px^2
+        m = x.shape[0]
+        return kornia.filters.box_blur(x.reshape(m * b, 1, h, w), (window_px, window_px),
+                                       border_type="reflect").reshape(m, b, h, w)
+
     for i in range(n):  # N is small (2-6 frames); each step is one batched window filter over all candidates
         rho = float(ratios[i])
         if rho > 0:
@@ -134,21 +140,25 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
         else:
             frame_bank = frm[:, i][None]
             norm_frm = torch.ones(n_cand, dtype=ref.dtype)
-        diff2 = ((bank - frame_bank) ** 2).sum(dim=2)  # [C,B,H,W]
-        e = kornia.filters.box_blur(diff2.reshape(n_cand * b, 1, h, w), (window_px, window_px),
-                                    border_type="reflect")
+        diff = bank - frame_bank  # [C,B,3,H,W]
+        e = window((diff**2).sum(dim=2))
         var_factor = ((norm_ref if reference_noise else 0.0) + norm_frm).to(ref.device).reshape(n_cand, 1, 1, 1)
-        errors.append(e.reshape(n_cand, b, h, w) / var_factor)
+        errors.append(e / var_factor)
+        if n_cand > 1:  # the terms of the residual between neighbouring candidates (sub-step refinement)
+            step = diff[1:] - diff[:-1]
+            raw.append(e)
+            cross.append(window((diff[:-1] * step).sum(dim=2)))
+            step_sq.append(window((step**2).sum(dim=2)))
     err = torch.stack(errors, dim=2)  # [C,B,N,H,W]
     best = err.argmin(dim=0)  # [B,N,H,W]
     e0 = err.gather(0, best[None])[0]
     em = err.gather(0, (best - 1).clamp_min(0)[None])[0]
     ep = err.gather(0, (best + 1).clamp_max(n_cand - 1)[None])[0]
-    denom = em - 2 * e0 + ep
-    offset = torch.where(denom > 1e-12, 0.5 * (em - ep) / denom.clamp_min(1e-12), torch.zeros_like(e0))
-    interior = (best > 0) & (best < n_cand - 1)
-    offset = torch.where(interior, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
-    radius = ((best.to(ref.dtype) + offset) * step_px).clamp_min(0.0)[:, :, None]
+    if n_cand > 1:
+        radius = _refine_between_candidates(torch.stack(raw, 2), torch.stack(cross, 2), torch.stack(step_sq, 2),
+                                            best, step_px)[:, :, None]
+    else:
+        radius = torch.zeros_like(e0)[:, :, None]
     if not return_confidence:
         return radius
     mean_e = err.mean(dim=0)
@@ -158,6 +168,34 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     if confidence == "both":
         return radius, contrast[:, :, None], curvature[:, :, None]
     return radius, (contrast if confidence == "contrast" else curvature)[:, :, None]
+
+
+def _refine_between_candidates(raw: torch.Tensor, cross: torch.Tensor, step_sq: torch.Tensor, best: torch.Tensor,
+                               step_px: float) -> torch.Tensor:
+    """Sub-step radius: the best blend of the two candidate blurs on either side of the best candidate.
+
+    Between candidates c_k and c_{k+1} the blurred reference is modelled as the blend (1 - t) B_k + t B_{k+1}, t linear
+    in the squared radius (the blend has the second moment c r^2 of the spot in between: the layered renderer draws
+    a spot that way). The windowed residual is then exactly quadratic in t:
+    ``e(t) = raw_k + 2 t cross_k + t^2 step_sq_k`` (raw_k = |D_k|^2, cross_k = <D_k, D_{k+1} - D_k>,
+    step_sq_k = |D_{k+1} - D_k|^2, windowed; D the reference-minus-frame residual). Its minimum on [0, 1] is taken on
+    the segment below and the one above ``best`` and the lower one wins.
+
+    Args: raw [C,B,N,H,W]; cross, step_sq [C-1,B,N,H,W]; best [B,N,H,W] (the argmin of the normalised error).
+    Returns: [B,N,H,W] radii (px) >= 0.
+    """
+    n_cand = raw.shape[0]
+    u = (torch.arange(n_cand, dtype=raw.dtype, device=raw.device) * step_px) ** 2
+    results = []
+    for seg in ((best - 1).clamp(0, n_cand - 2), best.clamp(0, n_cand - 2)):
+        e_k = raw.gather(0, seg[None])[0]
+        c_k = cross.gather(0, seg[None])[0]
+        s_k = step_sq.gather(0, seg[None])[0]
+        t = torch.where(s_k > 0, -c_k / s_k.clamp_min(1e-30), torch.zeros_like(c_k)).clamp(0.0, 1.0)
+        e_min = e_k + 2 * t * c_k + t * t * s_k
+        results.append((e_min, u[seg] + t * (u[seg + 1] - u[seg])))
+    (e_lo, u_lo), (e_hi, u_hi) = results
+    return torch.where(e_lo <= e_hi, u_lo, u_hi).clamp_min(0.0).sqrt()
 
 
 def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_m: float | torch.Tensor, *,

@@ -30,6 +30,10 @@ from torch.utils.checkpoint import checkpoint
 from . import camera
 from .aperture import Aperture, DiskAperture, ImageAperture, kernel_half_size, make_aperture
 
+#: bumped whenever a render of the same inputs changes (caches of rendered data key on it). 2: spots are drawn with
+#: the continuous spot's second moment, so radii under 0.5 px blur too (physics.aperture).
+RENDERER_VERSION = 2
+
 __all__ = [
     "render_bokeh",
     "render_radius_map",
@@ -146,31 +150,26 @@ def _finish(linear: torch.Tensor, color_space: str, batched: bool, clip: bool) -
 # the fast layered renderer
 # ----------------------------------------------------------------------------------------------------------------
 
-#: radii (px) of the smallest layers; beyond the last one, layers grow geometrically by ``layer_ratio``.
-_SMALL_LAYERS = (0.5, 0.75, 1.0, 1.25, 1.5)
+#: radii (px) of the smallest blurred layers; beyond the last one, layers grow geometrically by ``layer_ratio``.
+_SMALL_LAYERS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 def layer_radii(max_radius_px: float, ratio: float = 1.2) -> list[float]:
-    """Unsigned layer radii (px), ascending, the last one >= ``max_radius_px``.
+    """Unsigned layer radii (px), ascending from the in-focus layer 0.0, the last one >= ``max_radius_px``.
 
-    The first layer, 0.5 px, stands for every |r| <= 0.5 (a spot inside its own pixel: no blur). Spacing is fine
-    near focus (0.25 px) and relative beyond 1.5 px (factor ``ratio``), because blending two neighbouring spot
-    sizes costs an error proportional to their difference relative to the radius.
+    Spacing is fine near focus (0.25 px: a sub-pixel spot still blurs, with variance r^2/4, see physics.aperture)
+    and relative beyond 1.5 px (factor ``ratio``), because blending two neighbouring spot sizes costs an error
+    proportional to their difference relative to the radius.
     """
     if not ratio > 1.0:
         raise ValueError(f"layer_ratio must be > 1; got {ratio}")
-    radii = [r for r in _SMALL_LAYERS]
+    radii = [0.0, *_SMALL_LAYERS]
     while radii[-1] < max_radius_px:
         radii.append(radii[-1] * ratio)
-    # drop the small ones we do not reach
+    # drop the large ones we do not reach
     while len(radii) > 1 and radii[-2] >= max_radius_px:
         radii.pop()
     return radii
-
-
-def _shifted(r: torch.Tensor) -> torch.Tensor:
-    """Map r -> sign(r) * max(|r| - 0.5, 0): every |r| <= 0.5 falls on the single in-focus layer at 0."""
-    return torch.sign(r) * (r.abs() - 0.5).clamp_min(0.0)
 
 
 def _scale_for(radius: float, pyramid_radius_px: float) -> int:
@@ -281,12 +280,11 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
     B, _, H, W = lin.shape
     dtype, device = lin.dtype, lin.device
     rmax = float(radius.detach().abs().max())
-    if rmax <= 0.5:  # nothing is blurred
+    if rmax == 0.0:  # nothing is blurred
         return lin
     unsigned = layer_radii(rmax, layer_ratio)
     signed = [-r for r in reversed(unsigned[1:])] + [0.0] + unsigned[1:]  # front (most negative) first
-    knots = [math.copysign(abs(r) - 0.5, r) if r != 0 else 0.0 for r in signed]
-    n = len(knots)
+    n = len(signed)
     scales = [_scale_for(r, pyramid_radius_px) for r in signed]
     smax = max(scales)
 
@@ -297,16 +295,18 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
     Wp = -(-(W + 2 * margin) // smax) * smax
     pad = (margin, Wp - W - margin, margin, Hp - H - margin)
     rgba = F.pad(torch.cat([lin, torch.ones_like(lin[:, :1])], dim=1), pad, mode="replicate")
-    rs = _shifted(F.pad(radius, pad, mode="replicate"))
+    rs = F.pad(radius, pad, mode="replicate")
 
-    # hat weights: a pixel sits on segment [knots[j0], knots[j0+1]] at fraction t (differentiable w.r.t. rs)
-    kt = torch.tensor(knots, dtype=dtype, device=device)
+    # a pixel sits on segment [signed[j0], signed[j0+1]] (both ends of one sign: 0 is a knot) at fraction t of the
+    # squared radius, so that the blend of the two kernels has the spot's second moment c r^2 (a blend's moment is
+    # the weighted mean of theirs); differentiable w.r.t. rs
+    kt = torch.tensor(signed, dtype=dtype, device=device)
     with torch.no_grad():
         j0 = (torch.bucketize(rs, kt) - 1).clamp(0, n - 2)
         hits = torch.bincount(j0.reshape(-1), minlength=n).cpu()
     used = [j for j in range(n) if hits[j] > 0 or (j > 0 and hits[j - 1] > 0)]
     k0, k1 = kt[j0], kt[j0 + 1]
-    t = ((rs - k0) / (k1 - k0)).clamp(0.0, 1.0)
+    t = ((rs * rs - k0 * k0) / (k1 * k1 - k0 * k0)).clamp(0.0, 1.0)
 
     # each layer lives in its bounding box only (at its pyramid scale): the rows/columns whose range of segment
     # indices reaches it. Smooth depth puts each layer in a narrow band, so little work is spent on empty pixels.
@@ -368,7 +368,7 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
             y0, x0, h, w = box[j]
             x = parts[j].reshape(B, h, w, 4).permute(0, 3, 1, 2)  # channels-last view of block sums
             rj = signed[j] / s
-            hk = kernel_half_size(rj) if abs(rj) > 0.5 else 0
+            hk = kernel_half_size(rj)
             if hk > 0:  # the 1/s^2 of the average pooling is folded into the kernel
                 x = _depthwise(x, _kernel(ap, rj, hk, dtype, device, 1.0 / (s * s)), pad=True, flipped=True)
             elif s > 1:
@@ -441,13 +441,16 @@ def _over_one(color: torch.Tensor, alpha: torch.Tensor, col: torch.Tensor | None
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _offsets(rmax: float, ap: Aperture, pad_px: float = 0.5) -> list[tuple[int, int]]:
+def _offsets(rmax: float, ap: Aperture, pad_px: float = 1.0) -> list[tuple[int, int]]:
+    """Integer offsets a spot of nominal radius up to ``rmax`` px can reach (its raster radius plus the rim, which
+    reaches up to 1 px further at a polygon's corners)."""
     h = kernel_half_size(rmax)
+    reach = float(ap.raster_radius(rmax).abs()) + pad_px
     radial = not isinstance(ap, ImageAperture)
     offs = []
     for dy in range(-h, h + 1):
         for dx in range(-h, h + 1):
-            if radial and math.hypot(dx, dy) >= rmax + pad_px + 1e-9:
+            if radial and math.hypot(dx, dy) >= reach + 1e-9:
                 continue
             offs.append((dy, dx))
     return offs
@@ -465,7 +468,8 @@ def render_exact_reference(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: N
                            f_mm: Number | None = None, offsets_per_chunk: int = 32) -> torch.Tensor:
     """Direct scatter: every pixel spreads its (linear) light uniformly over its own soft-rimmed aperture spot.
 
-    out(p) = sum_q I(q) * a(p - q; r_q) / sum_o a(o; r_q), with a the aperture coverage of :mod:`physics.aperture`.
+    out(p) = sum_q I(q) * a(p - q; r_q) / sum_o a(o; r_q), with a the aperture weights of :mod:`physics.aperture`
+    (the spot of radius r_q drawn with the continuous spot's second moment, so sub-pixel radii blur too).
     Cost O(pixels x r^2) (a gather over every offset of the largest spot); memory O(pixels) also for backward
     (chunks of offsets are recomputed in the backward pass). Exact where no surface occludes another (smooth depth);
     NOT occlusion-aware. Same arguments and return as :func:`render_bokeh`; differentiable.
@@ -478,13 +482,13 @@ def render_exact_reference(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: N
     h = kernel_half_size(rmax)
     offs = _offsets(rmax, ap)
     lin_p = F.pad(lin, (h, h, h, h), mode="replicate")
-    r_p = F.pad(r, (h, h, h, h), mode="replicate")
+    r_p = ap.raster_radius(F.pad(r, (h, h, h, h), mode="replicate"))  # once, not per offset
 
     def area_chunk(rp, chunk):
         a = torch.zeros_like(rp)
         for dy, dx in chunk:
-            a = a + ap.weights(torch.tensor(float(dx), dtype=rp.dtype, device=rp.device),
-                               torch.tensor(float(dy), dtype=rp.dtype, device=rp.device), rp)
+            a = a + ap.coverage(torch.tensor(float(dx), dtype=rp.dtype, device=rp.device),
+                                torch.tensor(float(dy), dtype=rp.dtype, device=rp.device), rp)
         return a
 
     def gather_chunk(img, rp, area, chunk):
@@ -492,8 +496,8 @@ def render_exact_reference(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: N
         for dy, dx in chunk:
             ys, xs = h - dy, h - dx  # source q = p - o
             r_src = rp[:, :, ys:ys + H, xs:xs + W]
-            w = ap.weights(torch.tensor(float(dx), dtype=rp.dtype, device=rp.device),
-                           torch.tensor(float(dy), dtype=rp.dtype, device=rp.device), r_src)
+            w = ap.coverage(torch.tensor(float(dx), dtype=rp.dtype, device=rp.device),
+                            torch.tensor(float(dy), dtype=rp.dtype, device=rp.device), r_src)
             out = out + (w / area[:, :, ys:ys + H, xs:xs + W]) * img[:, :, ys:ys + H, xs:xs + W]
         return out
 

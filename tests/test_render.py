@@ -240,10 +240,46 @@ def test_bokehme_scatter_ball_and_normalisation():
 
 def test_layer_radii_cover_the_range():
     radii = layer_radii(30.0, 1.2)
-    assert radii[0] == 0.5 and radii[-1] >= 30.0 and radii[-2] < 30.0
-    assert all(b / a <= 1.5 + 1e-9 for a, b in zip(radii, radii[1:]))
+    assert radii[:3] == [0.0, 0.25, 0.5] and radii[-1] >= 30.0 and radii[-2] < 30.0  # from the in-focus layer
+    assert all(b - a <= 0.25 + 1e-9 or b / a <= 1.2 + 1e-9 for a, b in zip(radii, radii[1:]))  # fine steps
     with pytest.raises(ValueError, match="layer_ratio"):
         layer_radii(10.0, 1.0)
+
+
+def _impulse_second_moment(out: torch.Tensor) -> float:
+    """Per-axis variance (px^2) about the centroid of a rendered point light [1,3,H,W] (linear, first channel)."""
+    ch = out[0, 0].double()
+    ch = ch / ch.sum()
+    n = ch.shape[-1]
+    offs = torch.arange(n, dtype=torch.float64)
+    yy, xx = torch.meshgrid(offs, offs, indexing="ij")
+    my, mx = float((ch * yy).sum()), float((ch * xx).sum())
+    return 0.5 * float((ch * ((yy - my) ** 2 + (xx - mx) ** 2)).sum())
+
+
+@pytest.mark.parametrize("radius", [0.1, 0.3, 0.6, 0.9, 1.3, 1.7, 2.6, 4.1])
+@pytest.mark.parametrize("renderer", ["layered", "exact"])
+def test_a_point_light_spreads_with_the_disks_second_moment(radius, renderer):
+    # a pixel image of a point light defocused by a disk of radius r has the disk's second moment r^2/4 per axis,
+    # also below one pixel (a sensor integrates the spot's light over each pixel; the blur does not stop at 0.5 px).
+    # The layered renderer blends two layer kernels in between its layer radii and must keep that moment too.
+    n, focus, depth = 25, 1.0, 2.0
+    img = torch.zeros(1, 3, n, n, dtype=torch.float64)
+    img[:, :, n // 2, n // 2] = 1.0
+    d = torch.full((1, 1, n, n), depth, dtype=torch.float64)
+    K = radius / (1 / focus - 1 / depth)
+    render = render_bokeh if renderer == "layered" else render_exact_reference
+    kw = {"pyramid_radius_px": 0.0} if renderer == "layered" else {}
+    out = render(img, d, K, focus, color_space="linear", **kw)
+    assert _impulse_second_moment(out) == pytest.approx(radius**2 / 4, rel=0.01, abs=2e-4)
+
+
+def test_in_focus_pixels_stay_exactly_sharp_and_any_defocus_blurs():
+    img = _texture(24, 24, seed=5)
+    d = torch.full((1, 1, 24, 24), 2.0)
+    assert torch.allclose(render_bokeh(img, d, 5.0, 2.0), img, atol=1e-6)  # r = 0 everywhere: the image itself
+    slightly = render_bokeh(img, d, 3.0, 2.5)  # r = 3 (1/2.5 - 1/2) = -0.3 px
+    assert float((slightly - img).abs().mean()) > 2e-4  # 5.3e-4 measured on this smooth texture: blurred a little
 
 
 RENDERERS = [render_bokeh, render_exact_reference, render_scatter_bokehme]

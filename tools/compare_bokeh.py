@@ -144,10 +144,9 @@ def k_sensitivity_rms(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float
                       rel: float = 0.15) -> float:
     """RMS difference (sRGB, [0, 1]) between the physics renders at K (1 + rel) and K (1 - rel).
 
-    Below one 8-bit code value (1/255) no image can tell K to within ``rel``: e.g. a weak K on a far scene, where
-    most radii are under the half pixel that the renderer leaves sharp (a sensor would not: tools/bench_subpixel.py
-    measures the renderer against a supersampled reference there). Such rows are kept out of the
-    headline K-calibration error (``k_cal_err_measurable``) and counted.
+    Below one 8-bit code value (1/255) no image can tell K to within ``rel``: e.g. a weak K on a far, smooth scene,
+    where the radii are a small fraction of a pixel (a sub-pixel blur has variance r^2/4: its effect is second order
+    in r). Such rows are kept out of the headline K-calibration error (``k_cal_err_measurable``) and counted.
     """
     from physics.render import render_bokeh
 
