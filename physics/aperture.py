@@ -61,7 +61,8 @@ def kernel_half_size(radius_px: float) -> int:
 
 
 def _raw_half_size(raster_radius_px: float) -> int:
-    return max(0, int(math.ceil(abs(raster_radius_px) + 0.5)) - 1)
+    """Half width holding a shape drawn at this raster radius (its rim reaches <= 1 px beyond, see above)."""
+    return max(0, int(math.ceil(abs(raster_radius_px) + 1.0)) - 1)
 
 
 #: raster radii (px) of the moment table; beyond its end the closed form sqrt(r^2 - e/c) takes over.
@@ -99,6 +100,7 @@ class _MomentTable:
             i = (torch.searchsorted(v, target.detach().contiguous(), right=True) - 1).clamp(0, v.numel() - 2)
         v0, v1, r0, r1 = v[i], v[i + 1], rho[i], rho[i + 1]
         inside = r0 + ((target - v0) / (v1 - v0)).clamp_min(0.0) * (r1 - r0)
+        # (the clamp only guards the square root where this branch is not taken)
         beyond = (a * a - self.excess / self.c).clamp_min(float(self.rho[-1]) ** 2 * 0.5).sqrt()
         raster = torch.where(target > v[-1], beyond, inside)
         return torch.where(radius_px < 0, -raster, raster)

@@ -4,9 +4,9 @@
     python tools/bench_subpixel.py --out runs/bench_subpixel          # ~1 min on 2 cores
 
 Why: a pixel image of a defocused scene is the continuous scene blurred by the disk, then integrated over each
-pixel. The renderer instead spreads each pixel's light from a point at its centre (physics.aperture: coverage
-clamp(|r| + 0.5 - dist, 0, 1)), so a spot under half a pixel stays inside its pixel (no blur at all), and a spot of
-0.75-1 px is wider than the disk. This bench measures what that costs, at the radii where it matters.
+pixel. The renderer draws each spot as a soft-rimmed kernel (physics.aperture) whose second moment is the disk's
+r^2/4 (until session 6 it drew the disk from a point at the pixel centre: no blur at all under half a pixel, and
+spots of 0.75-1.25 px too wide). This bench measures how close that comes at the radii where it matters.
 
 Reference: a continuous-looking scene drawn at --supersample x the output size (1/f colour noise plus hard-edged
 discs, seeded), blurred there by the disk of radius r x supersample (physics.dfd.blur_bank: the renderer's
