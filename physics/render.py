@@ -220,9 +220,11 @@ def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, foc
 
     Returns: [B,3,H,W] (or [3,H,W]) in ``color_space`` (and the radius map if asked).
 
-    Method: every pixel is split between the two layers whose radii bracket its signed radius (hat weights, so the
-    output is differentiable w.r.t. depth, K and focus); each layer (premultiplied RGBA) is blurred with its aperture
-    kernel (flipped in front of the focal plane), large ones at reduced resolution (a wide spot is low-pass:
+    Method: every pixel is split between the two layers whose radii bracket its signed radius (weights linear in
+    r^2, so the blend keeps the spot's second moment, and the output is differentiable w.r.t. depth, K and focus;
+    layers run from an in-focus layer at 0 in 0.25-px steps to 1.5 px, then by ``layer_ratio``); each layer
+    (premultiplied RGBA) is blurred with its aperture kernel (physics.aperture: drawn with the continuous spot's
+    second moment, so sub-pixel radii blur too; flipped in front of the focal plane), large ones at reduced resolution (a wide spot is low-pass:
     average-pool by s, blur with radius r/s, bilinear upsample; all layers are pooled in one scatter pass);
     layers are composited front to back (signed radius ascending) with a saturating "over" (see :func:`_over_one`;
     the layers of one pyramid scale at that scale, then upsampled) so that a sharp foreground hides the blurred
