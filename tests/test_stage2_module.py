@@ -91,6 +91,15 @@ def test_synthetic_disk_cache_round_trip(tmp_path):
     assert other.cache_key("test") != data.SyntheticStackDataModule(**kwargs).cache_key("test")
 
 
+def test_a_renderer_change_never_reuses_cached_renders(monkeypatch):
+    from lightning_modules import data
+
+    module = data.SyntheticStackDataModule(height=28, width=28, num_train=2, num_val=2, num_test=2, K_px_m=[3.0])
+    before = module.cache_key("test")
+    monkeypatch.setattr(data, "RENDERER_VERSION", data.RENDERER_VERSION + 1)
+    assert module.cache_key("test") != before
+
+
 def test_synthetic_bad_settings():
     from lightning_modules.data import DataError, SyntheticStackDataModule
 
