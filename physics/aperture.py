@@ -161,6 +161,10 @@ class Aperture:
         r = radius_px if torch.is_tensor(radius_px) else torch.tensor(float(radius_px), dtype=torch.float64)
         return self._moments().raster_radius(r)
 
+    def half_size(self, radius_px: float) -> int:
+        """Half width (px) of the square that holds this aperture's spot of nominal radius ``radius_px``."""
+        return kernel_half_size(radius_px)
+
     def weights(self, dx: torch.Tensor, dy: torch.Tensor, radius_px: torch.Tensor) -> torch.Tensor:
         """Soft coverage in [0, 1] of offset (dx, dy) px (y down) by the spot of signed physical radius
         ``radius_px`` (px). Broadcasts like :meth:`coverage`; differentiable w.r.t. radius_px."""
@@ -172,7 +176,7 @@ class Aperture:
 
         The kernel is the spread of one pixel's light onto the image (scatter form); its centre is the source pixel.
         """
-        h = kernel_half_size(radius_px) if half_size is None else int(half_size)
+        h = self.half_size(radius_px) if half_size is None else int(half_size)
         offs = torch.arange(-h, h + 1, dtype=dtype, device=device)
         dy, dx = torch.meshgrid(offs, offs, indexing="ij")
         w = torch.broadcast_to(self.weights(dx, dy, torch.tensor(float(radius_px), dtype=dtype, device=device)),
@@ -248,8 +252,8 @@ class ImageAperture(Aperture):
     (area anti-aliasing), divided by the image maximum so that a fully open pixel has coverage 1. The second moment
     is matched (:meth:`Aperture.raster_radius`) from about 0.5 px on; below, the drawn spot stays a delta until the
     image reaches the neighbouring pixels and then jumps (a 32x32 half-open image: variance 0 at r = 0.1 px, 0.003
-    px^2 at 0.25 px against 0.013 asked). Large spots spill up to about r/n + 0.4 px (n the image side) beyond the
-    square of :func:`kernel_half_size`, which clips them (0.3% of a 32-px image's mass at r = 30 px).
+    px^2 at 0.25 px against 0.013 asked). The bilinear sampling reaches half an image pixel beyond the square
+    [-|r|, |r|]^2, so spots are held in a slightly larger square (:meth:`half_size`).
     """
 
     name = "image"
@@ -274,6 +278,15 @@ class ImageAperture(Aperture):
             raise ValueError(f"{name} is all zero: an aperture needs some open (> 0) pixels")
         self.image = (t / t.max()).to(torch.float32)
         self.oversample = int(oversample)
+
+    def half_size(self, radius_px: float) -> int:
+        if float(radius_px) == 0.0:
+            return 0
+        # zero padding: a sample is non-zero up to 1 + 1/n (n the image side) in grid units, and the sub-pixel
+        # samples of a pixel reach 0.5 - 0.5/oversample px from its centre
+        raster = abs(float(self.raster_radius(float(radius_px))))
+        reach = raster * (1.0 + 1.0 / min(self.image.shape)) + 0.5 - 0.5 / self.oversample
+        return max(kernel_half_size(radius_px), int(math.ceil(reach)) - 1)
 
     def coverage(self, dx, dy, radius_px):
         dx, dy, radius_px = torch.broadcast_tensors(dx, dy, radius_px)

@@ -292,7 +292,7 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
 
     # replicate-pad by the largest spot plus the pyramid's reach, to multiples of the largest pyramid factor so that
     # pooling blocks are anchored at the image origin (a batch renders each item exactly as it renders alone)
-    margin = -(-(kernel_half_size(rmax) + 1 + 2 * smax) // smax) * smax
+    margin = -(-(ap.half_size(rmax) + 1 + 2 * smax) // smax) * smax
     Hp = -(-(H + 2 * margin) // smax) * smax
     Wp = -(-(W + 2 * margin) // smax) * smax
     pad = (margin, Wp - W - margin, margin, Hp - H - margin)
@@ -370,7 +370,7 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
             y0, x0, h, w = box[j]
             x = parts[j].reshape(B, h, w, 4).permute(0, 3, 1, 2)  # channels-last view of block sums
             rj = signed[j] / s
-            hk = kernel_half_size(rj)
+            hk = ap.half_size(rj)
             if hk > 0:  # the 1/s^2 of the average pooling is folded into the kernel
                 x = _depthwise(x, _kernel(ap, rj, hk, dtype, device, 1.0 / (s * s)), pad=True, flipped=True)
             elif s > 1:
@@ -446,7 +446,7 @@ def _over_one(color: torch.Tensor, alpha: torch.Tensor, col: torch.Tensor | None
 def _offsets(rmax: float, ap: Aperture, pad_px: float = 1.0) -> list[tuple[int, int]]:
     """Integer offsets a spot of nominal radius up to ``rmax`` px can reach (its raster radius plus the rim, which
     reaches up to 1 px further at a polygon's corners)."""
-    h = kernel_half_size(rmax)
+    h = ap.half_size(rmax)
     reach = float(ap.raster_radius(rmax).abs()) + pad_px
     radial = not isinstance(ap, ImageAperture)
     offs = []
@@ -481,7 +481,7 @@ def render_exact_reference(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: N
     lin, r = prep.linear, prep.radius
     B, _, H, W = lin.shape
     rmax = float(r.detach().abs().max())
-    h = kernel_half_size(rmax)
+    h = ap.half_size(rmax)
     offs = _offsets(rmax, ap)
     lin_p = F.pad(lin, (h, h, h, h), mode="replicate")
     r_p = ap.raster_radius(F.pad(r, (h, h, h, h), mode="replicate"))  # once, not per offset

@@ -61,6 +61,17 @@ def test_kernel_half_size_holds_the_whole_spot(aperture, radius):
     assert float(wide[2:-2, 2:-2].sum()) == pytest.approx(1.0, abs=1e-12)  # nothing beyond the square
 
 
+@pytest.mark.parametrize("radius", [0.3, 2.0, 9.5, 30.0])
+def test_image_aperture_spots_fit_in_their_half_size(radius):
+    img = torch.zeros(32, 32)
+    img[:16] = 1.0
+    ap = ImageAperture(img)
+    h = ap.half_size(radius)
+    wide = ap.kernel(radius, dtype=torch.float64, half_size=h + 2)
+    assert float(wide[2:-2, 2:-2].sum()) == pytest.approx(1.0, abs=1e-12)  # nothing spills beyond the square
+    assert ap.kernel(radius, dtype=torch.float64).shape[-1] == 2 * h + 1
+
+
 def test_spot_shrinks_to_a_delta_at_focus():
     assert disk_kernel(0.0, dtype=torch.float64).tolist() == [[1.0]]  # exactly in focus: no blur, a 1x1 kernel
     centre = [float(disk_kernel(r, dtype=torch.float64)[1, 1]) for r in (0.4, 0.2, 0.1, 0.01)]
