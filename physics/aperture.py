@@ -60,11 +60,6 @@ def kernel_half_size(radius_px: float) -> int:
     return max(1, int(math.ceil(r + 1.0)) - 1)
 
 
-def _raw_half_size(raster_radius_px: float) -> int:
-    """Half width holding a shape drawn at this raster radius (its rim reaches <= 1 px beyond, see above)."""
-    return max(0, int(math.ceil(abs(raster_radius_px) + 1.0)) - 1)
-
-
 #: raster radii (px) of the moment table; beyond its end the closed form sqrt(r^2 - e/c) takes over.
 _TABLE_STEP_PX, _TABLE_END_PX, _MOMENT_PROBES_PX = 0.005, 8.0, (32.0, 48.0)
 _MOMENT_TABLES: dict = {}
@@ -108,7 +103,8 @@ class _MomentTable:
 
 def _central_variance(ap: "Aperture", rho: torch.Tensor) -> torch.Tensor:
     """Per-axis variance (about its centroid, mean of x and y) of the kernel drawn at each raster radius in rho."""
-    h = _raw_half_size(float(rho.max()))
+    # (kernel_half_size also holds a shape drawn at raster radius rho: its rim reaches <= 1 px beyond rho)
+    h = kernel_half_size(float(rho.max()))
     offs = torch.arange(-h, h + 1, dtype=torch.float64)
     dy, dx = torch.meshgrid(offs, offs, indexing="ij")
     out = []
@@ -179,8 +175,7 @@ class Aperture:
         h = self.half_size(radius_px) if half_size is None else int(half_size)
         offs = torch.arange(-h, h + 1, dtype=dtype, device=device)
         dy, dx = torch.meshgrid(offs, offs, indexing="ij")
-        w = torch.broadcast_to(self.weights(dx, dy, torch.tensor(float(radius_px), dtype=dtype, device=device)),
-                               dx.shape)
+        w = self.weights(dx, dy, torch.tensor(float(radius_px), dtype=dtype, device=device))
         total = w.sum()
         if not float(total) > 0:
             raise ValueError(f"aperture {self.name} has zero area at radius {radius_px} px")
@@ -231,7 +226,8 @@ class PolygonAperture(Aperture):
             ang = [self.rotation + 2.0 * math.pi * k / self.blades for k in range(self.blades)]
             proj = [float(dx) * math.cos(a) - float(dy) * math.sin(a) for a in ang]
             support = torch.where(radius_px < 0, max(-p for p in proj), max(proj))
-            return (apothem - support + 0.5).clamp(0.0, 1.0)
+            cover = (apothem - support + 0.5).clamp(0.0, 1.0)
+            return torch.broadcast_to(cover, torch.broadcast_shapes(dx.shape, dy.shape, radius_px.shape))
         # flip 180 degrees in front of the focal plane; y up for the angle convention
         sign = torch.where(radius_px < 0, -1.0, 1.0).to(dx.dtype)
         vx, vy = dx * sign, -dy * sign

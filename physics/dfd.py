@@ -2,8 +2,8 @@
 
 1. :func:`estimate_blur_radius` matches every frame of a stack against the sharp reference re-blurred by a disk of
    each candidate radius (in linear light), compares them over a local window, takes the best candidate per pixel and
-   refines it between its neighbours by the best blend of the two candidate blurs (a closed-form quadratic). A confidence in [0, 1) says how
-   much the error curve varies (textureless pixels: ~0).
+   refines it between its neighbours by the best blend of the two candidate blurs (a closed-form quadratic). A
+   confidence in [0, 1) says how much the error curve varies (textureless pixels: ~0).
 2. :func:`depth_from_bokeh_sweep` regresses the inverse-depth offset ``Delta = 1/s1 - 1/d`` from radii
    ``r_i = K_i Delta + noise``: ``Delta_hat = sum_i w_i K_i r_i / sum_i w_i K_i^2`` (unbiased; variance
    ``sigma^2 / sum K_i^2`` for equal weights), then ``d = 1 / (1/s1 - Delta_hat)``.
@@ -151,16 +151,16 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
             step_sq.append(window((step**2).sum(dim=2)))
     err = torch.stack(errors, dim=2)  # [C,B,N,H,W]
     best = err.argmin(dim=0)  # [B,N,H,W]
-    e0 = err.gather(0, best[None])[0]
-    em = err.gather(0, (best - 1).clamp_min(0)[None])[0]
-    ep = err.gather(0, (best + 1).clamp_max(n_cand - 1)[None])[0]
     if n_cand > 1:
         radius = _refine_between_candidates(torch.stack(raw, 2), torch.stack(cross, 2), torch.stack(step_sq, 2),
                                             best, step_px)[:, :, None]
     else:
-        radius = torch.zeros_like(e0)[:, :, None]
+        radius = torch.zeros_like(best, dtype=err.dtype)[:, :, None]
     if not return_confidence:
         return radius
+    e0 = err.gather(0, best[None])[0]
+    em = err.gather(0, (best - 1).clamp_min(0)[None])[0]
+    ep = err.gather(0, (best + 1).clamp_max(n_cand - 1)[None])[0]
     mean_e = err.mean(dim=0)
     contrast = ((mean_e - e0) / (mean_e + noise_floor)).clamp(0.0, 1.0)
     # curvature of the error curve at its minimum relative to the error level (~ inverse variance of r)

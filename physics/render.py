@@ -224,8 +224,9 @@ def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, foc
     r^2, so the blend keeps the spot's second moment, and the output is differentiable w.r.t. depth, K and focus;
     layers run from an in-focus layer at 0 in 0.25-px steps to 1.5 px, then by ``layer_ratio``); each layer
     (premultiplied RGBA) is blurred with its aperture kernel (physics.aperture: drawn with the continuous spot's
-    second moment, so sub-pixel radii blur too; flipped in front of the focal plane), large ones at reduced resolution (a wide spot is low-pass:
-    average-pool by s, blur with radius r/s, bilinear upsample; all layers are pooled in one scatter pass);
+    second moment, so sub-pixel radii blur too; flipped in front of the focal plane), large ones at reduced
+    resolution (a wide spot is low-pass: average-pool by s, blur with radius r/s, bilinear upsample; all layers are
+    pooled in one scatter pass);
     layers are composited front to back (signed radius ascending) with a saturating "over" (see :func:`_over_one`;
     the layers of one pyramid scale at that scale, then upsampled) so that a sharp foreground hides the blurred
     background behind it and a blurred foreground veils a sharp background; finally the colour is divided by the
