@@ -51,6 +51,15 @@ def test_k_is_unmeasurable_only_where_the_blur_is_far_below_a_pixel():
     assert compare.k_sensitivity_rms(image, depth, 100.0, 8.0) > 5 * compare.K_MEASURABLE_RMS
 
 
+def test_summary_by_k_averages_each_k_over_its_own_rows():
+    rows = [{"K_px_m": 1.0, "learned": {"psnr": 30.0, "k_cal_err": 0.5}},
+            {"K_px_m": 1.0, "learned": {"psnr": 34.0, "k_cal_err": None}},
+            {"K_px_m": 4.0, "learned": {"psnr": 40.0, "k_cal_err": 0.1}}]
+    by_k = compare.summarize_by_k(rows, ["psnr", "k_cal_err"], [1.0, 4.0])
+    assert by_k["1"]["learned"] == {"psnr": 32.0, "psnr_n": 2, "k_cal_err": 0.5, "k_cal_err_n": 1}
+    assert by_k["4"]["learned"] == {"psnr": 40.0, "psnr_n": 1, "k_cal_err": 0.1, "k_cal_err_n": 1}
+
+
 def test_population_radius_is_the_pixel_mean_of_abs_coc_over_all_samples():
     # a: 4x4 px at 1 m, focus 100 m -> |delta| = 1 - 1/100; b: 4x8 px, half at 0.5 m (in front of the 1-m focus,
     # |1 - 2| = 1) and half at 2 m (behind it, |1 - 0.5| = 0.5); pixel-weighted: b counts twice as much as a

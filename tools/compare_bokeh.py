@@ -266,6 +266,11 @@ def summarize(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, 
     return summary
 
 
+def summarize_by_k(rows: Sequence[dict[str, Any]], keys: Sequence[str], Ks: Sequence[float]) -> dict[str, Any]:
+    """:func:`summarize` over the rows of each asked K separately: {"<K>": summary} (K formatted with 4 digits)."""
+    return {f"{K:.4g}": summarize([r for r in rows if r["K_px_m"] == K], keys) for K in Ks}
+
+
 def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guidance: GuidanceConfig, steps: int,
                   k_bounds: tuple[float, float], fit2d_scenes: int, lpips: Callable | None, out: Path, tag: str,
                   max_grids: int) -> dict[str, Any]:
@@ -334,7 +339,8 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
             grids.append((s["name"], path.relative_to(out).as_posix(), [round(k, 3) for k in Ks]))
     keys = ["psnr", "ssim", "k_cal_err_measurable", "k_cal_err", "k_cal_err_2d", "defocus_corr",
             "defocus_mean_ratio", "defocus_mae_inv_m"] + (["lpips"] if lpips else [])
-    return {"rows": rows, "summary": summarize(rows, keys), "grids": grids, "population_radius_px": population}
+    return {"rows": rows, "summary": summarize(rows, keys), "summary_by_K": summarize_by_k(rows, keys, Ks),
+            "grids": grids, "population_radius_px": population}
 
 
 def run_pairs(gen: Any, samples: list[dict[str, Any]], guidance: GuidanceConfig, steps: int, lpips: Callable | None,
@@ -378,6 +384,13 @@ def html_page(results: dict[str, Any]) -> str:
             parts.append(f"<tr><td>{method}</td>" + "".join(
                 f"<td>{vals[k]:.4g}</td>" if k in vals else "<td>-</td>" for k in keys) + "</tr>")
         parts.append("</table>")
+        for K, by_method in data.get("summary_by_K", {}).items():
+            parts.append(f"<h3>K = {K} px*m</h3><table><tr><th>method</th>" + "".join(f"<th>{k}</th>" for k in keys)
+                         + "</tr>")
+            for method, vals in by_method.items():
+                parts.append(f"<tr><td>{method}</td>" + "".join(
+                    f"<td>{vals[k]:.4g}</td>" if k in vals else "<td>-</td>" for k in keys) + "</tr>")
+            parts.append("</table>")
         if "population_radius_px" in data:
             radii = ", ".join(f"{r:.3g}" for r in data["population_radius_px"])
             parts.append(f"<p>uniform_disk_population radius (px) per K {results['K_px_m']}: {radii}</p>")
@@ -480,6 +493,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if flags:
             print(f"  K measurable to 15% (physics renders at K +- 15% differ by >= 1/255 RMS) in {sum(flags)} of "
                   f"{len(flags)} rows: k_cal_err_measurable averages those, k_cal_err all rows")
+        for K, by_method in data.get("summary_by_K", {}).items():
+            print(f"  K={K}: " + "  ".join(
+                f"{method} psnr={vals['psnr']:.4g} k_cal_err_measurable="
+                + (f"{vals['k_cal_err_measurable']:.3g}" if "k_cal_err_measurable" in vals else "-")
+                for method, vals in by_method.items() if method in ("learned", "uniform_disk") and "psnr" in vals))
         if "population_radius_px" in data:
             print("  uniform_disk_population radius (px) per K: "
                   + ", ".join(f"K={k:.3g}: {r:.3g}" for k, r in zip(Ks, data["population_radius_px"])))
