@@ -140,9 +140,40 @@ def test_a_layered_generator_gets_its_defocus_map_scored_against_the_true_one(tm
     module, _ = build(load_config(["configs/stage1.yaml"], overrides))
     export_generator(module, tmp_path / "gen")
     compare.main(["--generator", str(tmp_path / "gen"), "--out", str(tmp_path / "out"), "--num-scenes", "1",
-                  "--fit2d-scenes", "0", "--steps", "1", "--flux-guidance", "0", "--stack-guidance", "0"])
+                  "--fit2d-scenes", "0", "--steps", "1", "--flux-guidance", "0", "--stack-guidance", "0",
+                  "--map-oracles"])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    summary = saved["sections"]["synthetic test split"]["summary"]
+    assert set(compare.MAP_ORACLES) <= set(summary)
+    assert summary["map_true"]["k_cal_err"] < 0.03  # the true map explains itself: the fit's floor
     row = saved["sections"]["synthetic test split"]["rows"][0]["learned"]
     depth = compare.synthetic_samples(1, 16, 0, 100.0)[0]["depth_m"].double()
     assert row["defocus_mean_ratio"] == pytest.approx(0.5 / float((1 / 100.0 - 1 / depth).abs().mean()), rel=1e-5)
     assert row["defocus_corr"] is None
+
+
+def test_map_oracles_render_the_true_map_as_physics_does_and_remove_only_the_scale(tmp_path):
+    """--map-oracles: the true map through the generator's head is physics.render_bokeh at the scene's depth (focus
+    100 m: every surface in front, radius K (1/100 - 1/depth)); a learned map that is the true one times 0.5 becomes
+    the true map at the true scale; the true map at the head's resolution is the true map when it is constant."""
+    from lightning_modules.stage1 import load_generator
+    from physics.render import render_bokeh
+
+    torch.manual_seed(0)
+    overrides = [o for o in TINY if o != "model.compact.head=residual"] + ["model.compact.head=layered"]
+    module, _ = build(load_config(["configs/stage1.yaml"], overrides))
+    export_generator(module, tmp_path / "gen")
+    gen, _ = load_generator(tmp_path / "gen")
+    assert gen.net.space_to_depth == 2
+    sample = compare.synthetic_samples(1, 16, 0, 100.0)[0]
+    image, depth, Ks = sample["image"], sample["depth_m"], [2.0, 4.0]
+    true = compare.defocus_magnitude_inv_m(depth, 100.0)
+    frames = compare.map_oracle_frames(gen, image, Ks, 0.5 * true[None].expand(2, -1, -1, -1), true)
+    physics = render_bokeh(image[None].expand(2, -1, -1, -1), depth[None].expand(2, -1, -1, -1), torch.tensor(Ks),
+                           torch.full((2,), 100.0)).clamp(0, 1)
+    assert torch.allclose(frames["map_true"], physics, atol=1e-5)
+    assert torch.allclose(frames["map_learned_true_scale"], frames["map_true"], atol=1e-5)
+    assert not torch.allclose(frames["map_true_lowres"], frames["map_true"], atol=1e-3)  # edges are averaged
+    plane = torch.full((1, 16, 16), 0.7)
+    flat = compare.map_oracle_frames(gen, image, Ks, plane[None].expand(2, -1, -1, -1), plane)
+    assert torch.allclose(flat["map_true_lowres"], flat["map_true"], atol=1e-6)

@@ -26,6 +26,13 @@ learned frame vs the real photo next to identity and a uniform disk blur whose r
 learned+guidance | |learned - target| x4) and ``<out>/results.json``. For a generator with the layered head, the
 learned rows also get its defocus map against the true |1/focus - 1/depth| (``defocus_corr``, ``defocus_mean_ratio``
 pred/true, ``defocus_mae_inv_m``) and the grids two grey maps (learned, true) on one scale.
+
+``--map-oracles`` (layered generators) splits the learned frames' K error into its parts, each row rendered through
+the generator's own head (``render_defocus``) with a map it is told: ``map_true`` the scene's true defocus map (the
+fit's own floor: ~0); ``map_true_lowres`` the true map at the resolution the head predicts it (area-averaged over the
+UNet's space-to-depth blocks, bilinearly upsampled as the head does: the floor of the head's resolution);
+``map_learned_true_scale`` the learned map multiplied by the scene's mean true / mean learned defocus (the learned
+map's shape at the true scale: what is left once the per-scene scale error is removed).
 """
 
 from __future__ import annotations
@@ -46,7 +53,9 @@ import torch.nn.functional as F  # noqa: E402
 from bokeh.generation import GuidanceConfig  # noqa: E402
 from bokeh.io import image_grid, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
 
-METHODS = ("learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population")
+METHODS = ("learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population", "map_true",
+           "map_true_lowres", "map_learned_true_scale")
+MAP_ORACLES = METHODS[-3:]
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -271,9 +280,29 @@ def summarize_by_k(rows: Sequence[dict[str, Any]], keys: Sequence[str], Ks: Sequ
     return {f"{K:.4g}": summarize([r for r in rows if r["K_px_m"] == K], keys) for K in Ks}
 
 
+def map_oracle_frames(gen: Any, image: torch.Tensor, Ks: Sequence[float], learned_inv_m: torch.Tensor,
+                      true_inv_m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The ``--map-oracles`` outputs: {name: frames [N,3,H,W]} rendered by ``gen.render_defocus`` at K (px*m at the
+    image width) from maps it is told. image [3,H,W]; learned_inv_m [N,1,h,w] (the generator's map per K, working
+    size); true_inv_m [1,H,W] (|1/focus - 1/depth|, 1/m). See the module docstring for the three maps."""
+    n, (H, W) = len(Ks), image.shape[-2:]
+    K = torch.tensor([float(k) for k in Ks], dtype=image.dtype)
+    sharp = image[None].expand(n, -1, -1, -1)
+    learned = F.interpolate(learned_inv_m.to(image.dtype), size=(H, W), mode="bilinear", align_corners=False)
+    true = true_inv_m.to(image.dtype)[None].expand(n, -1, -1, -1)
+    s = int(getattr(getattr(gen, "net", None), "space_to_depth", 1))
+    lowres = true if s == 1 or H % s or W % s else F.interpolate(
+        F.avg_pool2d(true, s), size=(H, W), mode="bilinear", align_corners=False)
+    scale = true.flatten(1).mean(1) / learned.flatten(1).mean(1).clamp_min(1e-12)
+    with torch.no_grad():
+        return {name: gen.render_defocus(sharp, K, m).clamp(0, 1).cpu()
+                for name, m in (("map_true", true), ("map_true_lowres", lowres),
+                                ("map_learned_true_scale", learned * scale.view(n, 1, 1, 1)))}
+
+
 def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guidance: GuidanceConfig, steps: int,
                   k_bounds: tuple[float, float], fit2d_scenes: int, lpips: Callable | None, out: Path, tag: str,
-                  max_grids: int) -> dict[str, Any]:
+                  max_grids: int, map_oracles: bool = False) -> dict[str, Any]:
     from physics.camera import signed_coc_radius_px
     from physics.render import render_bokeh
 
@@ -296,6 +325,8 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
         true_defocus = defocus_magnitude_inv_m(depth, focus) if defocus is not None else None
         guided = (gen.generate_stack(image, Ks, num_steps=steps, seed=idx, guidance=guidance).frames[0]
                   if guidance.enabled else None)
+        oracles = (map_oracle_frames(gen, image, Ks, defocus[0], true_defocus)
+                   if map_oracles and defocus is not None else {})
         grid_rows = []
         for j, K in enumerate(Ks):
             radius = signed_coc_radius_px(depth[None], K, focus).abs()
@@ -304,6 +335,7 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
                        "uniform_disk_population": uniform_disk(image, population[j])}
             if guided is not None:
                 outputs["learned_guided"] = guided[j]
+            outputs.update({name: frames[j] for name, frames in oracles.items()})
             sensitivity = k_sensitivity_rms(image, depth, focus, K)
             measurable = sensitivity >= K_MEASURABLE_RMS
             row: dict[str, Any] = {"name": s["name"], "K_px_m": K, "focus_m": focus,
@@ -433,6 +465,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stack-guidance", type=float, default=0.5)
     p.add_argument("--fit2d-scenes", type=int, default=4)
     p.add_argument("--max-grids", type=int, default=8)
+    p.add_argument("--map-oracles", action="store_true",
+                   help="layered generators: also render the true map, the true map at the head's resolution and the "
+                        "learned map at the true scale (splits the K error into scale and shape)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -460,11 +495,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.num_scenes > 0:
         samples = synthetic_samples(args.num_scenes, size, args.seed, meta.get("focus_m"), scene_options)
         sections["synthetic test split"] = run_synthetic(gen, samples, Ks, guidance, steps, bounds, args.fit2d_scenes,
-                                                         lpips, out, "synthetic", args.max_grids)
+                                                         lpips, out, "synthetic", args.max_grids, args.map_oracles)
     if args.rgbd:
         samples = rgbd_samples(Path(args.rgbd), size, meta.get("focus_m"))
         sections["RGB-D manifest"] = run_synthetic(gen, samples, Ks, guidance, steps, bounds, args.fit2d_scenes, lpips,
-                                                   out, "rgbd", args.max_grids)
+                                                   out, "rgbd", args.max_grids, args.map_oracles)
     if args.aperture_pairs:
         pairs = aperture_pair_samples(Path(args.aperture_pairs), args.pair_width, args.assumed_focus_m)
         if not pairs:
@@ -497,7 +532,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  K={K}: " + "  ".join(
                 f"{method} psnr={vals['psnr']:.4g} k_cal_err_measurable="
                 + (f"{vals['k_cal_err_measurable']:.3g}" if "k_cal_err_measurable" in vals else "-")
-                for method, vals in by_method.items() if method in ("learned", "uniform_disk") and "psnr" in vals))
+                for method, vals in by_method.items()
+                if method in ("learned", "uniform_disk") + MAP_ORACLES and "psnr" in vals))
         if "population_radius_px" in data:
             print("  uniform_disk_population radius (px) per K: "
                   + ", ".join(f"K={k:.3g}: {r:.3g}" for k, r in zip(Ks, data["population_radius_px"])))
