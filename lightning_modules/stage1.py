@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from bokeh.generation import (CompactBokehGenerator, CompactBokehUNet, FluxKontextBokehGenerator, GuidanceConfig,
-                              KRange, build_compact, install_k_adapter)
+                              KCalibration, KRange, build_compact, install_k_adapter)
 from bokeh.generation.flow import sample_t
 from bokeh.generation.flux_adapter import load_adapter, save_adapter, tiny_flux_transformer, tiny_flux_vae
 from lightning_modules.config import ConfigError
@@ -647,6 +647,11 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
             raise ValueError(f"generator weights {path} do not fit the configured network; mismatching keys: {bad[:12]}")
         gen.net.load_state_dict(state, strict=True)
     gen.default_steps = int(meta.get("eval_steps", gen.default_steps))
+    if meta.get("k_calibration") is not None:  # written by tools/calibrate_k.py (or the fit's calibration step)
+        try:
+            gen.k_calibration = KCalibration.from_dict(meta["k_calibration"])
+        except ValueError as error:
+            raise ValueError(f"{meta_path}: k_calibration: {error}") from None
     return gen.eval(), meta
 
 
@@ -656,6 +661,11 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
     for key in ("model", "data", "k", "train", "eval", "optim", "trainer"):
         if key not in container:
             raise ConfigError(f"stage1 config needs a '{key}' section")
+    calibration = dict(container.get("calibration") or {})
+    if calibration.get("enabled", False) and container["data"].get("kind", "synthetic") != "synthetic":
+        raise ConfigError(f"calibration.enabled needs data.kind=synthetic (it calibrates on scenes of the training "
+                          f"kind); got {container['data'].get('kind')!r}: set calibration.enabled=false (and run "
+                          f"tools/calibrate_k.py on the exported generator if you want one)")
     module = Stage1Module(container)
     datamodule = Stage1DataModule(container["data"], (float(container["k"]["min"]), float(container["k"]["max"])),
                                   container.get("render_options") or {})
@@ -697,6 +707,32 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
                "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
     if trainer.is_global_zero:
         results["generator"] = str(export_generator(module, run_dir))
+        calibration = calibrate_exported(cfg, run_dir)
+        if calibration is not None:
+            results["k_calibration"] = calibration
         write_json(run_dir / "result.json", results)
         print(json.dumps(results["test"], indent=2))
     return results
+
+
+def calibrate_exported(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """The ``calibration`` section's post-fit step: fit the exported generator's K calibration on validation scenes
+    (lightning_modules.calibration, as tools/calibrate_k.py) and write it into generator.json (:func:`build` refuses
+    it for non-synthetic data). Returns the summary for result.json, or None when ``calibration.enabled`` is false."""
+    section = dict(_container(cfg).get("calibration") or {})
+    if not section.get("enabled", False):
+        return None
+    from lightning_modules.calibration import calibrate_generator, summary_line, write_calibration
+
+    t0 = time.perf_counter()
+    gen, meta = load_generator(run_dir)
+    calibration, report = calibrate_generator(gen, meta, num_scenes=int(section.get("num_scenes", 32)),
+                                              knots=section.get("knots"), iterations=int(section.get("iterations", 3)),
+                                              seed=int(cfg["data"].get("seed", 0)),
+                                              min_scenes=int(section.get("min_scenes", 5)))
+    report["generator"] = str(run_dir)
+    write_calibration(run_dir / "generator.json", calibration, report, run_dir / "calibration")
+    print(summary_line(calibration, report))
+    after = report["iterates"][report["chosen_iterate"]]
+    return {**calibration.to_dict(), "val_k_cal_err_before": report["iterates"][0]["mean_k_cal_err"],
+            "val_k_cal_err_after": after["mean_k_cal_err"], "seconds": time.perf_counter() - t0}

@@ -265,7 +265,8 @@ def test_rgbd_manifest_focus_row_then_config_then_nearest_subject(tmp_path):
         lines.append(json.dumps(entry))
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     base = ["data.kind=rgbd_manifest", f"data.manifest.train={tmp_path / 'train.jsonl'}", "data.height=64",
-            "data.width=64", "data.batch_size=3", "data.num_workers=0", "k.min=0.5", "k.max=8.0"]
+            "data.width=64", "data.batch_size=3", "data.num_workers=0", "k.min=0.5", "k.max=8.0",
+            "calibration.enabled=false"]
     K = torch.tensor([6.857143, 4.0, 2.857143])
     for focus_cfg, focus_of in (("100.0", lambda d: 100.0), ("null", lambda d: d)):
         module, dm = tiny_module(extra=base + [f"data.rgbd.focus_m={focus_cfg}"])
@@ -455,7 +456,9 @@ def test_defocus_weight_is_refused_where_there_is_no_map_or_no_depth():
         tiny_module(extra=["model.compact.head=layered", "train.defocus_loss=huber"])
     with pytest.raises(ConfigError, match=r"train\.defocus_weight > 0 needs depth"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.1", "data.kind=pairs",
-                           "data.manifest.train=x.jsonl"])
+                           "data.manifest.train=x.jsonl", "calibration.enabled=false"])
+    with pytest.raises(ConfigError, match=r"calibration\.enabled needs data\.kind=synthetic"):
+        tiny_module(extra=["data.kind=pairs", "data.manifest.train=x.jsonl", "train.defocus_weight=0"])
 
 
 def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
@@ -463,10 +466,16 @@ def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
 
     cfg = load_config(["configs/stage1.yaml"], TINY + [
         "model.compact.head=layered", "train.defocus_weight=0.1", "trainer.max_epochs=2", "trainer.max_time=null",
-        "trainer.enable_progress_bar=false", "data.num_workers=0"])
+        "trainer.enable_progress_bar=false", "data.num_workers=0", "calibration.num_scenes=3",
+        "calibration.iterations=1", "calibration.min_scenes=1", "calibration.knots=[1.0, 2.0]"])
     result = run(cfg, lambda: tmp_path)
     assert result["steps"] == 4  # 2 epochs x 8 scenes / batch 4
     assert result["fit_validations"] == 2  # one per epoch, no sanity check
     assert 0 < result["fit_validation_s"] < result["fit_s"]
     assert json.loads((tmp_path / "result.json").read_text())["fit_validations"] == 2
     assert result["test"]["defocus_mae"] > 0  # the layered head's sampled map is scored against the true defocus
+    # the exported generator is K-calibrated on validation scenes and loads with its calibration
+    meta = json.loads((tmp_path / "generator.json").read_text())
+    assert meta["k_calibration"]["knots_px_m"] == [1.0, 2.0] == result["k_calibration"]["knots_px_m"]
+    assert (tmp_path / "calibration" / "calibration.png").is_file()
+    assert load_generator(tmp_path)[0].k_calibration.gains == tuple(meta["k_calibration"]["gains"])

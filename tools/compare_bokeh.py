@@ -52,6 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bokeh.generation import GuidanceConfig  # noqa: E402
 from bokeh.io import image_grid, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
+from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_k_focus, k_sensitivity_rms  # noqa: E402,F401
 
 METHODS = ("learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population", "map_true",
            "map_true_lowres", "map_learned_true_scale")
@@ -113,78 +114,6 @@ def fit_disk_radius(image: torch.Tensor, target: torch.Tensor, max_radius_px: fl
     bank = kornia.color.linear_rgb_to_rgb(blur_bank(lin, radii)[:, 0].clamp(0, 1))
     err = (bank - target[None]).pow(2).flatten(1).mean(1)
     return float(radii[int(err.argmin())])
-
-
-def _parabola_min(xs: torch.Tensor, err: torch.Tensor) -> float:
-    i = int(err.argmin())
-    if 0 < i < len(xs) - 1:
-        e0, em, ep = float(err[i]), float(err[i - 1]), float(err[i + 1])
-        denom = em - 2 * e0 + ep
-        if denom > 1e-12:
-            step = float(xs[1] - xs[0])
-            return float(xs[i]) + float(max(-0.5, min(0.5, 0.5 * (em - ep) / denom))) * step
-    return float(xs[i])
-
-
-def fit_k(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: torch.Tensor, k_lo: float,
-          k_hi: float, n: int = 20, n_fine: int = 9, render_options: dict | None = None) -> float:
-    """1-D K-calibration: the K whose physics render best explains ``observed``.
-
-    A log-K grid of ``n`` points over [k_lo, k_hi] (35% apart for the default range), then ``n_fine`` points between
-    the best one's neighbours and a parabola through the best three: a coarse grid alone leaves errors of the order
-    of the 15% being measured.
-    """
-    from physics.render import render_bokeh
-
-    def errors(logk: torch.Tensor) -> torch.Tensor:
-        m = logk.numel()
-        with torch.no_grad():
-            renders = render_bokeh(sharp[None].expand(m, -1, -1, -1), depth_m[None].expand(m, -1, -1, -1),
-                                   logk.exp(), torch.full((m,), focus_m), **(render_options or {})).clamp(0, 1)
-        return (renders - observed[None]).pow(2).flatten(1).mean(1)
-
-    logk = torch.linspace(math.log(k_lo), math.log(k_hi), n)
-    i = int(errors(logk).argmin())
-    fine = torch.linspace(float(logk[max(i - 1, 0)]), float(logk[min(i + 1, n - 1)]), n_fine)
-    return math.exp(_parabola_min(fine, errors(fine)))
-
-
-def k_sensitivity_rms(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, K: float,
-                      rel: float = 0.15) -> float:
-    """RMS difference (sRGB, [0, 1]) between the physics renders at K (1 + rel) and K (1 - rel).
-
-    Below one 8-bit code value (1/255) no image can tell K to within ``rel``: e.g. a weak K on a far, smooth scene,
-    where the radii are a small fraction of a pixel (a sub-pixel blur has variance r^2/4: its effect is second order
-    in r). Such rows are kept out of the headline K-calibration error (``k_cal_err_measurable``) and counted.
-    """
-    from physics.render import render_bokeh
-
-    Ks = torch.tensor([K * (1 + rel), K * (1 - rel)])
-    with torch.no_grad():
-        r = render_bokeh(sharp[None].expand(2, -1, -1, -1), depth_m[None].expand(2, -1, -1, -1), Ks,
-                         torch.full((2,), focus_m)).clamp(0, 1)
-    return float((r[0] - r[1]).pow(2).mean().sqrt())
-
-
-K_MEASURABLE_RMS = 1.0 / 255.0
-
-
-def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: torch.Tensor, k_lo: float,
-                k_hi: float, n_k: int = 10, n_focus: int = 5) -> tuple[float, float]:
-    """2-D K-calibration: grid over inverse focus (around the true one, +-40%) x log K; returns (K, focus_m)."""
-    from physics.render import render_bokeh
-
-    inv = torch.linspace(0.6 / focus_m, 1.4 / focus_m, n_focus)
-    logk = torch.linspace(math.log(k_lo), math.log(k_hi), n_k)
-    grid_inv, grid_logk = torch.meshgrid(inv, logk, indexing="ij")
-    m = grid_inv.numel()
-    with torch.no_grad():
-        renders = render_bokeh(sharp[None].expand(m, -1, -1, -1), depth_m[None].expand(m, -1, -1, -1),
-                               grid_logk.flatten().exp(), 1.0 / grid_inv.flatten()).clamp(0, 1)
-    err = (renders - observed[None]).pow(2).flatten(1).mean(1).view(n_focus, n_k)
-    i, j = divmod(int(err.argmin()), n_k)
-    k = math.exp(_parabola_min(logk, err[i]))
-    return k, float(1.0 / inv[i])
 
 
 def defocus_magnitude_inv_m(depth_m: torch.Tensor, focus_m: float) -> torch.Tensor:
@@ -465,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stack-guidance", type=float, default=0.5)
     p.add_argument("--fit2d-scenes", type=int, default=4)
     p.add_argument("--max-grids", type=int, default=8)
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="ignore the generator's K calibration (generator.json k_calibration, tools/calibrate_k.py)")
     p.add_argument("--map-oracles", action="store_true",
                    help="layered generators: also render the true map, the true map at the head's resolution and the "
                         "learned map at the true scale (splits the K error into scale and shape)")
@@ -477,6 +408,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lightning_modules.stage1 import load_generator
 
     gen, meta = load_generator(args.generator)
+    if args.uncalibrated:
+        gen.k_calibration = None
+    calibration = gen.k_calibration.to_dict() if gen.k_calibration is not None else None
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     size = int(args.size or meta["resolution"])
     k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])
@@ -509,14 +443,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     focus_text = f"{focus:g} m" if focus is not None else "each scene's nearest subject"
     notes = (f"generator {args.generator} (trained width {meta['resolution']} px, K range [{k_lo}, {k_hi}] px*m, "
              f"physics references at focus {focus_text}); "
-             f"{steps} sampling steps; guidance {guidance.to_dict()}; {lpips_note}. K-calibration error = |K_fit - K|/K, "
+             f"{steps} sampling steps; guidance {guidance.to_dict()}; K calibration "
+             f"{calibration or 'none'}; {lpips_note}. K-calibration error = |K_fit - K|/K, "
              "K_fit by a 1-D log-K grid fit (coarse, then fine, then a parabola) through physics.render with the true "
              "focus (2-D: focus x K); k_cal_err over every row, k_cal_err_measurable over the rows where the physics "
              "renders at K +- 15% differ by >= 1/255 RMS (else no image can tell K to 15%; count in _n). "
              "Baselines: uniform_disk = one disk blur at each scene's true mean |r| (an oracle: told the depth); "
              "uniform_disk_population = one disk blur at the mean |r| over all evaluated scenes, per K (depth-free). "
              f"Synthetic scene options: {scene_options or 'defaults'}.")
-    results = {"notes": notes, "K_px_m": Ks, "size": size, "scene_options": scene_options,
+    results = {"notes": notes, "K_px_m": Ks, "size": size, "scene_options": scene_options, "k_calibration": calibration,
                "seconds": time.perf_counter() - t0, "sections": sections}
     write_json(out / "results.json", results)
     write_text(out / "index.html", html_page(results))

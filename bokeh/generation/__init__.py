@@ -5,9 +5,11 @@
 - :mod:`.compact`: the embedded default backbone, a small pixel-space UNet2DConditionModel.
 - :mod:`.flow`: rectified-flow loss and sampler (FlowMatchEulerDiscreteScheduler).
 - :mod:`.guidance`: depth-free physics guidance (flux conservation, stack consistency).
+- :mod:`.calibration`: K calibration (the strength to run at for a frame to show the asked K), fitted by physics.
 - :mod:`.generator`: stack generation (same noise per frame, aspect ratio kept, K-CFG, LAB colour transfer).
 """
 
+from .calibration import KCalibration, fit_k_calibration
 from .conditioning import KEmbedding, KRange, KRangeError
 from .compact import CompactBokehUNet, build_compact
 from .flux_adapter import (AdapterMismatchError, FluxKAdapter, KAdapterAttnProcessor, install_k_adapter,
@@ -20,5 +22,5 @@ __all__ = [
     "KEmbedding", "KRange", "KRangeError", "CompactBokehUNet", "build_compact", "AdapterMismatchError",
     "FluxKAdapter", "KAdapterAttnProcessor", "install_k_adapter", "load_adapter", "save_adapter", "BokehGenerator",
     "CompactBokehGenerator", "FluxKontextBokehGenerator", "StackResult", "lab_color_transfer", "working_size",
-    "GuidanceConfig", "PhysicsGuidance",
+    "GuidanceConfig", "PhysicsGuidance", "KCalibration", "fit_k_calibration",
 ]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import KCalibration
 from .conditioning import KRange, as_k_tensor
 from .flow import flow_matching_loss, make_scheduler, sample_flow
 from .guidance import GuidanceConfig, PhysicsGuidance
@@ -93,6 +94,13 @@ class BokehGenerator(nn.Module):
         super().__init__()
         self.k_range = k_range
         self.resolution = resolution
+        # asked K -> K the backbone is run at (bokeh.generation.calibration); None = run at the asked K
+        self.k_calibration: KCalibration | None = None
+
+    def k_run_bounds(self) -> tuple[float, float]:
+        """The K (px*m, working width) the backbone may be run at under a calibration: the trained range for a network
+        that sees K (beyond it, it would extrapolate)."""
+        return self.k_range.k_min, self.k_range.k_max
 
     # --- backbone-specific -------------------------------------------------------------------------------------
     def prepare(self, sharp: torch.Tensor) -> dict[str, Any]:
@@ -135,7 +143,8 @@ class BokehGenerator(nn.Module):
                        num_steps: int | None = None, cfg_scale: float = 1.0,
                        guidance: GuidanceConfig | None = None, color_transfer: bool = False,
                        seed: int | None = 0, noise: torch.Tensor | None = None,
-                       residual_upsample: bool = True, render_full_resolution: bool = True) -> StackResult:
+                       residual_upsample: bool = True, render_full_resolution: bool = True,
+                       calibrated: bool = True) -> StackResult:
         """image [3,H,W] | [B,3,H,W] sRGB [0,1]; K_px_m [N] for the input width -> StackResult (frames [B,N,3,H,W]).
 
         All B*N frames go through the network in one batch per step, and every frame of an image starts from the
@@ -143,7 +152,8 @@ class BokehGenerator(nn.Module):
         at the working size, so in-focus detail survives the working resolution. A backbone that predicts a
         defocus map (the compact layered head) is instead, with ``render_full_resolution``, re-rendered by physics
         at the input size from its upsampled map (crisp disks at any size); ``info["defocus_inv_m"]`` holds the map
-        [B,N,1,h,w] (1/m, working size).
+        [B,N,1,h,w] (1/m, working size). With a ``k_calibration`` (and ``calibrated``), the backbone runs at the
+        calibrated strength of each asked K (after the range policy; ``info["K_run_px_m"]``, working width).
         """
         image = check_image_batch(image)
         device = next(self.parameters()).device
@@ -154,11 +164,14 @@ class BokehGenerator(nn.Module):
             raise ValueError("K_px_m is empty: give at least one strength")
         h, w = working_size(H, W, self.size_multiple, self.resolution)
         K_work = self.k_range.apply(K * (w / W), what="K_px_m (converted to the working width)")
+        K_run = K_work
+        if calibrated and self.k_calibration is not None:
+            K_run = self.k_calibration.apply(K_work).clamp(*self.k_run_bounds())
         n = K.numel()
         sharp = resize(image, (h, w))
         cond = self.prepare(sharp)
         flat_cond = self.expand_cond(cond, n)
-        K_flat = K_work.to(device).repeat(b)
+        K_flat = K_run.to(device).repeat(b)
         if noise is None:
             gen = torch.Generator(device="cpu").manual_seed(int(seed)) if seed is not None else None
             noise = torch.randn((b, *self.state_shape(cond)), generator=gen).to(device)
@@ -217,7 +230,9 @@ class BokehGenerator(nn.Module):
             else:
                 frames = resize(frames, (H, W)).clamp(0, 1)
         info = {"num_steps": steps, "cfg_scale": cfg_scale, "guidance": guidance.to_dict() if guidance else None,
-                "color_transfer": color_transfer, "rendered_at_input_size": rerendered}
+                "color_transfer": color_transfer, "rendered_at_input_size": rerendered,
+                "K_run_px_m": K_run.cpu(), "k_calibration": (self.k_calibration.to_dict() if calibrated and
+                                                             self.k_calibration is not None else None)}
         if delta is not None:
             info["defocus_inv_m"] = delta.view(b, n, 1, h, w).cpu()
         return StackResult(frames=frames.view(b, n, 3, H, W).cpu(), K_px_m=K, K_work_px_m=K_work.cpu(),
@@ -248,6 +263,12 @@ class CompactBokehGenerator(BokehGenerator):
 
     def render_defocus(self, image, K_px_m, defocus_inv_m):
         return self.net.render_defocus(image, K_px_m, defocus_inv_m)
+
+    def k_run_bounds(self) -> tuple[float, float]:
+        # a K-free layered head never sees K: any strength is a physics render of its one map
+        if self.net.head == "layered" and self.net.defocus_k_free:
+            return 0.0, math.inf
+        return super().k_run_bounds()
 
     def to_image(self, state, cond):
         return self.net.to_image(state, cond["sharp"])
