@@ -135,3 +135,30 @@ def test_layered_generator_writes_its_defocus_map_at_the_image_size(tmp_path):
     # a fresh layered head renders a uniform defocus map of defocus_init_inv_m (configs/stage1.yaml: 0.5 1/m)
     assert defocus.shape == (20, 30) and np.allclose(defocus, 0.5, atol=1e-5)
     assert Image.open(out / row["defocus_png"]).size == (30, 20)
+
+
+def test_a_calibrated_generator_records_its_run_strengths_and_can_be_run_uncalibrated(tmp_path):
+    """K 1 and 2 px*m asked of a 16-px image at the 16-px training width, calibration gain 1.5 / 1.25 -> the
+    generator runs at K 1.5 and 2.5 (a K-free layered head is not held to its trained range), recorded per row and
+    in run.json; --uncalibrated runs at the asked K and records no calibration."""
+    torch.manual_seed(0)
+    module, _ = build(load_config(["configs/stage1.yaml"], TINY + ["model.compact.head=layered"]))
+    export_generator(module, tmp_path / "gen")
+    meta = json.loads((tmp_path / "gen" / "generator.json").read_text())
+    meta["k_calibration"] = {"knots_px_m": [1.0, 2.0], "gains": [1.5, 1.25]}
+    (tmp_path / "gen" / "generator.json").write_text(json.dumps(meta))
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "a.png", np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    args = ["--generator", str(tmp_path / "gen"), "--input", str(src), "--steps", "1", "--K", "1", "2"]
+    assert make_stack.main(args + ["--out", str(tmp_path / "cal")]) == 0
+    row = json.loads((tmp_path / "cal" / "stacks.jsonl").read_text().splitlines()[0])
+    assert row["K_px_m"] == [1.0, 2.0] and row["K_run_px_m"] == pytest.approx([1.5, 2.5])
+    assert json.loads((tmp_path / "cal" / "run.json").read_text())["k_calibration"]["gains"] == [1.5, 1.25]
+    assert make_stack.main(args + ["--out", str(tmp_path / "plain"), "--uncalibrated"]) == 0
+    row = json.loads((tmp_path / "plain" / "stacks.jsonl").read_text().splitlines()[0])
+    assert "K_run_px_m" not in row
+    assert json.loads((tmp_path / "plain" / "run.json").read_text())["k_calibration"] is None
+    calibrated = np.asarray(Image.open(tmp_path / "cal" / "frames" / "a_k0.png"), dtype=float)
+    plain = np.asarray(Image.open(tmp_path / "plain" / "frames" / "a_k0.png"), dtype=float)
+    assert np.abs(calibrated - plain).mean() > 0.1  # a stronger blur was drawn

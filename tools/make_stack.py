@@ -10,7 +10,8 @@
   each image's width. K outside the trained range is clamped with a warning (``--k-policy error`` refuses).
 - Output: ``<out>/frames/<name>_k<i>.png`` (the input size, aspect kept), ``<out>/images/<name>.png`` (the sharp
   reference as read), ``<out>/stacks.jsonl`` with rows {image, stack: [...], K_px_m: [...], depth?, intrinsics?,
-  focus_m?} (paths relative to the manifest), and ``<out>/run.json`` (settings). Every file is written atomically.
+  focus_m?, K_run_px_m? (a calibrated generator's run strengths: tools/calibrate_k.py)} (paths relative to the
+  manifest), and ``<out>/run.json`` (settings). Every file is written atomically.
   A generator with the layered head (``model.compact.head: layered``) also writes the defocus map it rendered from,
   ``<out>/defocus/<name>.npy`` (1/m, input size, mean over the stack) and a colour map ``.png`` (rows get
   ``defocus_inv_m`` and ``defocus_png``): where the generator believes the blur lies, a by-product worth inspecting.
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stack-guidance", type=float, default=0.0, help="stack-consistency guidance strength (0 = off)")
     p.add_argument("--color-transfer", action="store_true", help="LAB mean/std transfer back to the reference")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="ignore the generator's K calibration (generator.json k_calibration: tools/calibrate_k.py)")
     p.add_argument("--k-policy", choices=["clamp", "error"], default=None, help="K outside the trained range")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = collect_inputs(Path(args.input))
     gen, meta = load_generator(args.generator, k_policy=args.k_policy)
+    if args.uncalibrated:
+        gen.k_calibration = None
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     train_width = float(meta["resolution"])
     default_k = [float(k) for k in (meta.get("eval_K_px_m") or [meta["k"]["min"], meta["k"]["max"]])]
@@ -155,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         rec: dict[str, Any] = {"image": _rel(ref_path, out), "stack": [_rel(p, out) for p in frame_paths],
                                "K_px_m": [round(float(k), 6) for k in K],
                                "K_work_px_m": [round(float(k), 6) for k in res.K_work_px_m]}
+        if gen.k_calibration is not None:  # the strengths the generator was run at for those K (working width)
+            rec["K_run_px_m"] = [round(float(k), 6) for k in res.info["K_run_px_m"]]
         if "defocus_inv_m" in res.info:  # the layered head's defocus map: where the generator put the blur
             rec.update(write_defocus(out, row["name"], res.info["defocus_inv_m"][0], image.shape[-2:],
                                      float(gen.net.defocus_max_inv_m)))
@@ -183,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "skipped": skipped, "steps": args.steps or gen.default_steps, "cfg": args.cfg,
                                   "guidance": guidance.to_dict(), "color_transfer": args.color_transfer,
                                   "seed": args.seed, "focus_m": train_focus,
+                                  "k_calibration": gen.k_calibration.to_dict() if gen.k_calibration else None,
                                   "focus_policy": meta.get("focus_policy", "unknown (generator.json predates it)"),
                                   "seconds": time.perf_counter() - t0})
     print(f"wrote {len(lines)} stack(s) to {out / 'stacks.jsonl'}" + (f"; skipped {len(skipped)}" if skipped else ""))
