@@ -21,7 +21,9 @@ from bokeh.generation import KCalibration, fit_k_calibration
 def default_knots(k_min: float, k_max: float, count: int = 5) -> list[float]:
     """``count`` knots log-spaced over [k_min, k_max] (px*m; k_min 0 -> k_max / 16)."""
     lo = k_min if k_min > 0 else k_max / 16
-    return [math.exp(math.log(lo) + (math.log(k_max) - math.log(lo)) * i / (count - 1)) for i in range(count)]
+    # 6 significant digits: exp(log(.)) leaves 3.999999999999999 where 4 was meant
+    return [float(f"{math.exp(math.log(lo) + (math.log(k_max) - math.log(lo)) * i / (count - 1)):.6g}")
+            for i in range(count)]
 
 
 def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32, knots: Sequence[float] | None = None,
