@@ -105,14 +105,17 @@ def plot_calibration(report: dict[str, Any], path: Path) -> Path:
 
 
 def write_calibration(meta_path: Path, calibration: KCalibration, report: dict[str, Any], out_dir: Path) -> None:
-    """``k_calibration`` into generator.json (re-read, then replaced atomically) + calibration.json/.png in out_dir."""
+    """``k_calibration`` into generator.json (re-read, then replaced atomically; with the physics renderer's version
+    it was measured against) + calibration.json/.png in out_dir."""
     from bokeh.io import write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "calibration.json", report)
     plot_calibration(report, out_dir / "calibration.png")
     meta = json.loads(Path(meta_path).read_text())
-    meta["k_calibration"] = dict(calibration.to_dict(),
+    from physics.render import RENDERER_VERSION
+
+    meta["k_calibration"] = dict(calibration.to_dict(), renderer_version=RENDERER_VERSION,
                                  fitted_on=f"{report['num_scenes']} val-split scenes, seed {report['seed']}")
     write_json(meta_path, meta)
 

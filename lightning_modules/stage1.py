@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -652,6 +653,13 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
             gen.k_calibration = KCalibration.from_dict(meta["k_calibration"])
         except ValueError as error:
             raise ValueError(f"{meta_path}: k_calibration: {error}") from None
+        from physics.render import RENDERER_VERSION
+
+        measured = meta["k_calibration"].get("renderer_version")
+        if measured != RENDERER_VERSION:  # the K_fit it was fitted to came from other physics
+            warnings.warn(f"{meta_path}: the K calibration was fitted against physics renderer version {measured}, "
+                          f"this is version {RENDERER_VERSION}: refit it with tools/calibrate_k.py --generator "
+                          f"{meta_path.parent}", stacklevel=2)
     return gen.eval(), meta
 
 

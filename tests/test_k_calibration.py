@@ -13,7 +13,7 @@ from bokeh.generation import KCalibration, fit_k_calibration
 from lightning_modules.config import load_config
 from lightning_modules.stage1 import build, export_generator, load_generator
 from physics.k_fit import K_MEASURABLE_RMS, fit_k, k_sensitivity_rms
-from physics.render import render_bokeh
+from physics.render import RENDERER_VERSION, render_bokeh
 from physics.scenes import make_scene
 from _tools import load_tool
 
@@ -133,9 +133,16 @@ def test_load_generator_reads_the_calibration_and_refuses_a_broken_one(tmp_path)
     _tiny_generator(tmp_path)
     meta_path = tmp_path / "gen" / "generator.json"
     meta = json.loads(meta_path.read_text())
-    meta["k_calibration"] = {"knots_px_m": [1.0, 4.0], "gains": [1.3, 0.9], "fitted_on": "test"}
+    meta["k_calibration"] = {"knots_px_m": [1.0, 4.0], "gains": [1.3, 0.9], "fitted_on": "test",
+                             "renderer_version": RENDERER_VERSION}
     meta_path.write_text(json.dumps(meta))
-    assert load_generator(tmp_path / "gen")[0].k_calibration == KCalibration((1.0, 4.0), (1.3, 0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_generator(tmp_path / "gen")[0].k_calibration == KCalibration((1.0, 4.0), (1.3, 0.9))
+    meta["k_calibration"]["renderer_version"] = RENDERER_VERSION - 1  # fitted against other physics: refit it
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="refit it with tools/calibrate_k.py"):
+        load_generator(tmp_path / "gen")
     meta["k_calibration"]["gains"] = [1.3]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="generator.json: k_calibration: .*as many gains as knots"):
@@ -149,6 +156,7 @@ def test_calibrate_tool_writes_the_calibration_report_and_plot_and_removes_it(tm
                         "--iterations", "1", "--min-scenes", "1"])
     meta = json.loads((tmp_path / "gen" / "generator.json").read_text())
     assert meta["k_calibration"]["knots_px_m"] == [2.0, 4.0]
+    assert meta["k_calibration"]["renderer_version"] == RENDERER_VERSION
     assert meta["k_calibration"]["gains"] == report["calibration"]["gains"]
     assert all(math.isfinite(g) and g > 0 for g in meta["k_calibration"]["gains"])
     saved = json.loads((tmp_path / "gen" / "calibration" / "calibration.json").read_text())
