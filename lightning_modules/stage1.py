@@ -734,6 +734,8 @@ def calibrate_exported(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] 
 
     t0 = time.perf_counter()
     gen, meta = load_generator(run_dir)
+    if torch.cuda.is_available():  # the generator's passes on the GPU; frames come back to the CPU for the fits
+        gen = gen.cuda()
     calibration, report = calibrate_generator(gen, meta, num_scenes=int(section.get("num_scenes", 32)),
                                               knots=section.get("knots"), iterations=int(section.get("iterations", 3)),
                                               seed=int(cfg["data"].get("seed", 0)),
