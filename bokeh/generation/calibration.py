@@ -53,8 +53,8 @@ class KCalibration:
         """K [...] (px*m, >= 0) -> K_run, same shape and dtype."""
         K = torch.as_tensor(K_px_m)
         dtype = K.dtype if K.is_floating_point() else torch.float32
-        log_knots = torch.tensor([math.log(k) for k in self.knots_px_m], dtype=torch.float64)
-        log_gains = torch.tensor([math.log(g) for g in self.gains], dtype=torch.float64)
+        log_knots = torch.tensor([math.log(k) for k in self.knots_px_m], dtype=torch.float64, device=K.device)
+        log_gains = torch.tensor([math.log(g) for g in self.gains], dtype=torch.float64, device=K.device)
         logk = K.double().clamp_min(1e-12).log().clamp(float(log_knots[0]), float(log_knots[-1]))
         if len(self.knots_px_m) == 1:
             log_gain = log_gains[0].expand_as(logk)
