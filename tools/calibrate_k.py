@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"removed the K calibration from {meta_path}")
         return meta
     gen, meta = load_generator(meta_path.with_suffix(".safetensors"))
+    if meta.get("trained_on", "synthetic") != "synthetic":
+        tqdm.write(f"warning: {meta_path} was trained on {meta.get('trained_on')!r} data; it is calibrated on synthetic "
+                   f"scenes ({meta.get('scene_options') or 'default options'}), whose look may differ from its data")
     out = Path(args.out) if args.out else meta_path.parent / "calibration"
     bar = tqdm(total=(args.iterations + 1) * args.num_scenes, desc="calibrate", unit="stack")
     try:
