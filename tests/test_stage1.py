@@ -458,7 +458,8 @@ def test_defocus_weight_is_refused_where_there_is_no_map_or_no_depth():
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.1", "data.kind=pairs",
                            "data.manifest.train=x.jsonl", "calibration.enabled=false"])
     with pytest.raises(ConfigError, match=r"calibration\.enabled needs data\.kind=synthetic"):
-        tiny_module(extra=["data.kind=pairs", "data.manifest.train=x.jsonl", "train.defocus_weight=0"])
+        tiny_module(extra=["data.kind=pairs", "data.manifest.train=x.jsonl", "train.defocus_weight=0",
+                           "calibration.enabled=true"])
 
 
 def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
@@ -466,8 +467,8 @@ def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
 
     cfg = load_config(["configs/stage1.yaml"], TINY + [
         "model.compact.head=layered", "train.defocus_weight=0.1", "trainer.max_epochs=2", "trainer.max_time=null",
-        "trainer.enable_progress_bar=false", "data.num_workers=0", "calibration.num_scenes=3",
-        "calibration.iterations=1", "calibration.min_scenes=1", "calibration.knots=[1.0, 2.0]"])
+        "trainer.enable_progress_bar=false", "data.num_workers=0", "calibration.enabled=true",
+        "calibration.num_scenes=3", "calibration.iterations=1", "calibration.min_scenes=1", "calibration.knots=[1.0, 2.0]"])
     result = run(cfg, lambda: tmp_path)
     assert result["steps"] == 4  # 2 epochs x 8 scenes / batch 4
     assert result["fit_validations"] == 2  # one per epoch, no sanity check

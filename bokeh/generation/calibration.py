@@ -4,8 +4,10 @@ A generator asked for K should produce the frame that the physics renderer produ
 :func:`physics.k_fit.fit_k` (the K whose physics render best explains a generated frame, given the scene's depth),
 a depth-free generator misses K in two ways: scatter from scene to scene (its monocular guess of where the blur goes
 and how strong it is) and a bias that depends on K (e.g. the compact default's frames at K = 1.14 px*m are best
-explained by 0.66 K, at K = 6.86 by 0.99 K: BENCHMARKS.md "Stage-1 generator", session 8). No calibration can remove
-the scatter; the bias it removes.
+explained by 0.67 K, at K = 6.86 by 1.11 K on 64 test scenes: BENCHMARKS.md "Stage-1 generator", session 8). No
+calibration can remove the scatter; the bias it removes. Part of that bias is how the fit reads blur in the wrong
+places (a uniform disk of each scene's true mean radius is read as 0.76 K at K = 1.14), so a calibrated generator
+trades fidelity to the physics frames (PSNR) for a K axis the fit reads back as asked.
 
 :class:`KCalibration` maps the asked K to the K the generator is run at, ``K_run = K * gain(K)``, with log-gain
 piecewise linear in log K through a few knots and constant beyond them. :func:`fit_k_calibration` fits the gains on
@@ -89,9 +91,9 @@ def fit_k_calibration(generate: Callable[[int, torch.Tensor, "KCalibration"], to
     calibration (the production path); samples: dicts with ``image``, ``depth_m``, ``focus_m``;
     fit(image, depth_m, focus_m, frame) -> K_fit; measurable(sample, K) -> whether the scene can tell K to the error
     being fitted (the others are left out at that knot); a knot with fewer than ``min_samples`` measurable samples
-    is dropped (a median of a few scenes is noise; reported in ``dropped_knots_px_m``). Iteration 0 runs at gain 1; each further one divides every
-    gain by the median K_fit / K of the previous (a fixed-point step, exact where K_fit is proportional to K_run),
-    unless that would reorder K_run (then the fit stops). The calibration returned is the iterate with the lowest
+    is dropped (a median of a few scenes is noise; reported in ``dropped_knots_px_m``). Iteration 0 runs at gain 1;
+    each further one divides every gain by the median K_fit / K of the previous (a fixed-point step, exact where
+    K_fit is proportional to K_run), unless that would reorder K_run (then the fit stops). The calibration returned is the iterate with the lowest
     mean |K_fit / K - 1| over the knots. Report: per iterate the gains, median ratios and errors per knot, the
     measurable samples per knot, and which iterate was chosen.
     """
