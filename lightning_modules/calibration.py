@@ -37,7 +37,7 @@ def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32,
     fewer than ``min_scenes`` scenes can measure is dropped (reported).
     """
     from lightning_modules.stage1 import SyntheticSplit
-    from physics.k_fit import K_MEASURABLE_RMS, fit_k, k_sensitivity_rms
+    from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_range, k_sensitivity_rms
 
     k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])
     knots = sorted(float(k) for k in (knots or default_knots(k_lo, k_hi)))
@@ -60,7 +60,7 @@ def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32,
         return k_sensitivity_rms(sample["image"], sample["depth_m"], float(sample["focus_m"]), K) >= K_MEASURABLE_RMS
 
     def fit(image, depth, focus, frame) -> float:
-        return fit_k(image, depth, focus, frame, 0.1 * k_lo, 2.0 * k_hi)
+        return fit_k(image, depth, focus, frame, *fit_range(k_lo, k_hi))
 
     try:
         calibration, report = fit_k_calibration(generate, samples, knots, fit, measurable, iterations=iterations,

@@ -16,6 +16,22 @@ import torch
 from physics.render import render_bokeh
 
 
+def fit_range(k_min: float, k_max: float) -> tuple[float, float]:
+    """The K search range (px*m) for a generator trained on [k_min, k_max]: 0.1 k_min to 2 k_max, wide enough that
+    a frame far off its asked strength is measured, not clipped to the trained range."""
+    return 0.1 * k_min, 2.0 * k_max
+
+
+def _renders(sharp: torch.Tensor, depth_m: torch.Tensor, K_px_m: torch.Tensor, focus_m: float | torch.Tensor,
+             **render_options) -> torch.Tensor:
+    """Physics renders [M,3,H,W] (sRGB, clipped to [0, 1]) of one scene at M strengths K (and foci: a number or [M])."""
+    m = K_px_m.numel()
+    focus = focus_m if torch.is_tensor(focus_m) else torch.full((m,), float(focus_m))
+    with torch.no_grad():
+        return render_bokeh(sharp[None].expand(m, -1, -1, -1), depth_m[None].expand(m, -1, -1, -1), K_px_m, focus,
+                            **render_options).clamp(0, 1)
+
+
 def _parabola_min(xs: torch.Tensor, err: torch.Tensor) -> float:
     i = int(err.argmin())
     if 0 < i < len(xs) - 1:
@@ -37,10 +53,7 @@ def fit_k(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: 
     """
 
     def errors(logk: torch.Tensor) -> torch.Tensor:
-        m = logk.numel()
-        with torch.no_grad():
-            renders = render_bokeh(sharp[None].expand(m, -1, -1, -1), depth_m[None].expand(m, -1, -1, -1),
-                                   logk.exp(), torch.full((m,), focus_m), **(render_options or {})).clamp(0, 1)
+        renders = _renders(sharp, depth_m, logk.exp(), focus_m, **(render_options or {}))
         return (renders - observed[None]).pow(2).flatten(1).mean(1)
 
     logk = torch.linspace(math.log(k_lo), math.log(k_hi), n)
@@ -57,10 +70,7 @@ def k_sensitivity_rms(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float
     where the radii are a small fraction of a pixel (a sub-pixel blur has variance r^2/4: its effect is second order
     in r). Such rows are kept out of the headline K-calibration error (``k_cal_err_measurable``) and counted.
     """
-    Ks = torch.tensor([K * (1 + rel), K * (1 - rel)])
-    with torch.no_grad():
-        r = render_bokeh(sharp[None].expand(2, -1, -1, -1), depth_m[None].expand(2, -1, -1, -1), Ks,
-                         torch.full((2,), focus_m)).clamp(0, 1)
+    r = _renders(sharp, depth_m, torch.tensor([K * (1 + rel), K * (1 - rel)]), focus_m)
     return float((r[0] - r[1]).pow(2).mean().sqrt())
 
 
@@ -73,14 +83,11 @@ def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, obse
     inv = torch.linspace(0.6 / focus_m, 1.4 / focus_m, n_focus)
     logk = torch.linspace(math.log(k_lo), math.log(k_hi), n_k)
     grid_inv, grid_logk = torch.meshgrid(inv, logk, indexing="ij")
-    m = grid_inv.numel()
-    with torch.no_grad():
-        renders = render_bokeh(sharp[None].expand(m, -1, -1, -1), depth_m[None].expand(m, -1, -1, -1),
-                               grid_logk.flatten().exp(), 1.0 / grid_inv.flatten()).clamp(0, 1)
+    renders = _renders(sharp, depth_m, grid_logk.flatten().exp(), 1.0 / grid_inv.flatten())
     err = (renders - observed[None]).pow(2).flatten(1).mean(1).view(n_focus, n_k)
     i, j = divmod(int(err.argmin()), n_k)
     k = math.exp(_parabola_min(logk, err[i]))
     return k, float(1.0 / inv[i])
 
 
-__all__ = ["K_MEASURABLE_RMS", "fit_k", "fit_k_focus", "k_sensitivity_rms"]
+__all__ = ["K_MEASURABLE_RMS", "fit_k", "fit_k_focus", "fit_range", "k_sensitivity_rms"]

@@ -52,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bokeh.generation import GuidanceConfig  # noqa: E402
 from bokeh.io import image_grid, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
-from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_k_focus, k_sensitivity_rms  # noqa: E402,F401
+from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_k_focus, fit_range, k_sensitivity_rms  # noqa: E402,F401
 
 METHODS = ("learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population", "map_true",
            "map_true_lowres", "map_learned_true_scale")
@@ -274,12 +274,12 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
                 m = {"psnr": psnr(pred, physics[j]), "ssim": ssim(pred, physics[j])}
                 if lpips is not None:
                     m["lpips"] = lpips(pred, physics[j])
-                k_fit = fit_k(image, depth, focus, pred, 0.1 * k_bounds[0], 2.0 * k_bounds[1])
+                k_fit = fit_k(image, depth, focus, pred, *fit_range(*k_bounds))
                 m["K_fit_px_m"] = k_fit
                 m["k_cal_err"] = abs(k_fit - K) / K
                 m["k_cal_err_measurable"] = m["k_cal_err"] if measurable else None
                 if method.startswith("learned") and idx < fit2d_scenes:
-                    k2, f2 = fit_k_focus(image, depth, focus, pred, 0.1 * k_bounds[0], 2.0 * k_bounds[1])
+                    k2, f2 = fit_k_focus(image, depth, focus, pred, *fit_range(*k_bounds))
                     m.update(K_fit2d_px_m=k2, focus_fit2d_m=f2, k_cal_err_2d=abs(k2 - K) / K)
                 row[method] = m
             if defocus is not None:

@@ -164,9 +164,8 @@ class BokehGenerator(nn.Module):
             raise ValueError("K_px_m is empty: give at least one strength")
         h, w = working_size(H, W, self.size_multiple, self.resolution)
         K_work = self.k_range.apply(K * (w / W), what="K_px_m (converted to the working width)")
-        K_run = K_work
-        if calibrated and self.k_calibration is not None:
-            K_run = self.k_calibration.apply(K_work).clamp(*self.k_run_bounds())
+        calibration = self.k_calibration if calibrated else None
+        K_run = K_work if calibration is None else calibration.apply(K_work).clamp(*self.k_run_bounds())
         n = K.numel()
         sharp = resize(image, (h, w))
         cond = self.prepare(sharp)
@@ -231,8 +230,7 @@ class BokehGenerator(nn.Module):
                 frames = resize(frames, (H, W)).clamp(0, 1)
         info = {"num_steps": steps, "cfg_scale": cfg_scale, "guidance": guidance.to_dict() if guidance else None,
                 "color_transfer": color_transfer, "rendered_at_input_size": rerendered,
-                "K_run_px_m": K_run.cpu(), "k_calibration": (self.k_calibration.to_dict() if calibrated and
-                                                             self.k_calibration is not None else None)}
+                "K_run_px_m": K_run.cpu(), "k_calibration": calibration.to_dict() if calibration else None}
         if delta is not None:
             info["defocus_inv_m"] = delta.view(b, n, 1, h, w).cpu()
         return StackResult(frames=frames.view(b, n, 3, H, W).cpu(), K_px_m=K, K_work_px_m=K_work.cpu(),
