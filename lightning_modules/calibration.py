@@ -26,6 +26,19 @@ def default_knots(k_min: float, k_max: float, count: int = 5) -> list[float]:
             for i in range(count)]
 
 
+def check_calibration_settings(k_min: float, k_max: float, knots: Sequence[float] | None, num_scenes: int,
+                               iterations: int, min_scenes: int) -> list[float]:
+    """The knots to use (sorted; default :func:`default_knots`) after checking every setting; ValueError naming the
+    bad one. Called by :func:`calibrate_generator` and, before a fit starts, by the Stage-1 build."""
+    knots = sorted(float(k) for k in (knots or default_knots(k_min, k_max)))
+    if knots[0] < k_min - 1e-9 or knots[-1] > k_max + 1e-9:
+        raise ValueError(f"calibration knots {knots} must lie in the trained range [{k_min:g}, {k_max:g}] px*m")
+    if num_scenes < 1 or iterations < 0 or min_scenes < 1:
+        raise ValueError(f"calibration needs num_scenes >= 1, iterations >= 0 and min_scenes >= 1, got {num_scenes}, "
+                         f"{iterations} and {min_scenes}")
+    return knots
+
+
 def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32, knots: Sequence[float] | None = None,
                         iterations: int = 3, seed: int = 0, min_scenes: int = 5,
                         progress: Callable[[str], None] | None = None,
@@ -40,11 +53,7 @@ def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32,
     from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_range, k_sensitivity_rms
 
     k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])
-    knots = sorted(float(k) for k in (knots or default_knots(k_lo, k_hi)))
-    if knots[0] < k_lo - 1e-9 or knots[-1] > k_hi + 1e-9:
-        raise ValueError(f"calibration knots {knots} must lie in the trained range [{k_lo:g}, {k_hi:g}] px*m")
-    if num_scenes < 1 or iterations < 0:
-        raise ValueError(f"calibration needs num_scenes >= 1 and iterations >= 0, got {num_scenes}, {iterations}")
+    knots = check_calibration_settings(k_lo, k_hi, knots, num_scenes, iterations, min_scenes)
     size = int(meta["resolution"])
     split = SyntheticSplit("val", num_scenes, size, size, seed, dict(meta.get("scene_options") or {}),
                            meta.get("focus_m"))
@@ -129,4 +138,4 @@ def summary_line(calibration: KCalibration, report: dict[str, Any]) -> str:
             f"(val split, {report['num_scenes']} scenes)")
 
 
-__all__ = ["calibrate_generator", "default_knots", "plot_calibration", "summary_line", "write_calibration"]
+__all__ = ["calibrate_generator", "check_calibration_settings", "default_knots", "plot_calibration", "summary_line", "write_calibration"]

@@ -670,10 +670,18 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
         if key not in container:
             raise ConfigError(f"stage1 config needs a '{key}' section")
     calibration = dict(container.get("calibration") or {})
-    if calibration.get("enabled", False) and container["data"].get("kind", "synthetic") != "synthetic":
-        raise ConfigError(f"calibration.enabled needs data.kind=synthetic (it calibrates on scenes of the training "
-                          f"kind); got {container['data'].get('kind')!r}: set calibration.enabled=false (and run "
-                          f"tools/calibrate_k.py on the exported generator if you want one)")
+    if calibration.get("enabled", False):
+        if container["data"].get("kind", "synthetic") != "synthetic":
+            raise ConfigError(f"calibration.enabled needs data.kind=synthetic (it calibrates on scenes of the training "
+                              f"kind); got {container['data'].get('kind')!r}: set calibration.enabled=false (and run "
+                              f"tools/calibrate_k.py on the exported generator if you want one)")
+        from lightning_modules.calibration import check_calibration_settings
+
+        try:  # here, not after a fit of many minutes
+            check_calibration_settings(float(container["k"]["min"]), float(container["k"]["max"]),
+                                       **_calibration_settings(calibration))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"calibration section: {error}") from None
     module = Stage1Module(container)
     datamodule = Stage1DataModule(container["data"], (float(container["k"]["min"]), float(container["k"]["max"])),
                                   container.get("render_options") or {})
@@ -723,6 +731,14 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     return results
 
 
+def _calibration_settings(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``calibration`` section as keyword arguments of lightning_modules.calibration (defaults as configs/stage1)."""
+    knots = section.get("knots")
+    return {"knots": None if knots is None else [float(k) for k in knots],
+            "num_scenes": int(section.get("num_scenes", 32)), "iterations": int(section.get("iterations", 3)),
+            "min_scenes": int(section.get("min_scenes", 5))}
+
+
 def calibrate_exported(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
     """The ``calibration`` section's post-fit step: fit the exported generator's K calibration on validation scenes
     (lightning_modules.calibration, as tools/calibrate_k.py) and write it into generator.json (:func:`build` refuses
@@ -736,10 +752,8 @@ def calibrate_exported(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] 
     gen, meta = load_generator(run_dir)
     if torch.cuda.is_available():  # the generator's passes on the GPU; frames come back to the CPU for the fits
         gen = gen.cuda()
-    calibration, report = calibrate_generator(gen, meta, num_scenes=int(section.get("num_scenes", 32)),
-                                              knots=section.get("knots"), iterations=int(section.get("iterations", 3)),
-                                              seed=int(cfg["data"].get("seed", 0)),
-                                              min_scenes=int(section.get("min_scenes", 5)))
+    calibration, report = calibrate_generator(gen, meta, seed=int(cfg["data"].get("seed", 0)),
+                                              **_calibration_settings(section))
     report["generator"] = str(run_dir)
     write_calibration(run_dir / "generator.json", calibration, report, run_dir / "calibration")
     print(summary_line(calibration, report))

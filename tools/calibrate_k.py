@@ -39,10 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="data seed of the Stage-1 splits")
     p.add_argument("--out", default=None, help="report folder (default <generator dir>/calibration)")
     p.add_argument("--remove", action="store_true", help="remove the calibration from generator.json and exit")
-    args = p.parse_args(argv)
-    if args.num_scenes < 1 or args.iterations < 0:
-        p.error(f"--num-scenes must be >= 1 and --iterations >= 0, got {args.num_scenes} and {args.iterations}")
-    return args
+    return p.parse_args(argv)  # the settings are checked by lightning_modules.calibration
 
 
 def generator_json(path: str | Path) -> Path:
