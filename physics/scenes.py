@@ -62,7 +62,8 @@ class Scene:
     hdr_gain: [1,H,W] float32 >= 1, linear-light multiplier (> 1 on highlights). labels: [1,H,W] int64 surface id
     (0 = background wall, 1 = floor, 2.. = objects, 2 = the subject). seed: the seed it was made from.
     info: the drawn parameters (subject / background depth, appearance_cues, and per surface its label, texture
-    kind, depth_m = harmonic mean depth over its footprint, texture_scale).
+    kind, depth_m = harmonic mean depth over its footprint, texture_scale, period_px = its texture's coarsest period as
+    seen, after the perspective scale; None when textureless).
     """
 
     image: torch.Tensor
@@ -162,16 +163,16 @@ def _noise(rng: _Rng, h: int, w: int, period_px: float, octaves: int = 3, scale:
 
 
 def _texture(rng: _Rng, kind: str, X: torch.Tensor, Y: torch.Tensor, short_px: int,
-             scale: float = 1.0) -> torch.Tensor:
-    """A [3,H,W] sRGB texture of ``kind`` over the whole frame (masked later). Periods are drawn in px (3-40) and
-    multiplied by the perspective ``scale`` (1 = depth-independent; speckle's 1-px dots stay 1 px). The draws do not
-    depend on ``scale``."""
+             scale: float = 1.0) -> tuple[torch.Tensor, float | None]:
+    """A [3,H,W] sRGB texture of ``kind`` over the whole frame (masked later), and its period as seen (px; None for
+    "flat"). Periods are drawn in px (3-40) and multiplied by the perspective ``scale`` (1 = depth-independent;
+    speckle's 1-px dots stay 1 px). The draws do not depend on ``scale``."""
     h, w = X.shape
     c1, c2 = rng.colour(), rng.colour()
     if kind == "flat":
         # textureless: one colour with a faint linear shading (no usable defocus cue inside)
         shade = 1.0 + rng.u(-0.08, 0.08) * X + rng.u(-0.08, 0.08) * Y
-        return (c1[:, None, None] * shade).clamp(0, 0.9)
+        return (c1[:, None, None] * shade).clamp(0, 0.9), None
     period = rng.log_u(3.0, 40.0)  # px
     if kind == "noise":
         t = _noise(rng, h, w, period, octaves=rng.randint(1, 4), scale=scale)
@@ -192,7 +193,7 @@ def _texture(rng: _Rng, kind: str, X: torch.Tensor, Y: torch.Tensor, short_px: i
         t = (t > rng.u(0.5, 0.9)).float() * 0.7 + 0.3 * _noise(rng, h, w, period, 2, scale=scale)
     else:  # pragma: no cover - internal
         raise ValueError(f"unknown texture {kind!r}")
-    return (c1[:, None, None] * (1 - t) + c2[:, None, None] * t).clamp(0, 0.9)
+    return (c1[:, None, None] * (1 - t) + c2[:, None, None] * t).clamp(0, 0.9), _scaled_period(period, scale)
 
 
 # ------------------------------------------------------------------------------------------------ shapes
@@ -297,8 +298,10 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
         # an empty footprint (a shape that misses every pixel centre) is never seen: any depth will do
         z = 1.0 / float(inv[on].mean()) if bool(on.any()) else mid
         scale = mid / z if cues > 0 else 1.0
-        surfaces.append({"label": layer_id[0], "texture": kind, "depth_m": z, "texture_scale": scale})
-        return _texture(rng, kind, X, Y, short, scale)
+        texture, period_px = _texture(rng, kind, X, Y, short, scale)
+        surfaces.append({"label": layer_id[0], "texture": kind, "depth_m": z, "texture_scale": scale,
+                         "period_px": period_px})
+        return texture
 
     subject_z = rng.log_u(near, mid)
     # background: its nearest point at least 1.5x the subject's depth when the range allows it

@@ -211,8 +211,8 @@ def test_texture_features_shrink_with_depth(kind, tolerance):
     n = 257
     ys = (torch.arange(n, dtype=torch.float32) + 0.5 - n / 2) / n
     Y, X = torch.meshgrid(ys, ys, indexing="ij")
-    ratios = [_mean_abs_gradient(_texture(_Rng(seed), kind, X, Y, n, scale=1.0))
-              / _mean_abs_gradient(_texture(_Rng(seed), kind, X, Y, n, scale=2.0)) for seed in range(12)]
+    ratios = [_mean_abs_gradient(_texture(_Rng(seed), kind, X, Y, n, scale=1.0)[0])
+              / _mean_abs_gradient(_texture(_Rng(seed), kind, X, Y, n, scale=2.0)[0]) for seed in range(12)]
     assert abs(float(torch.tensor(ratios).median()) - 2.0) < 2.0 * tolerance, ratios
 
 
@@ -256,3 +256,20 @@ def test_bad_appearance_cues_rejected(bad):
 def test_appearance_cues_reach_the_dataset():
     ds = SyntheticSceneDataset(2, 24, 32, seed=1, appearance_cues=0.6)
     assert torch.equal(ds[1]["image"], make_scene(1_000_003 + 1, 24, 32, appearance_cues=0.6).image)
+
+
+def test_recorded_period_is_the_drawn_period_times_the_perspective_scale():
+    # same seed, same draws: with cues the period as seen is the cue-free one times z_ref / z (floored at 2 px)
+    checked = 0
+    for seed in range(12):
+        plain = make_scene(seed, 48, 48, appearance_cues=0.0).info["surfaces"]
+        cued = make_scene(seed, 48, 48, appearance_cues=1.0).info["surfaces"]
+        for p, c in zip(plain, cued):
+            assert p["texture"] == c["texture"]
+            if p["texture"] == "flat":
+                assert p["period_px"] is None and c["period_px"] is None
+                continue
+            assert 3.0 <= p["period_px"] <= 40.0
+            assert c["period_px"] == pytest.approx(max(p["period_px"] * c["texture_scale"], 2.0))
+            checked += 1
+    assert checked >= 20
