@@ -22,10 +22,12 @@ next to the prior alone (one scale for every scene: the training median) measure
 
 Then the K-calibration error itself, measured as tools/compare_bokeh.py measures it (physics.k_fit.fit_k with the
 true depth and focus, mean over the rows whose K is measurable), on the first --kcal-scenes test scenes at the
-config's eval K, for frames rendered by physics from three maps: ``oracle_scale`` (the true map times the oracle's
+config's eval K, for frames rendered by physics from these maps: ``oracle_scale`` (the true map times the oracle's
 s: right shape, told scale), ``oracle_surfaces`` (a second MLP on the same features predicts each surface's log mean
 inverse depth; the map is constant per surface: what these cues give for scale and shape together) and
-``true_surfaces`` (each surface's TRUE mean inverse depth: the floor of a per-surface map, slanted planes flattened).
+```true_surfaces`` (each surface's TRUE mean inverse depth: the floor of a per-surface map, slanted planes flattened),
+and ``oracle_surfaces_calibrated`` (the per-surface oracle rendered at K * gain(K), the gains fitted on as many
+validation-split scenes as the Stage-1 K calibration fits a generator's).
 
 The features are hand-made for these procedural scenes, so this is a diagnostic of the scene distribution, not a
 model to keep: how far the appearance of such scenes can take a depth-free generator, for the training data the
@@ -236,18 +238,22 @@ def scale_errors(pred_log: torch.Tensor, true_log: torch.Tensor) -> dict[str, fl
 
 
 def k_cal_errors(image: torch.Tensor, depth_m: torch.Tensor, focus_m: float, Ks: list[float],
-                 k_bounds: tuple[float, float], radius_maps: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """One row per K: |K_fit - K| / K of each map's physics render, as tools/compare_bokeh.py measures it.
+                 k_bounds: tuple[float, float], radius_maps: dict[str, torch.Tensor],
+                 render_gain: list[float] | None = None) -> list[dict[str, Any]]:
+    """One row per K: |K_fit - K| / K of each map's physics render (``<name>``) and K_fit (``<name>_K_fit_px_m``), as
+    tools/compare_bokeh.py measures it.
 
     image [3,H,W] sRGB; depth_m [1,H,W]; radius_maps {name: signed CoC radius per 1 px*m of K, [1,H,W] (px / (px*m)),
-    i.e. 1/focus - 1/depth for the true map}: the frame at K is physics.render.render_radius_map at K times it.
+    i.e. 1/focus - 1/depth for the true map}: the frame at K is physics.render.render_radius_map at K times it (times
+    ``render_gain[j]`` at the j-th K when given: a K calibration, K_run = K * gain).
     K_fit comes from physics.k_fit.fit_k with the TRUE depth and focus; ``k_measurable`` flags the rows where the
     physics renders at K +- 15% differ by at least one 8-bit code (physics.k_fit.K_MEASURABLE_RMS).
     """
     from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_range, k_sensitivity_rms
     from physics.render import render_radius_map
 
-    K = torch.tensor(Ks, dtype=image.dtype).view(-1, 1, 1, 1)
+    gain = render_gain if render_gain is not None else [1.0] * len(Ks)
+    K = torch.tensor([k * g for k, g in zip(Ks, gain)], dtype=image.dtype).view(-1, 1, 1, 1)
     sharp = image[None].expand(len(Ks), -1, -1, -1)
     with torch.no_grad():
         frames = {name: render_radius_map(sharp, K * m[None].to(image.dtype)).clamp(0, 1)
@@ -257,7 +263,8 @@ def k_cal_errors(image: torch.Tensor, depth_m: torch.Tensor, focus_m: float, Ks:
         row: dict[str, Any] = {"K_px_m": k,
                                "k_measurable": k_sensitivity_rms(image, depth_m, focus_m, k) >= K_MEASURABLE_RMS}
         for name, f in frames.items():
-            row[name] = abs(fit_k(image, depth_m, focus_m, f[j], *fit_range(*k_bounds)) - k) / k
+            k_fit = fit_k(image, depth_m, focus_m, f[j], *fit_range(*k_bounds))
+            row[name], row[f"{name}_K_fit_px_m"] = abs(k_fit - k) / k, k_fit
         rows.append(row)
     return rows
 
@@ -289,13 +296,19 @@ def plot(result: dict[str, Any], path: Any) -> None:
     plt.close(fig)
 
 
-MAP_NAMES = ("oracle_scale", "oracle_surfaces", "true_surfaces")
+MAP_NAMES = ("oracle_scale", "oracle_surfaces", "oracle_surfaces_calibrated", "true_surfaces")
 
 
 def k_cal_section(args: argparse.Namespace, scale_net: torch.nn.Module, x_train: torch.Tensor, s_train: torch.Tensor,
-                  x_test: torch.Tensor, y_test: torch.Tensor, s_test: torch.Tensor, test: Any, h: int, w: int,
-                  options: dict[str, Any], Ks: list[float], k_bounds: tuple[float, float]) -> dict[str, Any] | None:
-    """K-calibration of the three oracle maps (module docstring) on the first ``args.kcal_scenes`` test scenes."""
+                  x_test: torch.Tensor, y_test: torch.Tensor, s_test: torch.Tensor, test: Any, val: Any, h: int,
+                  w: int, options: dict[str, Any], Ks: list[float], k_bounds: tuple[float, float]
+                  ) -> dict[str, Any] | None:
+    """K-calibration of the oracle maps (module docstring) on the first ``args.kcal_scenes`` test scenes.
+
+    ``oracle_surfaces_calibrated``: the per-surface oracle's frames rendered at K_run = K * gain(K), gain(K) = 1 /
+    median K_fit / K of its frames over as many VALIDATION-split scenes (measurable rows; one fixed-point step), as the
+    Stage-1 K calibration does for a generator: what calibration can add to these cues.
+    """
     from tqdm import tqdm
 
     from physics.scenes import make_scene
@@ -304,28 +317,49 @@ def k_cal_section(args: argparse.Namespace, scale_net: torch.nn.Module, x_train:
         return None
     n = args.kcal_scenes
     surface_net = fit_oracle(x_train, s_train, args.steps, args.seed)
+
+    def surface_map(scene: Any, focus: float, pred_log_inv: torch.Tensor) -> torch.Tensor:
+        return 1.0 / focus - pred_log_inv.exp()[scene.labels[0]][None]
+
+    def scenes(split: Any, desc: str):
+        for i in tqdm(range(n), desc=desc, unit="scene"):
+            scene = make_scene(split.base + i, h, w, **options)
+            yield i, scene, float(scene.focus_m if split.focus_m is None else split.focus_m)
+
+    x_val, _, _ = _draw((val.base, list(range(n)), h, w, options, val.focus_m))
+    with torch.no_grad():
+        val_pred = surface_net(torch.tensor(x_val, dtype=torch.float32))
+    ratios: dict[float, list[float]] = {k: [] for k in Ks}
+    for i, scene, focus in scenes(val, "K-fit (validation)"):
+        for row in k_cal_errors(scene.image, scene.depth_m, focus, Ks, k_bounds,
+                                {"oracle_surfaces": surface_map(scene, focus, val_pred[i])}):
+            if row["k_measurable"]:
+                ratios[row["K_px_m"]].append(row["oracle_surfaces_K_fit_px_m"] / row["K_px_m"])
+    gains = [1.0 / float(torch.tensor(ratios[k]).median()) if ratios[k] else 1.0 for k in Ks]
+
     with torch.no_grad():
         log_s = scale_net(x_test[:n]) - y_test[:n]  # the oracle's scale error per scene
         surface_pred = surface_net(x_test[:n])  # [n, SURFACE_SLOTS] log inverse depth
     known = ~torch.isnan(s_test[:n])
     surface_err = (surface_pred - s_test[:n]).abs()[known]
     rows = []
-    for i in tqdm(range(n), desc="K-fit", unit="scene"):
-        scene = make_scene(test.base + i, h, w, **options)
-        focus = float(scene.focus_m if test.focus_m is None else test.focus_m)
-        labels = scene.labels[0]
+    for i, scene, focus in scenes(test, "K-fit (test)"):
         true = 1.0 / focus - 1.0 / scene.depth_m  # signed radius per unit K (1/m)
-        maps = {"oracle_scale": true * float(log_s[i].exp()),
-                "oracle_surfaces": 1.0 / focus - surface_pred[i].exp()[labels][None],
-                "true_surfaces": 1.0 / focus - s_test[i].nan_to_num().exp()[labels][None]}
-        for row in k_cal_errors(scene.image, scene.depth_m, focus, Ks, k_bounds, maps):
-            rows.append(dict(row, scene=i))
+        oracle = surface_map(scene, focus, surface_pred[i])
+        maps = {"oracle_scale": true * float(log_s[i].exp()), "oracle_surfaces": oracle,
+                "true_surfaces": surface_map(scene, focus, s_test[i].nan_to_num())}
+        calibrated = k_cal_errors(scene.image, scene.depth_m, focus, Ks, k_bounds,
+                                  {"oracle_surfaces_calibrated": oracle}, render_gain=gains)
+        for row, cal in zip(k_cal_errors(scene.image, scene.depth_m, focus, Ks, k_bounds, maps), calibrated):
+            rows.append(dict(row, **{k: v for k, v in cal.items() if k.startswith("oracle_surfaces_calibrated")},
+                             scene=i))
 
     def mean(rs: list[dict[str, Any]]) -> dict[str, float | None]:
         return {m: (sum(r[m] for r in rs) / len(rs) if rs else None) for m in MAP_NAMES}
 
     measurable = [r for r in rows if r["k_measurable"]]
     return {"K_px_m": Ks, "num_scenes": n, "measurable_rows": len(measurable), "rows": rows,
+            "calibration_gains": gains, "calibration_measurable_rows": [len(ratios[k]) for k in Ks],
             "mean_measurable": mean(measurable), "mean_all": mean(rows),
             "by_K": {f"{k:.4g}": mean([r for r in measurable if r["K_px_m"] == k]) for k in Ks},
             "surface_mean_abs_log_inv_depth_err": float(surface_err.mean())}
@@ -347,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:  # a bad scene option or focus fails here, before anything is written
         train = SyntheticSplit("train", 1, h, w, int(cfg.data.seed), options, focus)
         test = SyntheticSplit("test", 1, h, w, int(cfg.data.seed), options, focus)
+        val = SyntheticSplit("val", 1, h, w, int(cfg.data.seed), options, focus)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
@@ -364,7 +399,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
         print(f"  {n:6d} training scenes: held-out mean |log s| {row['mean_abs_log_s']:.3f} (median "
               f"{row['median_abs_log_s']:.3f}), mean |s - 1| {row['mean_abs_s_minus_1']:.3f}")
-    k_cal = k_cal_section(args, net, x_train, s_train, x_test, y_test, s_test, test, h, w, options, Ks, k_bounds)
+    k_cal = k_cal_section(args, net, x_train, s_train, x_test, y_test, s_test, test, val, h, w, options, Ks,
+                          k_bounds)
     # the held-out error's change per doubling of the training scenes, over the last two sizes
     per_doubling = rows[-1]["mean_abs_s_minus_1"] - rows[-2]["mean_abs_s_minus_1"] if len(rows) > 1 else None
     result = {"config": args.config, "overrides": list(args.overrides), "size_px": [h, w], "scene_options": options,
@@ -387,7 +423,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         m = k_cal["mean_measurable"]
         print(f"K-calibration error of physics frames from maps (K {Ks}, {args.kcal_scenes} test scenes, "
               f"{k_cal['measurable_rows']} measurable rows): oracle_scale {m['oracle_scale']:.3f}, oracle_surfaces "
-              f"{m['oracle_surfaces']:.3f}, true_surfaces {m['true_surfaces']:.3f}")
+              f"{m['oracle_surfaces']:.3f} ({m['oracle_surfaces_calibrated']:.3f} calibrated on validation scenes, "
+              f"gains {', '.join(f'{g:.2f}' for g in k_cal['calibration_gains'])}), true_surfaces "
+              f"{m['true_surfaces']:.3f}")
     print(f"wrote {out / 'cue_oracle.json'} and {out / 'cue_oracle.png'}")
     return result
 
