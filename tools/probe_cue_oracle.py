@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-test", type=int, default=2_000, help="held-out scenes (the Stage-1 test split's seeds)")
     p.add_argument("--steps", type=int, default=6_000, help="optimiser steps per training size (batch 256)")
     p.add_argument("--kcal-scenes", type=int, default=32,
-                   help="test scenes whose oracle maps are rendered and K-fitted (0 = skip; ~3 s a scene)")
+                   help="test scenes whose oracle maps are rendered and K-fitted, and as many validation scenes for "
+                        "the calibration (0 = skip; ~5 s a scene on 2 cores)")
     p.add_argument("--workers", type=int, default=2, help="processes drawing scenes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -157,6 +158,7 @@ def draw_split(base: int, count: int, height: int, width: int, options: dict[str
                workers: int, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features [count, F], log mean defocus [count] and per-surface log inverse depth [count, SURFACE_SLOTS] (NaN:
     unseen) of scenes base + 0..count-1, in ``workers`` processes."""
+    import contextlib
     import multiprocessing
 
     from tqdm import tqdm
@@ -167,21 +169,17 @@ def draw_split(base: int, count: int, height: int, width: int, options: dict[str
     feats: list[list[float]] = []
     targets: list[float] = []
     surfaces: list[list[float]] = []
-    bar = tqdm(total=count, desc=desc, unit="scene")
-    if workers == 1:
-        results = map(_draw, jobs)
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-        results = pool.imap(_draw, jobs)  # in order: scene i stays row i
-    for f, t, u in results:
-        feats += f
-        targets += t
-        surfaces += u
-        bar.update(len(t))
-    bar.close()
-    if workers > 1:
-        pool.close()
-        pool.join()
+    with tqdm(total=count, desc=desc, unit="scene") as bar, contextlib.ExitStack() as stack:
+        if workers == 1:
+            results = map(_draw, jobs)
+        else:  # spawn: no fork of a process whose torch threads are running; the pool ends with the block
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            results = pool.imap(_draw, jobs)  # in order: scene i stays row i
+        for f, t, u in results:
+            feats += f
+            targets += t
+            surfaces += u
+            bar.update(len(t))
     return (torch.tensor(feats, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32),
             torch.tensor(surfaces, dtype=torch.float32))
 
