@@ -8,13 +8,13 @@
 A depth-free bokeh generator must infer from the sharp image alone how strongly each scene defocuses: a generator
 whose defocus map is right in shape but off by a factor s in scale is read by the physics fit as K_fit = s K, so its
 K-calibration error is |s - 1|. This tool asks how small |s - 1| can get on the config's synthetic scenes
-(``data.synthetic``: size, scene options, focus) for an estimator that is TOLD more than the image shows: each
+(``data.synthetic``: size, scene options, focus) for an estimator TOLD what a network must find from pixels: each
 surface's exact footprint and which surface is the wall, the floor and the subject (from the scene's labels), its
-texture kind and its texture period as seen (from the scene's records, after the perspective scale), plus colour
-statistics of its pixels in linear light (where haze acts) and those of the highlights. A small MLP regresses the log
-of the scene's mean defocus |1/focus - 1/depth| (1/m) from these features (L1 in log: the median), trained on
-increasing numbers of scenes of the Stage-1 train split, tested on the test split (whose first scenes are the
-Stage-1 test scenes).
+texture kind and its texture period as seen (from the scene's records, after the perspective scale); it sees colour
+only as statistics of each surface's pixels in linear light (where haze acts) and of the highlights, so it is a
+reference, not a bound (a network sees every pixel). A small MLP regresses the log of the scene's mean defocus
+|1/focus - 1/depth| (1/m) from these features (L1 in log: the median), trained on increasing numbers of scenes of the
+Stage-1 train split, tested on the test split (whose first scenes are the Stage-1 test scenes).
 
 Printed and written (``cue_oracle.json``, ``cue_oracle.png`` in --out, atomic): per training size the held-out mean
 |log s| and mean |s - 1| (the K-calibration error a generator with a perfect map shape at this scale would have),
@@ -30,8 +30,7 @@ and ``oracle_surfaces_calibrated`` (the per-surface oracle rendered at K * gain(
 validation-split scenes as the Stage-1 K calibration fits a generator's).
 
 The features are hand-made for these procedural scenes, so this is a diagnostic of the scene distribution, not a
-model to keep: how far the appearance of such scenes can take a depth-free generator, for the training data the
-estimator saw.
+model to keep: how far a strong reference gets from the appearance of such scenes, for the training data it saw.
 
 Plain PyTorch (no Lightning); scenes are drawn in worker processes (--workers) with a progress bar.
 """
@@ -408,7 +407,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "notes": "s = predicted / true mean defocus |1/focus - 1/depth| of a test scene; |s - 1| is the "
                        "K-calibration error of a generator whose defocus map has the right shape at that scale. "
                        "The oracle is told each surface's footprint, role and texture period (from the scene's "
-                       "records) besides its pixels' colours: more than the image shows."}
+                       "records) and sees its pixels' colours as statistics: a reference, not a bound."}
     write_json(out / "cue_oracle.json", result)
     plot(result, out / "cue_oracle.png")
     best = rows[-1]
