@@ -49,8 +49,8 @@ def test_the_oracle_reads_scale_from_cues_and_not_without_them(tmp_path):
     # strong haze + perspective texture (a = 3) tell the scale: well below the prior alone; a = 0 scenes hide it
     ratios = {}
     for a in (0.0, 3.0):
-        result = oracle.main(["--out", str(tmp_path / f"a{a}"), "--num-train", "400", "--sizes", "1",
-                              "--num-test", "100", "--steps", "300", "--kcal-scenes", "0", *SMALL,
+        result = oracle.main(["--out", str(tmp_path / f"a{a}"), "--num-train", "300", "--sizes", "1",
+                              "--num-test", "80", "--steps", "200", "--kcal-scenes", "0", *SMALL,
                               f"data.synthetic.scene_options={{appearance_cues: {a}}}"])
         ratios[a] = result["sizes"][-1]["mean_abs_s_minus_1"] / result["prior_only"]["mean_abs_s_minus_1"]
     assert ratios[3.0] < 0.8 and ratios[0.0] > 0.9, ratios
