@@ -50,7 +50,7 @@ def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32,
     fewer than ``min_scenes`` scenes can measure is dropped (reported).
     """
     from lightning_modules.stage1 import SyntheticSplit
-    from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_range, k_sensitivity_rms
+    from physics.k_fit import fit_k, fit_range, k_measurability
 
     k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])
     knots = check_calibration_settings(k_lo, k_hi, knots, num_scenes, iterations, min_scenes)
@@ -66,7 +66,7 @@ def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32,
         return gen.generate_stack(image, list(calibration.knots_px_m), seed=index).frames[0]
 
     def measurable(sample: dict[str, Any], K: float) -> bool:
-        return k_sensitivity_rms(sample["image"], sample["depth_m"], float(sample["focus_m"]), K) >= K_MEASURABLE_RMS
+        return k_measurability(sample["image"], sample["depth_m"], float(sample["focus_m"]), K)[1]
 
     def fit(image, depth, focus, frame) -> float:
         return fit_k(image, depth, focus, frame, *fit_range(k_lo, k_hi))

@@ -77,6 +77,13 @@ def k_sensitivity_rms(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float
 K_MEASURABLE_RMS = 1.0 / 255.0
 
 
+def k_measurability(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, K: float) -> tuple[float, bool]:
+    """(:func:`k_sensitivity_rms` at K, whether it reaches ``K_MEASURABLE_RMS``): can this scene tell K to 15%?
+    The one definition of a measurable row, for every K-calibration figure and fit."""
+    rms = k_sensitivity_rms(sharp, depth_m, focus_m, K)
+    return rms, rms >= K_MEASURABLE_RMS
+
+
 def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: torch.Tensor, k_lo: float,
                 k_hi: float, n_k: int = 10, n_focus: int = 5) -> tuple[float, float]:
     """2-D K-calibration: grid over inverse focus (around the true one, +-40%) x log K; returns (K, focus_m)."""
@@ -90,4 +97,4 @@ def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, obse
     return k, float(1.0 / inv[i])
 
 
-__all__ = ["K_MEASURABLE_RMS", "fit_k", "fit_k_focus", "fit_range", "k_sensitivity_rms"]
+__all__ = ["K_MEASURABLE_RMS", "fit_k", "fit_k_focus", "fit_range", "k_measurability", "k_sensitivity_rms"]

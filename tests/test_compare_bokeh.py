@@ -49,6 +49,7 @@ def test_k_is_unmeasurable_only_where_the_blur_is_far_below_a_pixel():
     assert compare.k_sensitivity_rms(image, depth, 100.0, 0.5) < 0.5 * compare.K_MEASURABLE_RMS
     assert compare.k_sensitivity_rms(image, depth, 100.0, 2.0) > compare.K_MEASURABLE_RMS
     assert compare.k_sensitivity_rms(image, depth, 100.0, 8.0) > 5 * compare.K_MEASURABLE_RMS
+    assert [compare.k_measurability(image, depth, 100.0, K)[1] for K in (0.5, 2.0, 8.0)] == [False, True, True]
 
 
 def test_summary_by_k_averages_each_k_over_its_own_rows():

@@ -52,7 +52,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from bokeh.generation import GuidanceConfig  # noqa: E402
 from bokeh.io import image_grid, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
-from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_k_focus, fit_range, k_sensitivity_rms  # noqa: E402,F401
+from physics.k_fit import (K_MEASURABLE_RMS, fit_k, fit_k_focus, fit_range, k_measurability,  # noqa: E402,F401
+                           k_sensitivity_rms)
 
 METHODS = ("learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population", "map_true",
            "map_true_lowres", "map_learned_true_scale")
@@ -265,8 +266,7 @@ def run_synthetic(gen: Any, samples: list[dict[str, Any]], Ks: list[float], guid
             if guided is not None:
                 outputs["learned_guided"] = guided[j]
             outputs.update({name: frames[j] for name, frames in oracles.items()})
-            sensitivity = k_sensitivity_rms(image, depth, focus, K)
-            measurable = sensitivity >= K_MEASURABLE_RMS
+            sensitivity, measurable = k_measurability(image, depth, focus, K)
             row: dict[str, Any] = {"name": s["name"], "K_px_m": K, "focus_m": focus,
                                    "mean_radius_px": float(radius.mean()), "population_radius_px": population[j],
                                    "k_sensitivity_rms": sensitivity, "k_measurable": measurable}

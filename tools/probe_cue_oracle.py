@@ -246,7 +246,7 @@ def k_cal_errors(image: torch.Tensor, depth_m: torch.Tensor, focus_m: float, Ks:
     K_fit comes from physics.k_fit.fit_k with the TRUE depth and focus; ``k_measurable`` flags the rows where the
     physics renders at K +- 15% differ by at least one 8-bit code (physics.k_fit.K_MEASURABLE_RMS).
     """
-    from physics.k_fit import K_MEASURABLE_RMS, fit_k, fit_range, k_sensitivity_rms
+    from physics.k_fit import fit_k, fit_range, k_measurability
     from physics.render import render_radius_map
 
     gain = render_gain if render_gain is not None else [1.0] * len(Ks)
@@ -258,7 +258,7 @@ def k_cal_errors(image: torch.Tensor, depth_m: torch.Tensor, focus_m: float, Ks:
     rows = []
     for j, k in enumerate(Ks):
         row: dict[str, Any] = {"K_px_m": k,
-                               "k_measurable": k_sensitivity_rms(image, depth_m, focus_m, k) >= K_MEASURABLE_RMS}
+                               "k_measurable": k_measurability(image, depth_m, focus_m, k)[1]}
         for name, f in frames.items():
             k_fit = fit_k(image, depth_m, focus_m, f[j], *fit_range(*k_bounds))
             row[name], row[f"{name}_K_fit_px_m"] = abs(k_fit - k) / k, k_fit
