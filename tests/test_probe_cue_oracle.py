@@ -101,8 +101,10 @@ def test_k_calibration_of_a_scaled_true_map_is_the_scale_error():
         assert r["times_1.3_K_fit_px_m"] == pytest.approx(1.3 * r["K_px_m"], rel=0.02)
     # a K calibration: the 0.7 x map rendered at K / 0.7 reads as K again
     calibrated = oracle.k_cal_errors(scene.image, scene.depth_m, 100.0, [3.0, 6.0], (0.5, 8.0),
-                                     {"times_0.7": 0.7 * true}, render_gain=[1 / 0.7, 1 / 0.7])
+                                     {"times_0.7": 0.7 * true, "plain": 0.7 * true},
+                                     render_gains={"times_0.7": [1 / 0.7, 1 / 0.7]})
     assert all(r["times_0.7"] < 0.02 for r in calibrated)
+    assert all(r["plain"] == pytest.approx(0.3, abs=0.02) for r in calibrated)  # the gains are per map
 
 
 def test_surface_targets_are_the_log_mean_inverse_depth_of_each_visible_surface():

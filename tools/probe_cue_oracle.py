@@ -236,25 +236,26 @@ def scale_errors(pred_log: torch.Tensor, true_log: torch.Tensor) -> dict[str, fl
 
 def k_cal_errors(image: torch.Tensor, depth_m: torch.Tensor, focus_m: float, Ks: list[float],
                  k_bounds: tuple[float, float], radius_maps: dict[str, torch.Tensor],
-                 render_gain: list[float] | None = None) -> list[dict[str, Any]]:
+                 render_gains: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
     """One row per K: |K_fit - K| / K of each map's physics render (``<name>``) and K_fit (``<name>_K_fit_px_m``), as
     tools/compare_bokeh.py measures it.
 
     image [3,H,W] sRGB; depth_m [1,H,W]; radius_maps {name: signed CoC radius per 1 px*m of K, [1,H,W] (px / (px*m)),
     i.e. 1/focus - 1/depth for the true map}: the frame at K is physics.render.render_radius_map at K times it (times
-    ``render_gain[j]`` at the j-th K when given: a K calibration, K_run = K * gain).
+    ``render_gains[name][j]`` at the j-th K for a map named there: a K calibration, K_run = K * gain).
     K_fit comes from physics.k_fit.fit_k with the TRUE depth and focus; ``k_measurable`` flags the rows where the
     physics renders at K +- 15% differ by at least one 8-bit code (physics.k_fit.K_MEASURABLE_RMS).
     """
     from physics.k_fit import fit_k, fit_range, k_measurability
     from physics.render import render_radius_map
 
-    gain = render_gain if render_gain is not None else [1.0] * len(Ks)
-    K = torch.tensor([k * g for k, g in zip(Ks, gain)], dtype=image.dtype).view(-1, 1, 1, 1)
+    gains = render_gains or {}
     sharp = image[None].expand(len(Ks), -1, -1, -1)
-    with torch.no_grad():
-        frames = {name: render_radius_map(sharp, K * m[None].to(image.dtype)).clamp(0, 1)
-                  for name, m in radius_maps.items()}
+    frames = {}
+    for name, m in radius_maps.items():
+        K_run = torch.tensor([k * g for k, g in zip(Ks, gains.get(name, [1.0] * len(Ks)))], dtype=image.dtype)
+        with torch.no_grad():
+            frames[name] = render_radius_map(sharp, K_run.view(-1, 1, 1, 1) * m[None].to(image.dtype)).clamp(0, 1)
     rows = []
     for j, k in enumerate(Ks):
         row: dict[str, Any] = {"K_px_m": k,
@@ -351,12 +352,11 @@ def k_cal_section(args: argparse.Namespace, scale_net: torch.nn.Module, x_train:
         true = 1.0 / focus - 1.0 / scene.depth_m  # signed radius per unit K (1/m)
         oracle = surface_map(scene, focus, surface_pred[i])
         maps = {"oracle_scale": true * float(log_s[i].exp()), "oracle_surfaces": oracle,
+                "oracle_surfaces_calibrated": oracle,
                 "true_surfaces": surface_map(scene, focus, s_test[i].nan_to_num())}
-        calibrated = k_cal_errors(scene.image, scene.depth_m, focus, Ks, k_bounds,
-                                  {"oracle_surfaces_calibrated": oracle}, render_gain=gains)
-        for row, cal in zip(k_cal_errors(scene.image, scene.depth_m, focus, Ks, k_bounds, maps), calibrated):
-            rows.append(dict(row, **{k: v for k, v in cal.items() if k.startswith("oracle_surfaces_calibrated")},
-                             scene=i))
+        for row in k_cal_errors(scene.image, scene.depth_m, focus, Ks, k_bounds, maps,
+                                render_gains={"oracle_surfaces_calibrated": gains}):
+            rows.append(dict(row, scene=i))
 
     def mean(rs: list[dict[str, Any]]) -> dict[str, float | None]:
         return {m: (sum(r[m] for r in rs) / len(rs) if rs else None) for m in MAP_NAMES}
