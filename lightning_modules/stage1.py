@@ -138,6 +138,26 @@ class SyntheticSplit(Dataset):
                 "index": torch.tensor(index)}
 
 
+def config_synthetic_splits(cfg: Mapping[str, Any], counts: Mapping[str, int], user: str
+                            ) -> dict[str, SyntheticSplit]:
+    """The Stage-1 synthetic splits of a config (data.height / width / seed, data.synthetic scene_options and focus_m)
+    with ``counts[split]`` scenes each, for tools that draw scenes themselves (the probes).
+
+    ConfigError naming ``user`` when data.kind is not synthetic, and for a bad scene option or focus, before any
+    scene is drawn.
+    """
+    data = cfg["data"]
+    if data.get("kind", "synthetic") != "synthetic":
+        raise ConfigError(f"{user} needs synthetic scenes (data.kind=synthetic); got {data.get('kind')!r}")
+    syn = data.get("synthetic") or {}
+    try:
+        return {split: SyntheticSplit(split, count, int(data["height"]), int(data["width"]), int(data.get("seed", 0)),
+                                      dict(syn.get("scene_options") or {}), syn.get("focus_m"))
+                for split, count in counts.items()}
+    except ValueError as error:  # ConfigError (a bad focus) included: one message naming the setting
+        raise ConfigError(str(error)) from None
+
+
 class RenderingCollate:
     """Collate, then render the batch's physics targets in ONE renderer call at fresh K ~ U[k_min, k_max].
 

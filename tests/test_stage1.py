@@ -485,3 +485,17 @@ def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
     assert meta["k_calibration"]["knots_px_m"] == [1.0, 2.0] == result["k_calibration"]["knots_px_m"]
     assert (tmp_path / "calibration" / "calibration.png").is_file()
     assert load_generator(tmp_path)[0].k_calibration.gains == tuple(meta["k_calibration"]["gains"])
+
+
+def test_config_synthetic_splits_draw_the_datamodules_scenes_and_refuse_other_data():
+    from lightning_modules.config import ConfigError
+    from lightning_modules.stage1 import config_synthetic_splits
+
+    cfg = load_config(["configs/stage1.yaml"], TINY)
+    splits = config_synthetic_splits(cfg, {"val": 2, "test": 3}, "a tool")
+    assert {k: len(v) for k, v in splits.items()} == {"val": 2, "test": 3}
+    _, datamodule = build(cfg)
+    datamodule.setup()
+    assert torch.equal(splits["test"][1]["image"], datamodule.splits["test"][1]["image"])
+    with pytest.raises(ConfigError, match="a tool needs synthetic scenes"):
+        config_synthetic_splits(load_config(["configs/stage1.yaml"], TINY + ["data.kind=pairs"]), {"test": 1}, "a tool")

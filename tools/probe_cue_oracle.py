@@ -371,23 +371,16 @@ def k_cal_section(args: argparse.Namespace, scale_net: torch.nn.Module, x_train:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bokeh.io import prepare_output_dir, write_json
-    from lightning_modules.config import ConfigError, load_config
-    from lightning_modules.stage1 import SyntheticSplit
+    from lightning_modules.config import load_config
+    from lightning_modules.stage1 import config_synthetic_splits
 
     cfg = load_config([args.config], args.overrides)
     Ks = [float(k) for k in cfg.get("eval", {}).get("K_px_m", [cfg.k.min, cfg.k.max])]
     k_bounds = (float(cfg.k.min), float(cfg.k.max))
-    if cfg.data.get("kind", "synthetic") != "synthetic":
-        raise ConfigError(f"the cue oracle needs synthetic scenes (data.kind=synthetic); got {cfg.data.kind!r}")
-    syn = cfg.data.synthetic
-    h, w = int(cfg.data.height), int(cfg.data.width)
-    options, focus = dict(syn.get("scene_options") or {}), syn.get("focus_m")
-    try:  # a bad scene option or focus fails here, before anything is written
-        train = SyntheticSplit("train", 1, h, w, int(cfg.data.seed), options, focus)
-        test = SyntheticSplit("test", 1, h, w, int(cfg.data.seed), options, focus)
-        val = SyntheticSplit("val", 1, h, w, int(cfg.data.seed), options, focus)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    # a bad scene option or focus fails here, before anything is written; the scenes are drawn by seed below
+    splits = config_synthetic_splits(cfg, {"train": 1, "val": 1, "test": 1}, "the cue oracle")
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    h, w, options, focus = test.height, test.width, test.options, cfg.data.synthetic.get("focus_m")
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     start = time.time()
     x_train, y_train, s_train = draw_split(train.base, args.num_train, h, w, options, train.focus_m, args.workers,

@@ -110,26 +110,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bokeh.io import image_grid, prepare_output_dir, write_image, write_json
     from lightning_modules.config import ConfigError, load_config
     from lightning_modules.schedules import warmup_cosine
-    from lightning_modules.stage1 import SyntheticSplit
+    from lightning_modules.stage1 import config_synthetic_splits
 
     cfg = load_config([args.config], args.overrides)
-    if cfg.data.get("kind", "synthetic") != "synthetic":
-        raise ConfigError(f"the probe trains on synthetic scenes (data.kind=synthetic); got {cfg.data.kind!r}")
+    num_train = int(args.num_train or (cfg.data.get("synthetic") or {}).get("num_train", 0))
+    # a bad scene option or a non-synthetic config fails here, before anything is written
+    splits = config_synthetic_splits(cfg, {"train": num_train, "test": args.num_test}, "the probe")
+    train, test = splits["train"], splits["test"]
     torch.manual_seed(args.seed)
     net, target = build_probe(cfg)
-    syn = cfg.data.synthetic
-    h, w = int(cfg.data.height), int(cfg.data.width)
-    options, focus = dict(syn.get("scene_options") or {}), syn.get("focus_m")
-    num_train = int(args.num_train or syn.num_train)
     batch_size = int(args.batch_size or cfg.data.batch_size)
     if num_train < batch_size:  # whole batches only: fewer scenes than one batch would never yield a step
         raise ConfigError(f"the probe needs at least one batch of training scenes: --num-train {num_train} < batch "
                           f"size {batch_size} (--batch-size or data.batch_size)")
-    try:  # a bad scene option fails here, before anything is written
-        train = SyntheticSplit("train", num_train, h, w, int(cfg.data.seed), options, focus)
-        test = SyntheticSplit("test", args.num_test, h, w, int(cfg.data.seed), options, focus)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     test_batch = next(iter(DataLoader(test, batch_size=args.num_test)))
     test_true = target(test_batch)
