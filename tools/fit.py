@@ -20,11 +20,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import _bootstrap  # noqa: F401  (offline mode, the repository on sys.path, the bokeh guard)
+from _cli import config_errors_exit
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
@@ -127,8 +124,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
+    with config_errors_exit():
         main()
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)

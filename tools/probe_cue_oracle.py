@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import Any
 
 import _bootstrap  # noqa: F401
+from _cli import config_errors_exit
 
 import torch  # noqa: E402
 
@@ -428,14 +428,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from lightning_modules.config import ConfigError
-
     args = parse_args(argv)
-    try:
+    with config_errors_exit():
         return run(args)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

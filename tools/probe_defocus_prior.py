@@ -24,11 +24,11 @@ Plain PyTorch loop (no Lightning): a diagnostic, not a model anyone keeps.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
 import _bootstrap  # noqa: F401
+from _cli import config_errors_exit
 
 import torch  # noqa: E402
 
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sched.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(l1=f"{float(loss):.3f}")
+            bar.set_postfix(l1=f"{loss.item():.3f}")
             if step % args.eval_every == 0 and step < args.steps:
                 curve.append(evaluate(step)[0])
             if step >= args.steps:
@@ -187,14 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from lightning_modules.config import ConfigError
-
     args = parse_args(argv)
-    try:
+    with config_errors_exit():
         return run(args)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
