@@ -19,6 +19,7 @@ def test_scale_figures_match_a_hand_computation():
     pred = torch.stack([true[0] * 0.5, true[1] * 2.0])  # scene 0 half as strong, scene 1 twice
     fig = probe.scale_figures(pred, true)
     assert fig["scale_log_err"] == pytest.approx(math.log(2.0))
+    assert fig["scale_abs_err"] == pytest.approx((0.5 + 1.0) / 2)  # |0.5 - 1| and |2 - 1|
     assert fig["mean_ratio"] == pytest.approx((0.5 + 2.0) / 2)
     assert fig["mae_inv_m"] == pytest.approx((0.5 + 1.5 + 2.0 + 2.0) / 4)
     expected_r = float(torch.corrcoef(torch.stack([pred.flatten(), true.flatten()]))[0, 1])

@@ -57,12 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def scale_figures(pred_inv_m: torch.Tensor, true_inv_m: torch.Tensor) -> dict[str, float]:
-    """Held-out figures of maps [N,1,H,W] (1/m): MAE, mean |log(per-scene mean ratio)|, mean ratio, Pearson r."""
+    """Held-out figures of maps [N,1,H,W] (1/m): MAE, mean |log(per-scene mean ratio)|, mean |ratio - 1| (the
+    held-out figure of tools/probe_cue_oracle.py), mean ratio, Pearson r."""
     pred, true = pred_inv_m.double().flatten(1), true_inv_m.double().flatten(1)
     ratio = pred.mean(1) / true.mean(1).clamp_min(1e-12)
     stacked = torch.stack([pred.flatten(), true.flatten()])
     return {"mae_inv_m": float((pred - true).abs().mean()),
             "scale_log_err": float(ratio.clamp_min(1e-12).log().abs().mean()),
+            "scale_abs_err": float((ratio - 1.0).abs().mean()),
             "mean_ratio": float(ratio.mean()),
             "corr": float(torch.corrcoef(stacked)[0, 1]) if float(true.std()) > 0 and float(pred.std()) > 0 else 0.0}
 
@@ -177,10 +179,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "num_test": args.num_test, "batch_size": batch_size, "seed": args.seed, "seconds": seconds,
               "parameters": sum(p.numel() for p in net.parameters()), "final": final, "curve": curve,
               "notes": "held-out = the Stage-1 test split; scale_log_err = mean over scenes of |log(mean pred / mean "
-                       "true)|, the K error (in log) a generator rendering this map would carry"}
+                       "true)|, the K error (in log) a generator rendering this map would carry; scale_abs_err = mean |mean pred / "
+                       "mean true - 1|, as probe_cue_oracle's held-out figure"}
     write_json(out / "probe.json", result)
     print(f"probe: {step} steps on {num_train} scenes in {seconds:.0f} s; held-out ({args.num_test} scenes): MAE "
-          f"{final['mae_inv_m']:.3f} 1/m, scale |log ratio| {final['scale_log_err']:.3f}, mean ratio "
+          f"{final['mae_inv_m']:.3f} 1/m, scale |log ratio| {final['scale_log_err']:.3f}, |ratio - 1| "
+          f"{final['scale_abs_err']:.3f}, mean ratio "
           f"{final['mean_ratio']:.2f}, corr {final['corr']:.2f} (start: MAE {curve[0]['mae_inv_m']:.3f}, scale "
           f"{curve[0]['scale_log_err']:.3f}); wrote {out / 'probe.json'} and {out / 'probe.png'}")
     return result
