@@ -441,12 +441,12 @@ def write_sample_grid(path: Path, image: torch.Tensor, gt: torch.Tensor, valid: 
 def write_depth_maps(map_dir: Path, name: str, gt: torch.Tensor, valid: torch.Tensor,
                      preds: Mapping[str, torch.Tensor], rows: Sequence[Row]) -> list[Path]:
     """Each row's depth [1,H,W] as ``<map_dir>/<row slug>/<name>.png`` (inverse-depth colours over the GT's 2-98 %
-    range, the grids' colours)."""
-    from bokeh.io import colorize_depth, write_image
+    range, the grids' colours, with a colour bar labelled in metres)."""
+    from bokeh.io import colorize_depth_with_legend, write_image
 
     lo, hi = _gt_range(gt, valid)
     slugs = {r.label: row_slug(r) for r in rows}
-    return [write_image(map_dir / slugs[label] / f"{name}.png", colorize_depth(pred, vmin=lo, vmax=hi))
+    return [write_image(map_dir / slugs[label] / f"{name}.png", colorize_depth_with_legend(pred, vmin=lo, vmax=hi))
             for label, pred in preds.items()]
 
 

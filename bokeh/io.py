@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -245,17 +246,12 @@ def colorize_depth(
     """
     from matplotlib import colormaps
 
-    array = depth_m.detach().cpu().float().numpy() if isinstance(depth_m, torch.Tensor) else np.asarray(depth_m, np.float32)
-    array = _as_2d(array)
-    if array.ndim != 2:
-        raise ValueError(f"depth must be [1,H,W] or [H,W], got shape {array.shape}")
+    array = _depth_array(depth_m)
     valid = np.isfinite(array) & (array > 0)
     out = np.zeros(array.shape + (3,), np.uint8)
     if not valid.any():
         return out
-    lo = float(np.percentile(array[valid], 2)) if vmin is None else float(vmin)
-    hi = float(np.percentile(array[valid], 98)) if vmax is None else float(vmax)
-    hi = max(hi, lo * (1 + 1e-6) + 1e-9)
+    lo, hi = _depth_range(array, valid, vmin, vmax)
     values = np.clip(array, lo, hi)
     if inverse:
         t = (1.0 / values - 1.0 / hi) / (1.0 / lo - 1.0 / hi)
@@ -264,6 +260,97 @@ def colorize_depth(
     colours = colormaps[cmap](np.clip(t, 0, 1))[..., :3]
     out[valid] = (colours[valid] * 255 + 0.5).astype(np.uint8)
     return out
+
+
+def _depth_array(depth_m: torch.Tensor | np.ndarray) -> np.ndarray:
+    array = depth_m.detach().cpu().float().numpy() if isinstance(depth_m, torch.Tensor) else np.asarray(depth_m, np.float32)
+    array = _as_2d(array)
+    if array.ndim != 2:
+        raise ValueError(f"depth must be [1,H,W] or [H,W], got shape {array.shape}")
+    return array
+
+
+def _depth_range(array: np.ndarray, valid: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[float, float]:
+    """(lo, hi) of a colour map: the given bounds, else the 2nd / 98th percentile of the valid values."""
+    lo = float(np.percentile(array[valid], 2)) if vmin is None else float(vmin)
+    hi = float(np.percentile(array[valid], 98)) if vmax is None else float(vmax)
+    return lo, max(hi, lo * (1 + 1e-6) + 1e-9)
+
+
+def depth_display_range(depth_m: torch.Tensor | np.ndarray) -> tuple[float, float] | None:
+    """(lo, hi) that :func:`colorize_depth` uses by default (2nd / 98th percentile of the valid values), or None when
+    no value is valid: pass it as vmin / vmax to show several maps on one scale."""
+    array = _depth_array(depth_m)
+    valid = np.isfinite(array) & (array > 0)
+    return _depth_range(array, valid, None, None) if valid.any() else None
+
+
+def _round_sig(value: float, digits: int = 2, direction: str = "nearest") -> float:
+    """``value`` (> 0) to ``digits`` significant digits: to the nearest, or "up" / "down" (ticks inside a range)."""
+    if direction == "nearest":
+        return float(f"{value:.{digits}g}")
+    quantum = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    steps = value / quantum
+    steps = math.ceil(steps - 1e-9) if direction == "up" else math.floor(steps + 1e-9)
+    return float(f"{steps * quantum:.{digits}g}")
+
+
+def colorize_depth_with_legend(
+    depth_m: torch.Tensor | np.ndarray,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "turbo",
+    inverse: bool = True,
+    unit: str = "m",
+) -> np.ndarray:
+    """:func:`colorize_depth` with a colour bar on the right, labelled in ``unit``: uint8 [H, W + bar, 3].
+
+    The bar runs from ``lo`` (top) to ``hi`` (bottom) on the map's own scale (inverse depth by default, so equal
+    steps in 1/depth are equal heights). Tick values are rounded to two significant digits and drawn at the rows
+    whose bar colour is the map's colour for exactly that value. Hand-written: matplotlib's colorbar needs a figure
+    and would resample the map; this keeps the map's pixels as they are.
+    """
+    from matplotlib import colormaps
+
+    array = _depth_array(depth_m)
+    valid = np.isfinite(array) & (array > 0)
+    picture = colorize_depth(array, vmin, vmax, cmap, inverse)
+    h = array.shape[0]
+    if not valid.any() or h < 8:
+        return picture
+    lo, hi = _depth_range(array, valid, vmin, vmax)
+
+    def level(value: float) -> float:  # the colour-map position t in [0, 1] of a value, as colorize_depth computes it
+        v = min(max(value, lo), hi)
+        return (1.0 / v - 1.0 / hi) / (1.0 / lo - 1.0 / hi) if inverse else (v - lo) / (hi - lo)
+
+    strip, label_w, gap = max(8, h // 24), 52, 4
+    bar = np.full((h, gap + strip + label_w, 3), 255, np.uint8)
+    top_t = level(lo)  # the top row shows lo: warm (near) with inverse, the colour-map start otherwise
+    rows = np.arange(h, dtype=np.float64) / max(h - 1, 1)
+    t_rows = top_t + (level(hi) - top_t) * rows
+    bar[:, gap : gap + strip] = (colormaps[cmap](np.clip(t_rows, 0, 1))[:, :3] * 255 + 0.5).astype(np.uint8)[:, None]
+    picture_bar = Image.fromarray(bar)
+    draw = ImageDraw.Draw(picture_bar)
+    n_ticks = int(min(6, max(2, h // 28)))
+    # ticks evenly spaced on the bar's own scale, then rounded: each label sits where its rounded value's colour is
+    wanted = [1.0 / (1.0 / lo + (1.0 / hi - 1.0 / lo) * k / (n_ticks - 1)) if inverse else lo + (hi - lo) * k / (n_ticks - 1)
+              for k in range(n_ticks)]
+    seen: set[float] = set()
+    for k, value in enumerate(wanted):
+        # the end ticks round inwards, so both ends of the range are labelled
+        tick = _round_sig(value, direction="up" if k == 0 else "down" if k == n_ticks - 1 else "nearest")
+        if tick in seen or not lo <= tick <= hi:
+            continue
+        seen.add(tick)
+        denom = level(hi) - top_t
+        row = int(round((level(tick) - top_t) / denom * (h - 1))) if denom else 0
+        draw.line([(gap + strip, row), (gap + strip + 3, row)], fill=(0, 0, 0))
+        text = f"{tick:g} {unit}"
+        box = draw.textbbox((0, 0), text)
+        y = min(max(row - (box[3] - box[1]) // 2 - 1, 0), h - (box[3] - box[1]) - 2)
+        draw.text((gap + strip + 5, y), text, fill=(0, 0, 0))
+    return np.concatenate([picture, np.asarray(picture_bar)], axis=1)
 
 
 def colorize_signed(values: torch.Tensor | np.ndarray, limit: float | None = None, cmap: str = "coolwarm") -> np.ndarray:

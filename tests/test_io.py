@@ -13,6 +13,7 @@ from bokeh.io import (
     ImageReadError,
     atomic_path,
     colorize_depth,
+    colorize_depth_with_legend,
     image_grid,
     list_images,
     prepare_output_dir,
@@ -104,6 +105,26 @@ def test_colorize_depth_orders_near_and_far_and_blacks_invalid() -> None:
     assert colours[0, 0, 0] == 255 and colours[0, 2, 0] == 0 and colours[0, 3].tolist() == [0, 0, 0]
     # 1/depth is linear in the colour: 1/2 m sits at (1/2 - 1/4) / (1 - 1/4) = 1/3 of the scale.
     assert abs(int(colours[0, 1, 0]) - round(255 / 3)) <= 1
+
+
+def test_depth_legend_labels_the_rows_whose_colour_is_that_depth() -> None:
+    h, w, lo, hi = 112, 40, 0.5, 8.0
+    depth = torch.linspace(lo, hi, h).view(1, h, 1).expand(1, h, w)
+    picture = colorize_depth_with_legend(depth, vmin=lo, vmax=hi, cmap="gray")
+    assert np.array_equal(picture[:, :w], colorize_depth(depth, vmin=lo, vmax=hi, cmap="gray"))  # map unchanged
+    bar = picture[:, w:].astype(int)
+    strip = int(np.flatnonzero(bar[h // 2, :, 0] < 255)[0])  # first column of the colour strip (white gap before)
+    # 4 ticks (h // 28) evenly spaced in 1/depth, rounded to 2 digits (the ends inwards): 0.5, 0.73, 1.3, 8 m
+    ticks = [0.5, 0.73, 1.3, 8.0]
+    level = lambda d: (1 / d - 1 / hi) / (1 / lo - 1 / hi)  # noqa: E731  (position on the inverse-depth scale)
+    expected_rows = [round((1 - level(d)) * (h - 1)) for d in ticks]
+    right_of_strip = bar[:, strip:, 0]
+    strip_w = int(np.argmax(right_of_strip[h // 2] == 255))
+    tick_rows = [int(r) for r in np.flatnonzero(right_of_strip[:, strip_w] == 0)]
+    assert tick_rows == expected_rows
+    for d, row in zip(ticks, expected_rows):  # the strip's colour there is the map's colour for that depth
+        want = int(colorize_depth(torch.tensor([[d]]), vmin=lo, vmax=hi, cmap="gray")[0, 0, 0])
+        assert abs(int(bar[row, strip, 0]) - want) <= 2
 
 
 def test_image_grid_layout() -> None:

@@ -430,7 +430,7 @@ def _stack_picture(image: torch.Tensor, stack: torch.Tensor | None, K: torch.Ten
 @torch.no_grad()
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Process every input; returns the summary (also written as summary.json)."""
-    from bokeh.io import colorize_depth, write_image, write_json, write_npy
+    from bokeh.io import colorize_depth_with_legend, depth_display_range, write_image, write_json, write_npy
 
     items = collect_inputs(args.input, args)
     _unique_names(items)
@@ -486,11 +486,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         files = {"depth": f"{item.name}/depth.npy", "depth_color": f"{item.name}/depth.png",
                  "stack": f"{item.name}/stack.png"}
         write_npy(folder / "depth.npy", depth[0].numpy().astype("float32"))
-        write_image(folder / "depth.png", colorize_depth(depth))
+        # one colour scale (BokehDepth's) for both models' maps, labelled in metres
+        lo_hi = depth_display_range(depth) or (None, None)
+        write_image(folder / "depth.png", colorize_depth_with_legend(depth, *lo_hi))
         write_image(folder / "stack.png", _stack_picture(image_work, stack, K))
         if depth_base is not None:
             write_npy(folder / "base_depth.npy", depth_base[0].numpy().astype("float32"))
-            write_image(folder / "base_depth.png", colorize_depth(depth_base))
+            write_image(folder / "base_depth.png", colorize_depth_with_legend(depth_base, *lo_hi))
             files.update(base_depth=f"{item.name}/base_depth.npy", base_depth_color=f"{item.name}/base_depth.png")
         record: dict[str, Any] = {
             "name": item.name, "input": str(item.image), "size_hw": [H, W], "working_size_hw": [h, w],
