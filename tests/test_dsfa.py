@@ -219,7 +219,7 @@ def test_gamma_init_opens_every_residual_path():
     torch.manual_seed(0)
     R, S, K = torch.randn(2, 5, D), torch.randn(2, 3, 5, D), torch.tensor([[2.0, 5.0, 12.0]] * 2)
     open_block = DSFA(D, num_heads=2, gamma_init=1.0)
-    assert all(float(ls.gamma.min()) == 1.0 for ls in (open_block.spatial_ls1, open_block.spatial_ls2,
+    assert all(ls.gamma.min().item() == 1.0 for ls in (open_block.spatial_ls1, open_block.spatial_ls2,
                                                          open_block.focus_ls1, open_block.focus_ls2))
     with torch.no_grad():
         out, out_other_stack = open_block(R, S, K), open_block(R, torch.randn(2, 3, 5, D), K)
