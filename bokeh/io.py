@@ -246,28 +246,30 @@ def colorize_depth(
     """
     from matplotlib import colormaps
 
-    array = _depth_array(depth_m)
-    valid = np.isfinite(array) & (array > 0)
+    array, valid = _depth_array(depth_m)
     out = np.zeros(array.shape + (3,), np.uint8)
     if not valid.any():
         return out
     lo, hi = _depth_range(array, valid, vmin, vmax)
-    values = np.clip(array, lo, hi)
-    if inverse:
-        t = (1.0 / values - 1.0 / hi) / (1.0 / lo - 1.0 / hi)
-    else:
-        t = (values - lo) / (hi - lo)
+    t = _colour_level(np.clip(array, lo, hi), lo, hi, inverse)
     colours = colormaps[cmap](np.clip(t, 0, 1))[..., :3]
     out[valid] = (colours[valid] * 255 + 0.5).astype(np.uint8)
     return out
 
 
-def _depth_array(depth_m: torch.Tensor | np.ndarray) -> np.ndarray:
+def _depth_array(depth_m: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(depth [H,W] as numpy, its valid mask: finite and > 0) of a [1,H,W] or [H,W] map."""
     array = depth_m.detach().cpu().float().numpy() if isinstance(depth_m, torch.Tensor) else np.asarray(depth_m, np.float32)
     array = _as_2d(array)
     if array.ndim != 2:
         raise ValueError(f"depth must be [1,H,W] or [H,W], got shape {array.shape}")
-    return array
+    return array, np.isfinite(array) & (array > 0)
+
+
+def _colour_level(values: np.ndarray | float, lo: float, hi: float, inverse: bool) -> np.ndarray | float:
+    """Colour-map position t (0 at ``hi``, 1 at ``lo`` with ``inverse``, which follows 1/depth; the reverse without)
+    of depth values already clipped to [lo, hi]."""
+    return (1.0 / values - 1.0 / hi) / (1.0 / lo - 1.0 / hi) if inverse else (values - lo) / (hi - lo)
 
 
 def _depth_range(array: np.ndarray, valid: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[float, float]:
@@ -280,8 +282,7 @@ def _depth_range(array: np.ndarray, valid: np.ndarray, vmin: float | None, vmax:
 def depth_display_range(depth_m: torch.Tensor | np.ndarray) -> tuple[float, float] | None:
     """(lo, hi) that :func:`colorize_depth` uses by default (2nd / 98th percentile of the valid values), or None when
     no value is valid: pass it as vmin / vmax to show several maps on one scale."""
-    array = _depth_array(depth_m)
-    valid = np.isfinite(array) & (array > 0)
+    array, valid = _depth_array(depth_m)
     return _depth_range(array, valid, None, None) if valid.any() else None
 
 
@@ -312,39 +313,39 @@ def colorize_depth_with_legend(
     """
     from matplotlib import colormaps
 
-    array = _depth_array(depth_m)
-    valid = np.isfinite(array) & (array > 0)
-    picture = colorize_depth(array, vmin, vmax, cmap, inverse)
+    array, valid = _depth_array(depth_m)
     h = array.shape[0]
     if not valid.any() or h < 8:
-        return picture
+        return colorize_depth(array, vmin, vmax, cmap, inverse)
     lo, hi = _depth_range(array, valid, vmin, vmax)
+    picture = colorize_depth(array, lo, hi, cmap, inverse)
 
-    def level(value: float) -> float:  # the colour-map position t in [0, 1] of a value, as colorize_depth computes it
-        v = min(max(value, lo), hi)
-        return (1.0 / v - 1.0 / hi) / (1.0 / lo - 1.0 / hi) if inverse else (v - lo) / (hi - lo)
+    # the bar runs from lo (top row) to hi (bottom row), its colour-map position linear in the row
+    def fraction_down(value: float) -> float:
+        t = _colour_level(value, lo, hi, inverse)
+        return 1.0 - t if inverse else t
+
+    def value_at(fraction: float) -> float:
+        return 1.0 / (1.0 / lo + (1.0 / hi - 1.0 / lo) * fraction) if inverse else lo + (hi - lo) * fraction
 
     strip, label_w, gap = max(8, h // 24), 52, 4
     bar = np.full((h, gap + strip + label_w, 3), 255, np.uint8)
-    top_t = level(lo)  # the top row shows lo: warm (near) with inverse, the colour-map start otherwise
-    rows = np.arange(h, dtype=np.float64) / max(h - 1, 1)
-    t_rows = top_t + (level(hi) - top_t) * rows
-    bar[:, gap : gap + strip] = (colormaps[cmap](np.clip(t_rows, 0, 1))[:, :3] * 255 + 0.5).astype(np.uint8)[:, None]
+    fractions = np.arange(h, dtype=np.float64) / (h - 1)
+    t_rows = 1.0 - fractions if inverse else fractions
+    bar[:, gap : gap + strip] = (colormaps[cmap](t_rows)[:, :3] * 255 + 0.5).astype(np.uint8)[:, None]
     picture_bar = Image.fromarray(bar)
     draw = ImageDraw.Draw(picture_bar)
     n_ticks = int(min(6, max(2, h // 28)))
-    # ticks evenly spaced on the bar's own scale, then rounded: each label sits where its rounded value's colour is
-    wanted = [1.0 / (1.0 / lo + (1.0 / hi - 1.0 / lo) * k / (n_ticks - 1)) if inverse else lo + (hi - lo) * k / (n_ticks - 1)
-              for k in range(n_ticks)]
     seen: set[float] = set()
-    for k, value in enumerate(wanted):
-        # the end ticks round inwards, so both ends of the range are labelled
-        tick = _round_sig(value, direction="up" if k == 0 else "down" if k == n_ticks - 1 else "nearest")
+    for k in range(n_ticks):
+        # evenly spaced on the bar, then rounded (the end ticks inwards, so both ends are labelled); each label sits
+        # at the row whose colour is its rounded value's
+        direction = "up" if k == 0 else "down" if k == n_ticks - 1 else "nearest"
+        tick = _round_sig(value_at(k / (n_ticks - 1)), direction=direction)
         if tick in seen or not lo <= tick <= hi:
             continue
         seen.add(tick)
-        denom = level(hi) - top_t
-        row = int(round((level(tick) - top_t) / denom * (h - 1))) if denom else 0
+        row = int(round(fraction_down(tick) * (h - 1)))
         draw.line([(gap + strip, row), (gap + strip + 3, row)], fill=(0, 0, 0))
         text = f"{tick:g} {unit}"
         box = draw.textbbox((0, 0), text)
