@@ -56,6 +56,39 @@ def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor,
     return out[..., pad:pad + h, pad:pad + w]
 
 
+def blur_to_radius_map(image: torch.Tensor, radius_px: torch.Tensor, *, step_px: float = 0.25,
+                       aperture: str | Aperture = "disk") -> torch.Tensor:
+    """``image`` [B,C,H,W] blurred at a per-pixel spot radius: radius_px [B,N,1,H,W] (px, >= 0) -> [B,N,C,H,W].
+
+    Each output pixel blends the two spots of the candidate grid 0, step, 2 step, ... around its radius, with the
+    weight linear in r^2 (the blend then has the second moment of the spot in between): the image model that
+    :func:`estimate_blur_radius` refines with, so a frame made from a constant map reads back as that radius. A
+    convolution per candidate radius, no occlusion (physics.render draws occlusion); linear light is the caller's
+    choice (pass linear values for physically correct blends).
+    """
+    if radius_px.dim() != 5 or radius_px.shape[0] != image.shape[0] or radius_px.shape[2] != 1 \
+            or radius_px.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"radius_px must be [B,N,1,H,W] matching image {tuple(image.shape)}; "
+                         f"got {tuple(radius_px.shape)}")
+    if not bool(torch.isfinite(radius_px).all()) or bool((radius_px < 0).any()):
+        raise ValueError("radius_px must be finite and >= 0")
+    if not step_px > 0:
+        raise ValueError(f"step_px must be > 0; got {step_px}")
+    n_cand = int(math.floor(float(radius_px.max()) / step_px)) + 2
+    radii = torch.arange(n_cand, dtype=image.dtype, device=image.device) * step_px
+    bank = blur_bank(image, radii, aperture)  # [C_r,B,C,H,W]
+    lo = (radius_px / step_px).floor().long().clamp(0, n_cand - 2)  # [B,N,1,H,W]
+    u_lo, u_hi = radii[lo] ** 2, radii[lo + 1] ** 2
+    t = ((radius_px**2 - u_lo) / (u_hi - u_lo)).clamp(0.0, 1.0)
+    b, n, c = radius_px.shape[0], radius_px.shape[1], image.shape[1]
+    h, w = image.shape[-2:]
+    flat = bank.permute(1, 0, 2, 3, 4)  # [B,C_r,C,H,W]
+    idx_lo = lo.expand(b, n, c, h, w)
+    pick_lo = flat.gather(1, idx_lo)
+    pick_hi = flat.gather(1, idx_lo + 1)
+    return (1 - t) * pick_lo + t * pick_hi
+
+
 def _to_linear(x: torch.Tensor, color_space: str) -> torch.Tensor:
     if color_space == "srgb":
         return kornia.color.rgb_to_linear_rgb(x.clamp(0, 1))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from physics.aperture import disk_kernel
 from physics.dfd import (
     blur_bank,
+    blur_to_radius_map,
     depth_from_aperture_pair,
     depth_from_bokeh_sweep,
     depth_from_stack,
@@ -111,6 +112,30 @@ def test_estimate_radius_subpixel_on_uniform_blur():
     for i, r in enumerate(true):
         err = (radius[0, i, 0, 8:-8, 8:-8] - r).abs()
         assert err.median().item() < 0.08
+
+
+def test_blur_to_radius_map_is_the_bank_per_pixel_and_reads_back_as_its_radius():
+    """Each pixel is the candidate blur of its own radius (exactly the bank's on the candidate grid, whatever its
+    neighbours' radii), and a radius between candidates is drawn as the r^2 blend the estimator refines with, so
+    estimate_blur_radius (same grid) reads a constant map back exactly."""
+    lin = kornia.color.rgb_to_linear_rgb(_texture(40, 40, seed=4))
+    radius = torch.full((1, 1, 1, 40, 40), 1.0)
+    radius[..., 20:] = 3.0
+    out = blur_to_radius_map(lin, radius, step_px=0.5)
+    bank = blur_bank(lin, [1.0, 3.0])
+    assert torch.allclose(out[:, 0, ..., :20], bank[0][..., :20], atol=1e-6)
+    assert torch.allclose(out[:, 0, ..., 20:], bank[1][..., 20:], atol=1e-6)
+
+    between = torch.tensor([1.3, 2.2]).view(1, 2, 1, 1, 1).expand(1, 2, 1, 40, 40)
+    frames = blur_to_radius_map(lin, between, step_px=0.5)
+    read = estimate_blur_radius(lin, frames, max_radius_px=4.0, step_px=0.5, color_space="linear")
+    assert read[0, 0, 0, 6:-6, 6:-6].median().item() == pytest.approx(1.3, abs=1e-3)
+    assert read[0, 1, 0, 6:-6, 6:-6].median().item() == pytest.approx(2.2, abs=1e-3)
+
+    with pytest.raises(ValueError, match="radius_px"):
+        blur_to_radius_map(lin, -radius)
+    with pytest.raises(ValueError, match="radius_px"):
+        blur_to_radius_map(lin, radius[..., :10])
 
 
 def test_confidence_low_on_textureless_high_on_texture():

@@ -394,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--flux-guidance", type=float, default=0.5)
     p.add_argument("--stack-guidance", type=float, default=0.5)
+    p.add_argument("--stack-estimator", choices=("physics", "proxy"), default="physics",
+                   help="blur measurement of the stack-consistency guidance: physics.dfd's estimator or the gradient proxy")
     p.add_argument("--fit2d-scenes", type=int, default=4)
     p.add_argument("--max-grids", type=int, default=8)
     p.add_argument("--uncalibrated", action="store_true",
@@ -402,7 +404,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="layered generators: also render the true map, the true map at the head's resolution and the "
                         "learned map at the true scale (splits the K error into scale and shape)")
     p.add_argument("--overwrite", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance,
+                                       stack_estimator=args.stack_estimator)
+    except ValueError as error:
+        p.error(str(error))
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -421,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.K is None:
         Ks = [k * scale for k in Ks]
     steps = int(args.steps or gen.default_steps)
-    guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance)
+    guidance = args.guidance
     lpips, lpips_note = make_lpips()
     print(lpips_note)
     t0 = time.perf_counter()

@@ -57,13 +57,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale on K (1 = off)")
     p.add_argument("--flux-guidance", type=float, default=0.0, help="flux-conservation guidance strength (0 = off)")
     p.add_argument("--stack-guidance", type=float, default=0.0, help="stack-consistency guidance strength (0 = off)")
+    p.add_argument("--stack-estimator", choices=("physics", "proxy"), default="physics",
+                   help="blur measurement of the stack-consistency guidance: physics.dfd's estimator or the gradient proxy")
     p.add_argument("--color-transfer", action="store_true", help="LAB mean/std transfer back to the reference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--uncalibrated", action="store_true",
                    help="ignore the generator's K calibration (generator.json k_calibration: tools/calibrate_k.py)")
     p.add_argument("--k-policy", choices=["clamp", "error"], default=None, help="K outside the trained range")
     p.add_argument("--overwrite", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance,
+                                       stack_estimator=args.stack_estimator)
+    except ValueError as error:
+        p.error(str(error))
+    return args
 
 
 def collect_inputs(path: Path) -> list[dict[str, Any]]:
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     train_width = float(meta["resolution"])
     default_k = [float(k) for k in (meta.get("eval_K_px_m") or [meta["k"]["min"], meta["k"]["max"]])]
-    guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance)
+    guidance = args.guidance
     train_focus = meta.get("focus_m")  # None: the generator's focus varied per scene (nearest subject)
     replaced_focus = []
     lines, skipped = [], []

@@ -6,15 +6,24 @@
     with a Gaussian low-pass G_s of sigma s = max(min_sigma_px, sigma_factor * K * max_inv_depth_m), an upper bound
     of the blur radius r = K (1/s1 - 1/d) <= K / s1 for a focus distance s1 >= 1 / max_inv_depth_m.
 (b) Stack consistency. Across a stack the blur radius grows linearly with K: r_i(p) = K_i Delta(p) (METHOD.md
-    section 1). A differentiable blur proxy is measured on every predicted frame: for an edge of width w0 blurred by
-    s, the local gradient magnitude falls by sqrt(1 + (s/w0)^2), so rho_i = sqrt((g_ref / g_i)^2 - 1) = s_i / w0
-    (g = local RMS of the luminance gradient). The unknown per-pixel w0 is absorbed by the per-pixel least-squares
-    slope Delta(p) = sum_i K_i rho_i / sum_i K_i^2, and the penalty is the scale-free residual
-        L_stack = sum_p w(p) sum_i (rho_i - K_i Delta)^2 / (sum_i rho_i^2 + c),
-    weighted by the reference's texture w(p) (flat regions carry no blur information). physics.dfd's estimator is
-    the measurement in the comparison tool; this proxy is its differentiable stand-in here.
+    section 1). Two ways to enforce it (``stack_estimator``):
+    - ``physics`` (default): physics.dfd.estimate_blur_radius -- the estimator of the comparison tool and of the
+      closed-form depth baseline -- measures every predicted frame's per-pixel radius r_i against the sharp input;
+      the sweep regression (inverse-variance weights, as physics.dfd.depth_from_stack) gives one
+      Delta(p) = sum_i w_i K_i r_i / sum_i w_i K_i^2 per pixel, and each frame is pulled toward the input blurred at
+      its line-consistent radius K_i Delta(p) (physics.dfd.blur_to_radius_map):
+          L_stack = 1/2 sum_p c(p) sum_i |lin(frame_i) - D(K_i Delta) * lin(sharp)|^2,
+      with c(p) the estimator's contrast confidence (flat regions carry no blur information). The measurement and
+      the targets are held fixed during a step (the estimator's argmin is not smooth), so a step moves each pixel
+      toward its target by strength x c x (lin(frame) - target) x the slope of the sRGB-to-linear curve there (then
+      the trust region below).
+    - ``proxy``: a cheaper surrogate with no candidate bank: for an edge of width w0 blurred by s the local gradient
+      magnitude falls by sqrt(1 + (s/w0)^2), so rho_i = sqrt((g_ref / g_i)^2 - 1) = s_i / w0 (g = local RMS of the
+      luminance gradient); the penalty is the scale-free residual of the per-pixel line,
+          L_stack = mean_p w(p) sum_i (rho_i - K_i Delta)^2 / (sum_i rho_i^2 + 1),  Delta = sum K rho / sum K^2,
+      weighted by the reference's gradient energy over its mean w(p).
 The guided update is img <- img - clamp(grad(flux_strength * L_flux + stack_strength * L_stack), +-max_step), in
-image units (the clamp is a trust region: the proxy's gradients can be large where blur saturates).
+image units (the clamp is a trust region: a blur measurement's gradient can be large where it saturates).
 """
 
 from __future__ import annotations
@@ -25,6 +34,11 @@ from typing import Any
 
 import torch
 import kornia
+
+from physics.dfd import blur_to_radius_map, estimate_blur_radius
+
+
+STACK_ESTIMATORS = ("physics", "proxy")
 
 
 @dataclass
@@ -38,6 +52,19 @@ class GuidanceConfig:
     start_fraction: float = 0.0  # apply from this fraction of the sampling steps on (0 = from the first step)
     max_step: float = 0.03  # trust region: no pixel moves by more than this (sRGB units) in one guidance step
     max_rho: float = 8.0  # blur proxies saturate softly here (blur radius / edge width)
+    stack_estimator: str = "physics"  # physics (physics.dfd.estimate_blur_radius) | proxy (gradient-energy ratio)
+    estimator_step_px: float = 0.5  # physics estimator: spacing of the candidate radii (px)
+    estimator_window_px: int = 7  # physics estimator: side of its error window (px, odd)
+    estimator_max_inv_m: float = 2.5  # physics estimator: candidates reach max(K) * this (1/m; 2.5 = a 0.4 m surface
+                                      # in front of a far focus, the layered head's defocus range)
+
+    def __post_init__(self) -> None:
+        if self.stack_estimator not in STACK_ESTIMATORS:
+            raise ValueError(f"stack_estimator must be one of {STACK_ESTIMATORS}, got {self.stack_estimator!r}")
+        for name in ("flux_strength", "stack_strength"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 (0 = off), got {value!r}")
 
     @property
     def enabled(self) -> bool:
@@ -94,11 +121,34 @@ def blur_proxy(reference: torch.Tensor, frames: torch.Tensor, window_sigma: floa
     return rho, weight
 
 
+def consistent_stack_targets(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torch.Tensor,
+                             cfg: GuidanceConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a stack consistent with its own blur would be: frames [B,N,3,H,W], reference [B,3,H,W] (sRGB), K [B,N]
+    px*m -> targets [B,N,3,H,W] in LINEAR light (the reference blurred at K_i Delta per pixel) and the confidence
+    [B,1,H,W] in [0, 1). No gradient (see the module docstring)."""
+    with torch.no_grad():
+        max_radius = max(float(K_px_m.max()) * cfg.estimator_max_inv_m, 1.0)
+        radius, contrast, weight = estimate_blur_radius(
+            reference, frames, max_radius_px=max_radius, step_px=cfg.estimator_step_px,
+            window_px=cfg.estimator_window_px, reference_noise=False, return_confidence=True, confidence="both")
+        K = K_px_m.to(frames).view(*K_px_m.shape, 1, 1, 1)
+        delta = (weight * K * radius).sum(1) / (weight * K.pow(2)).sum(1).clamp_min(1e-12)  # [B,1,H,W] px per px*m
+        target_radius = (K * delta[:, None]).clamp(0.0, max_radius)
+        lin_ref = kornia.color.rgb_to_linear_rgb(reference.clamp(0, 1))
+        targets = blur_to_radius_map(lin_ref, target_radius, step_px=cfg.estimator_step_px)
+    return targets, contrast.mean(1)
+
+
 def stack_consistency_loss(frames: torch.Tensor, reference: torch.Tensor, K_px_m: torch.Tensor,
                            cfg: GuidanceConfig) -> torch.Tensor:
-    """[B] penalty: frames [B,N,3,H,W], reference [B,3,H,W], K [B,N]; zero when N < 2."""
+    """[B] penalty: frames [B,N,3,H,W], reference [B,3,H,W] (sRGB in [0,1]), K [B,N] px*m; zero when N < 2."""
     if frames.shape[1] < 2:
         return frames.new_zeros(frames.shape[0])
+    if cfg.stack_estimator == "physics":
+        targets, confidence = consistent_stack_targets(reference, frames.detach(), K_px_m, cfg)
+        lin = kornia.color.rgb_to_linear_rgb(frames.clamp(0, 1))
+        resid = (lin - targets).pow(2).sum(dim=(1, 2))  # [B,H,W]
+        return 0.5 * (confidence[:, 0] * resid).flatten(1).sum(1)
     rho, weight = blur_proxy(reference, frames, cfg.window_sigma_px, cfg.max_rho)
     K = K_px_m.to(frames).view(*K_px_m.shape, 1, 1, 1)
     delta = (K * rho).sum(1) / K.pow(2).sum(1).clamp_min(1e-8)  # [B,1,H,W]
