@@ -162,3 +162,23 @@ def test_a_calibrated_generator_records_its_run_strengths_and_can_be_run_uncalib
     calibrated = np.asarray(Image.open(tmp_path / "cal" / "frames" / "a_k0.png"), dtype=float)
     plain = np.asarray(Image.open(tmp_path / "plain" / "frames" / "a_k0.png"), dtype=float)
     assert np.abs(calibrated - plain).mean() > 0.1  # a stronger blur was drawn
+
+
+def test_a_negative_guidance_strength_is_a_usage_error_naming_the_option(tmp_path, generator_dir, capsys):
+    _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
+                         "--out", str(tmp_path / "o"), "--stack-guidance", "-0.5"])
+    assert exit_info.value.code == 2
+    assert "stack_strength must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_physics_stack_guidance_runs_through_the_tool_and_is_recorded(tmp_path, generator_dir):
+    _write(tmp_path / "rgb.png", (np.random.default_rng(0).random((16, 24, 3)) * 255).astype(np.uint8))
+    code = make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
+                            "--out", str(tmp_path / "o"), "--steps", "1", "--stack-guidance", "0.5"])
+    assert code == 0
+    guidance = json.loads((tmp_path / "o" / "run.json").read_text())["guidance"]
+    assert guidance["stack_strength"] == 0.5 and guidance["stack_estimator"] == "physics"
+    assert len((tmp_path / "o" / "stacks.jsonl").read_text().splitlines()) == 1

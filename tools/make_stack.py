@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale on K (1 = off)")
     p.add_argument("--flux-guidance", type=float, default=0.0, help="flux-conservation guidance strength (0 = off)")
-    p.add_argument("--stack-guidance", type=float, default=0.0, help="stack-consistency guidance strength (0 = off)")
+    p.add_argument("--stack-guidance", type=float, default=0.0, help="stack-consistency guidance strength (0 = off; 0.5 helps free-form generators, BENCHMARKS.md)")
     p.add_argument("--stack-estimator", choices=("physics", "proxy"), default="physics",
                    help="blur measurement of the stack-consistency guidance: physics.dfd's estimator or the gradient proxy")
     p.add_argument("--color-transfer", action="store_true", help="LAB mean/std transfer back to the reference")

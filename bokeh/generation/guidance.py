@@ -127,7 +127,9 @@ def consistent_stack_targets(reference: torch.Tensor, frames: torch.Tensor, K_px
     px*m -> targets [B,N,3,H,W] in LINEAR light (the reference blurred at K_i Delta per pixel) and the confidence
     [B,1,H,W] in [0, 1). No gradient (see the module docstring)."""
     with torch.no_grad():
-        max_radius = max(float(K_px_m.max()) * cfg.estimator_max_inv_m, 1.0)
+        # larger blurs are not measurable in a small window (and would cost a candidate each): cap at a quarter of
+        # the width, as physics.dfd.depth_from_stack does
+        max_radius = max(min(float(K_px_m.max()) * cfg.estimator_max_inv_m, 0.25 * frames.shape[-1]), 1.0)
         radius, contrast, weight = estimate_blur_radius(
             reference, frames, max_radius_px=max_radius, step_px=cfg.estimator_step_px,
             window_px=cfg.estimator_window_px, reference_noise=False, return_confidence=True, confidence="both")
