@@ -323,6 +323,24 @@ def test_physics_stack_guidance_pulls_an_off_line_frame_onto_radius_linear_in_k(
     assert torch.allclose(radii(flat[None]), K * 16 / 14, atol=0.15), radii(flat[None])
 
 
+def test_physics_stack_guidance_leaves_a_consistent_stack_almost_unchanged():
+    """Frames blurred at radii exactly K * Delta (Delta = 0.8 px per px*m, a plane) are what the guidance pulls
+    toward: a step moves pixels by 0.001 on average and none by more than a third of the 0.03 trust region (the
+    candidate disks are 0.5 px apart, so radii between them are read approximately)."""
+    import kornia
+
+    from physics.dfd import blur_bank
+
+    g = torch.Generator().manual_seed(1)
+    sharp = torch.nn.functional.interpolate(torch.rand(1, 3, 25, 25, generator=g), size=(48, 48), mode="bilinear")
+    K = torch.tensor([1.0, 2.0, 3.0])
+    lin = kornia.color.rgb_to_linear_rgb(sharp)
+    frames = kornia.color.linear_rgb_to_rgb(blur_bank(lin, (0.8 * K).tolist()))[:, 0]  # [3,3,H,W]
+    stepped = PhysicsGuidance(GuidanceConfig(stack_strength=0.5)).step(frames, sharp.expand(3, -1, -1, -1), K, 3)
+    change = (stepped - frames).abs()
+    assert change.mean().item() < 0.001 and change.max().item() < 0.01
+
+
 def test_guidance_config_refuses_unknown_estimator_and_negative_strength():
     with pytest.raises(ValueError, match="stack_estimator"):
         GuidanceConfig(stack_estimator="gradient")

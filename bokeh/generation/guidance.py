@@ -53,7 +53,8 @@ class GuidanceConfig:
     max_step: float = 0.03  # trust region: no pixel moves by more than this (sRGB units) in one guidance step
     max_rho: float = 8.0  # blur proxies saturate softly here (blur radius / edge width)
     stack_estimator: str = "physics"  # physics (physics.dfd.estimate_blur_radius) | proxy (gradient-energy ratio)
-    estimator_step_px: float = 0.5  # physics estimator: spacing of the candidate radii (px)
+    estimator_step_px: float = 0.5  # physics estimator: spacing of the candidate radii (px), widened when needed so
+    estimator_max_candidates: int = 48  # that at most this many candidates cover the range (cost bounded at any size)
     estimator_window_px: int = 7  # physics estimator: side of its error window (px, odd)
     estimator_max_inv_m: float = 2.5  # physics estimator: candidates reach max(K) * this (1/m; 2.5 = a 0.4 m surface
                                       # in front of a far focus, the layered head's defocus range)
@@ -61,6 +62,9 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         if self.stack_estimator not in STACK_ESTIMATORS:
             raise ValueError(f"stack_estimator must be one of {STACK_ESTIMATORS}, got {self.stack_estimator!r}")
+        if not (self.estimator_step_px > 0 and self.estimator_max_candidates >= 2):
+            raise ValueError(f"estimator_step_px must be > 0 and estimator_max_candidates >= 2, got "
+                             f"{self.estimator_step_px!r}, {self.estimator_max_candidates!r}")
         for name in ("flux_strength", "stack_strength"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -130,14 +134,15 @@ def consistent_stack_targets(reference: torch.Tensor, frames: torch.Tensor, K_px
         # larger blurs are not measurable in a small window (and would cost a candidate each): cap at a quarter of
         # the width, as physics.dfd.depth_from_stack does
         max_radius = max(min(float(K_px_m.max()) * cfg.estimator_max_inv_m, 0.25 * frames.shape[-1]), 1.0)
+        step = max(cfg.estimator_step_px, max_radius / (cfg.estimator_max_candidates - 1))
         radius, contrast, weight = estimate_blur_radius(
-            reference, frames, max_radius_px=max_radius, step_px=cfg.estimator_step_px,
+            reference, frames, max_radius_px=max_radius, step_px=step,
             window_px=cfg.estimator_window_px, reference_noise=False, return_confidence=True, confidence="both")
         K = K_px_m.to(frames).view(*K_px_m.shape, 1, 1, 1)
         delta = (weight * K * radius).sum(1) / (weight * K.pow(2)).sum(1).clamp_min(1e-12)  # [B,1,H,W] px per px*m
         target_radius = (K * delta[:, None]).clamp(0.0, max_radius)
         lin_ref = kornia.color.rgb_to_linear_rgb(reference.clamp(0, 1))
-        targets = blur_to_radius_map(lin_ref, target_radius, step_px=cfg.estimator_step_px)
+        targets = blur_to_radius_map(lin_ref, target_radius, step_px=step)
     return targets, contrast.mean(1)
 
 
