@@ -146,7 +146,7 @@ def test_flux_kontext_generator_two_steps_same_noise_and_aspect():
     gen = FluxKontextBokehGenerator(transformer, vae, adapter, KRange(0.0, 8.0), resolution=32)
     image = torch.rand(3, 24, 40)
     res = gen.generate_stack(image, [2.0, 2.0, 6.0], num_steps=2, cfg_scale=2.0,
-                             guidance=GuidanceConfig(flux_strength=0.5))
+                             guidance=GuidanceConfig(flux_strength=0.5, stack_strength=0.5))
     assert res.frames.shape == (1, 3, 3, 24, 40) and torch.isfinite(res.frames).all()
     assert res.work_size[0] % gen.size_multiple == 0 and res.work_size[1] % gen.size_multiple == 0
     assert torch.allclose(res.frames[0, 0], res.frames[0, 1], atol=1e-5)  # same K + same noise -> same frame
