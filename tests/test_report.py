@@ -31,6 +31,8 @@ def run_dir(tmp_path: Path) -> Path:
         "BokehDepth (physics stacks, oracle)": {"abs_rel": 0.0987654, "delta1": 0.9}}))
     (run / "summary.json").write_text(json.dumps({"checkpoint": "none", "skipped": [
         {"name": "img_003", "path": "in/img_003.jpg", "reason": "corrupt image"}]}))
+    (run / "eval.json").write_text(json.dumps({"datasets": [{"dataset": "nyu", "skipped_samples": [
+        {"name": "img_007", "reason": "depth file missing"}]}]}))  # tools/eval.py's key
     (run / "metrics.csv").write_text("epoch,loss\n" + "".join(f"{i},{1.0 / (i + 1)}\n" for i in range(30)))
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(run / "samples" / "grid_000.png")
@@ -48,6 +50,9 @@ def test_report_tables_pictures_config_and_warnings(report, run_dir: Path) -> No
     assert '<td>base</td><td class="num">0.1235</td><td class="num">0.8</td>' in page
     # skipped samples are gathered into the warnings box
     assert "Warnings" in page and "img_003" in page and "corrupt image" in page
+    box = page[page.index("<div class='warn'>"):]
+    box = box[:box.index("</div>")]
+    assert "img_003" in box and "img_007" in box and "depth file missing" in box  # eval.py's skipped_samples too
     # resolved config and the last CSV rows (loss of epoch 29 = 1/30), point-cloud file listed
     assert "encoder: vits" in page and "last 20 of 30 rows" in page and '<td class="num">0.03333</td>' in page
     assert "cloud_a.ply" in page

@@ -129,11 +129,15 @@ def json_to_html(content: Any) -> str:
     return "".join(parts)
 
 
+SKIPPED_KEYS = ("skipped", "skipped_samples")
+
+
 def _find_skipped(content: Any, where: str, found: list[tuple[str, Any]]) -> None:
-    """Collect every non-empty ``skipped`` list in a JSON document."""
+    """Collect every non-empty ``skipped`` / ``skipped_samples`` list (make_stack, infer / eval) in a JSON
+    document."""
     if isinstance(content, dict):
         for key, value in content.items():
-            if key == "skipped" and isinstance(value, list) and value:
+            if key in SKIPPED_KEYS and isinstance(value, list) and value:
                 found.extend((where, item) for item in value)
             else:
                 _find_skipped(value, where, found)
