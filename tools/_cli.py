@@ -1,16 +1,21 @@
-"""What the tools do with a bad setting: one line naming it, exit status 2, no traceback.
+"""Command-line pieces the tools share.
 
+:func:`config_errors_exit` -- what the tools do with a bad setting: one line naming it, exit status 2, no traceback.
 A :class:`lightning_modules.config.ConfigError` (an unknown or mistyped config key, a value out of range, a data
 kind a tool cannot use) is the user's to fix, so a script prints ``config error: <message>`` on stderr and exits
 with status 2, before anything is written. Called in-process (tests, notebooks), the functions behind the scripts
 still raise the ConfigError itself.
+
+:func:`add_guidance_arguments` / :func:`guidance_from_args` -- the Stage-1 physics-guidance options of
+make_stack.py and compare_bokeh.py (bokeh.generation.guidance), a bad value being an argparse usage error.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -23,3 +28,25 @@ def config_errors_exit() -> Iterator[None]:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def add_guidance_arguments(parser: argparse.ArgumentParser, *, flux: float, stack: float, note: str = "") -> None:
+    """--flux-guidance / --stack-guidance (strengths, 0 = off) and --stack-estimator, with these defaults."""
+    from bokeh.generation.guidance import STACK_ESTIMATORS
+
+    parser.add_argument("--flux-guidance", type=float, default=flux, help="flux-conservation guidance strength (0 = off)")
+    parser.add_argument("--stack-guidance", type=float, default=stack,
+                        help="stack-consistency guidance strength (0 = off)" + note)
+    parser.add_argument("--stack-estimator", choices=STACK_ESTIMATORS, default="physics",
+                        help="blur measurement of the stack guidance: physics.dfd's estimator or the gradient proxy")
+
+
+def guidance_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The GuidanceConfig of the parsed options; an invalid one is ``parser.error`` (usage line, exit 2)."""
+    from bokeh.generation.guidance import GuidanceConfig
+
+    try:
+        return GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance,
+                              stack_estimator=args.stack_estimator)
+    except ValueError as error:
+        parser.error(str(error))

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import _bootstrap  # noqa: F401
+from _cli import add_guidance_arguments, guidance_from_args  # noqa: E402
 
 import kornia  # noqa: E402
 import torch  # noqa: E402
@@ -392,10 +393,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pair-width", type=int, default=384, help="width the real pairs are compared at")
     p.add_argument("--assumed-focus-m", type=float, default=2.0)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--flux-guidance", type=float, default=0.5)
-    p.add_argument("--stack-guidance", type=float, default=0.5)
-    p.add_argument("--stack-estimator", choices=("physics", "proxy"), default="physics",
-                   help="blur measurement of the stack-consistency guidance: physics.dfd's estimator or the gradient proxy")
+    add_guidance_arguments(p, flux=0.5, stack=0.5)
     p.add_argument("--fit2d-scenes", type=int, default=4)
     p.add_argument("--max-grids", type=int, default=8)
     p.add_argument("--uncalibrated", action="store_true",
@@ -405,11 +403,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "learned map at the true scale (splits the K error into scale and shape)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    try:
-        args.guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance,
-                                       stack_estimator=args.stack_estimator)
-    except ValueError as error:
-        p.error(str(error))
+    args.guidance = guidance_from_args(p, args)
     return args
 
 

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
+from _cli import add_guidance_arguments, guidance_from_args  # noqa: E402
 
 import torch  # noqa: E402
 
-from bokeh.generation import GuidanceConfig  # noqa: E402
 from bokeh.io import (list_images, prepare_output_dir, read_image, write_image, write_json,  # noqa: E402
                       write_npy, write_text)
 
@@ -55,10 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the image width the --K values refer to (default: each input's own width)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale on K (1 = off)")
-    p.add_argument("--flux-guidance", type=float, default=0.0, help="flux-conservation guidance strength (0 = off)")
-    p.add_argument("--stack-guidance", type=float, default=0.0, help="stack-consistency guidance strength (0 = off; 0.5 helps free-form generators, BENCHMARKS.md)")
-    p.add_argument("--stack-estimator", choices=("physics", "proxy"), default="physics",
-                   help="blur measurement of the stack-consistency guidance: physics.dfd's estimator or the gradient proxy")
+    add_guidance_arguments(p, flux=0.0, stack=0.0, note="; 0.5 helps free-form generators, BENCHMARKS.md")
     p.add_argument("--color-transfer", action="store_true", help="LAB mean/std transfer back to the reference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--uncalibrated", action="store_true",
@@ -66,11 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k-policy", choices=["clamp", "error"], default=None, help="K outside the trained range")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    try:
-        args.guidance = GuidanceConfig(flux_strength=args.flux_guidance, stack_strength=args.stack_guidance,
-                                       stack_estimator=args.stack_estimator)
-    except ValueError as error:
-        p.error(str(error))
+    args.guidance = guidance_from_args(p, args)
     return args
 
 
