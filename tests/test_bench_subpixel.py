@@ -31,9 +31,12 @@ def test_the_supersampled_reference_matches_a_blur_of_the_asked_radius(tmp_path)
     saved = json.loads((tmp_path / "b" / "bench_subpixel.json").read_text())
     assert [row["psnr_renderer"] for row in saved["rows"]] == pytest.approx(
         [row["psnr_renderer"] for row in result["rows"]])
-    big = saved["rows"][1]
-    # a 2-px blur rendered either way is far closer to the reference than no blur: the reference has that radius
-    assert big["rmse_ratio_renderer_vs_identity"] < 0.2 and big["rmse_ratio_bandlimited_vs_identity"] < 0.2
+    small, big = saved["rows"]
+    # a 2-px blur rendered either way is ~20x closer to the reference than no blur (measured 0.049 / 0.034; a
+    # reference radius off by 0.3 px gives ~0.14-0.24): the reference has that radius
+    assert big["rmse_ratio_renderer_vs_identity"] < 0.08 and big["rmse_ratio_bandlimited_vs_identity"] < 0.08
+    # at 0.5 px the blur is sub-pixel but real: both renderings beat "no blur" clearly (measured 0.58 / 0.46)
+    assert small["rmse_ratio_renderer_vs_identity"] < 0.8 and small["rmse_ratio_bandlimited_vs_identity"] < 0.8
     assert (tmp_path / "b" / "bench_subpixel.png").stat().st_size > 0
 
 

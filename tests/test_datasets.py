@@ -155,8 +155,10 @@ def test_aperture_pairs_dfd_layout(tmp_path: Path) -> None:
     # f/2.8 as the image: the f/8 photo becomes the extra frame.
     swapped = dfd_indoor_dataset(root, image="f2_8")[1]
     assert torch.equal(swapped["frames"][0], sample["image"]) and swapped["f_number"] == 2.8
-    # Full-resolution check of the documented fx: 35 mm on a 23.6 mm sensor at 645 px is ~957 px.
-    assert 35.0 / 23.6 * 645 == pytest.approx(956.57, abs=0.01)
+    # The documented full-resolution fx: 35 mm on a 23.6 mm sensor at 645 px is ~957 px (35 / 23.6 x 645 = 956.57).
+    from bokeh.datasets import dfd_indoor_intrinsics
+
+    assert dfd_indoor_intrinsics(645, 432).fx == pytest.approx(956.57, abs=0.01)
 
 
 def test_intrinsics_scaling_follows_the_pixel_centre_convention() -> None:

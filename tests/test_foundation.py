@@ -80,7 +80,9 @@ def test_float_override_accepts_exponent_without_dot(tmp_path: Path) -> None:
 
 def test_struct_mode_rejects_unknown_attribute_access(tmp_path: Path) -> None:
     cfg = load_config([_write(tmp_path / "m.yaml", "lr: 0.1\n")])
-    with pytest.raises(Exception):
+    from omegaconf.errors import ConfigAttributeError
+
+    with pytest.raises(ConfigAttributeError, match="not_there"):
         _ = cfg.not_there
 
 

@@ -72,14 +72,19 @@ def test_dataset_sample_supplies_image_intrinsics_and_ground_truth(lift3d, tmp_p
     Image.fromarray(np.full((H, W, 3), 128, np.uint8)).save(root / "rgb" / "a.png")
     np.save(root / "depth" / "a.npy", np.full((H, W), 3.0, np.float32))
     (root / "intrinsics.json").write_text(json.dumps({"fx": 40, "fy": 40, "cx": 15.5, "cy": 11.5}))
-    np.save(tmp_path / "pred.npy", np.full((H, W), 3.0, np.float32))
+    np.save(tmp_path / "pred.npy", np.full((H, W), 2.9, np.float32))
     out = tmp_path / "out"
     argv = ["--dataset", str(root), "--sample", "a", "--depth", f"model={tmp_path / 'pred.npy'}", "--out", str(out),
             "--backend", "splat", "--views", "camera", "--render-size", "32x24"]
     assert lift3d.main(argv) == 0
-    metrics = json.loads((out / "metrics.json").read_text())["model"]
-    assert metrics["pixel_rmse_m"] == 0.0 and metrics["chamfer_m"] == 0.0
-    assert json.loads((out / "summary.json").read_text())["sample"] == "a"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sample"] == "a"
+    assert summary["intrinsics"] == {"fx": 40.0, "fy": 40.0, "cx": 15.5, "cy": 11.5}
+    # a plane 0.1 m nearer than the GT plane: each pixel's two points lie on its ray, 0.1 m x |(x, y, 1)| apart
+    # with x = (u - cx) / fx, y = (v - cy) / fy -- the dataset's intrinsics, not any others, give this RMSE
+    v, u = np.mgrid[0:H, 0:W]
+    expected = 0.1 * np.sqrt(np.mean(1 + ((u - 15.5) / 40) ** 2 + ((v - 11.5) / 40) ** 2))
+    assert json.loads((out / "metrics.json").read_text())["model"]["pixel_rmse_m"] == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -150,12 +150,14 @@ def test_render_views_any_backend_agrees_with_the_splat_and_writes_a_png(tmp_pat
     splat = pc.render_clouds({"a": (points, colours)}, cameras, backend="splat")["a"]
     result = results["a"]
     assert result.backend in pc.RENDER_BACKENDS and result.message.startswith("renderer:")
-    for name in ("camera", "left", "top"):
-        box, reference = _red_box(result.images[name]), _red_box(splat.images[name])
-        assert np.abs(np.array(box) - np.array(reference)).max() <= 2, (result.backend, name, box, reference)
     path = write_image(tmp_path / "left.png", result.images["left"])
     picture = np.asarray(Image.open(path))
     assert picture.shape == (72, 96, 3) and (picture != 255).any()
+    if result.backend == "splat":
+        pytest.skip("no Open3D renderer on this machine: nothing to compare the splat with")
+    for name in ("camera", "left", "top"):
+        box, reference = _red_box(result.images[name]), _red_box(splat.images[name])
+        assert np.abs(np.array(box) - np.array(reference)).max() <= 2, (result.backend, name, box, reference)
 
 
 def test_renderer_failure_falls_back_to_the_splat_with_a_message(monkeypatch) -> None:
@@ -184,6 +186,13 @@ def test_camera_view_reproduces_the_photo_and_side_by_side_tiles() -> None:
     eye = -cameras[1].extrinsic[:3, :3].T @ cameras[1].extrinsic[:3, 3]
     assert eye[0] > 0 and np.linalg.norm(eye - [0, 0, 2.0]) == pytest.approx(2.0)
     renders = pc.render_clouds({"base": (points, colours), "gt": (points, colours)}, cameras, backend="splat")
+    # The camera view shows the square where the photo's camera K projects it, at twice the size (pixel centres:
+    # u' = (u + 0.5) * 2 - 0.5); the splat draws each point as a 1-px disc, so the box may grow by 1 px
+    u = K[0, 0] * points[:, 0] / points[:, 2] + K[0, 2]
+    v = K[1, 1] * points[:, 1] / points[:, 2] + K[1, 2]
+    expected = [(u.min() + 0.5) * 2 - 0.5, (u.max() + 0.5) * 2 - 0.5, (v.min() + 0.5) * 2 - 0.5, (v.max() + 0.5) * 2 - 0.5]
+    box = _red_box(renders["base"].images["camera"])
+    assert np.abs(np.array(box) - np.array(expected)).max() <= 1.5, (box, expected)
     grid = pc.side_by_side(renders, pad=4)
     assert grid.shape == (2 * (2 * H) + 3 * 4, 2 * (2 * W) + 3 * 4, 3)
 
