@@ -84,11 +84,19 @@ def test_flux_module_trains_with_lightning_two_steps(tmp_path):
 
     module, dm = tiny_module("configs/stage1_flux_tiny.yaml", ["data.height=16", "data.width=16"])
     frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("generator.") for n in trainable)
     trainer = L.Trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert all(torch.equal(p, frozen[n]) for n, p in module.named_parameters() if not p.requires_grad)
+    # the two optimiser steps moved the adapter: a fit that updates nothing (no optimiser, zero or detached
+    # gradients, a learning rate of 0) leaves every trainable tensor as it was
+    params = dict(module.named_parameters())
+    changed = [n for n, before in trainable.items() if not torch.equal(params[n].detach(), before)]
+    assert changed, "no trainable parameter changed in two training steps"
+    assert all(torch.isfinite(params[n]).all() for n in trainable)
     assert math.isfinite(float(trainer.callback_metrics["val/psnr"]))
 
 
