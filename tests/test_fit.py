@@ -31,7 +31,21 @@ def test_fast_dev_run_compares_base_and_bokehdepth(tmp_path, capsys):
     assert "| abs_rel" in capsys.readouterr().out
 
 
-def test_run_dir_checkpoints_and_resume(tmp_path):
+def test_run_dir_checkpoints_and_resume(tmp_path, monkeypatch):
+    from lightning_modules.stage2 import Stage2Module
+
+    # spy on every optimiser step: the global step it runs at, and the weights the first step of a run starts from
+    steps: list[int] = []
+    start_weights: dict[str, torch.Tensor] = {}
+    training_step = Stage2Module.training_step
+
+    def spy(self, batch, batch_idx):
+        if not steps:
+            start_weights.update({k: v.detach().clone() for k, v in self.state_dict().items()})
+        steps.append(self.global_step)
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Stage2Module, "training_step", spy)
     main = _fit_main()
     run = tmp_path / "run"
     first = main(["--config", "stage2_smoke", f"run.dir={run}", "compare_base=false", "optim.lr.encoder=0.0003"])
@@ -48,10 +62,20 @@ def test_run_dir_checkpoints_and_resume(tmp_path):
     assert sorted(g["name"] for g in state["param_groups"]) == ["decoder", "dsfa", "encoder"]
     assert {g["name"]: g["initial_lr"] for g in state["param_groups"]}["encoder"] == pytest.approx(3e-4)
     assert set(first["bokehdepth"]["test"]) >= {"abs_rel", "delta1"}
+    assert steps == [0, 1]
+    saved_weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     # resume: the same run dir, training continues from epoch 1 to 2
+    steps.clear()
+    start_weights.clear()
     second = main(["--config", "stage2_smoke", f"run.dir={run}", "compare_base=false", "ckpt_path=last", "trainer.max_epochs=2"])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 * steps_per_epoch and ckpt["epoch"] == 1
+    # ...really from last.ckpt: only epoch 2's steps ran (a fresh start would run steps 0..3), and its first step
+    # started from the saved weights bit for bit (a fresh start begins from the random initialisation)
+    assert steps == [2, 3]
+    assert start_weights.keys() == saved_weights.keys()
+    assert all(torch.equal(start_weights[k], saved_weights[k]) for k in saved_weights)
+    assert not all(torch.equal(ckpt["state_dict"][k], saved_weights[k]) for k in saved_weights)  # and it trained on
     assert (run / "config_resume.yaml").is_file()
     assert second["bokehdepth"]["run_dir"] == str(run)
 

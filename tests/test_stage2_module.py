@@ -57,10 +57,13 @@ def test_comparison_table_ratios():
     assert "goal <= 0.75: met" in table["markdown"]
 
 
-def test_synthetic_splits_are_disjoint_and_deterministic():
+def test_synthetic_splits_are_disjoint_and_deterministic(monkeypatch):
+    from lightning_modules import data
     from lightning_modules.data import SyntheticStackDataModule
 
-    dm = SyntheticStackDataModule(height=28, width=28, num_train=6, num_val=3, num_test=3, K_px_m=[2.0, 5.0], batch_size=3)
+    monkeypatch.setattr(data, "_SPLIT_CACHE", {})  # every split below is rendered here, not taken from another test
+    settings = dict(height=28, width=28, num_train=6, num_val=3, num_test=3, K_px_m=[2.0, 5.0], batch_size=3)
+    dm = SyntheticStackDataModule(**settings)
     seeds = {s: set(dm.split_seeds(s)) for s in ("train", "val", "test")}
     assert not (seeds["train"] & seeds["val"]) and not (seeds["train"] & seeds["test"]) and not (seeds["val"] & seeds["test"])
     dm.setup("test")
@@ -75,18 +78,50 @@ def test_synthetic_splits_are_disjoint_and_deterministic():
 
     s0, s1, s2 = sharpness(sample["image"]), sharpness(sample["stack"][0]), sharpness(sample["stack"][1])
     assert s0 > s1 > s2
+    # deterministic: a second DataModule with the same settings renders the same split again (not the in-memory
+    # copy: that cache is emptied first), bit for bit; another seed renders other scenes
+    data._SPLIT_CACHE.clear()
+    again = SyntheticStackDataModule(**settings)
+    again.setup("test")
+    assert again.datasets["test"].split is not dm.datasets["test"].split
+    for i in range(3):
+        a, b = dm.datasets["test"][i], again.datasets["test"][i]
+        assert a["name"] == b["name"]
+        for key in ("image", "stack", "depth_m", "valid", "K_px_m", "focus_m", "intrinsics"):
+            assert torch.equal(a[key], b[key]), (i, key)
+    other = SyntheticStackDataModule(**dict(settings, seed=1))
+    other.setup("test")
+    c = other.datasets["test"][0]
+    assert not torch.equal(c["image"], sample["image"]) and not torch.equal(c["stack"], sample["stack"])
+    assert not torch.equal(c["depth_m"], sample["depth_m"])
 
 
-def test_synthetic_disk_cache_round_trip(tmp_path):
+def test_synthetic_disk_cache_round_trip(tmp_path, monkeypatch):
     from lightning_modules import data
 
     kwargs = dict(height=28, width=28, num_train=2, num_val=2, num_test=2, K_px_m=[3.0], cache_dir=str(tmp_path))
-    data._SPLIT_CACHE.clear()
+    monkeypatch.setattr(data, "_SPLIT_CACHE", {})
     first = data.SyntheticStackDataModule(**kwargs).load_split("test")
-    assert len(list(tmp_path.glob("synthetic_*.pt"))) == 1
+    files = list(tmp_path.glob("synthetic_*.pt"))
+    assert len(files) == 1
+    # the second load reads the file: rendering is not possible any more, and every field comes back intact
     data._SPLIT_CACHE.clear()
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered again although the split is cached on disk")
+
+    monkeypatch.setattr(data, "render_synthetic_split", no_render)
     second = data.SyntheticStackDataModule(**kwargs).load_split("test")
-    assert torch.equal(first.stack, second.stack) and torch.equal(first.depth_m, second.depth_m)
+    for field in ("image", "stack", "depth_m", "K_px_m", "focus_m", "intrinsics", "seeds"):
+        assert torch.equal(getattr(first, field), getattr(second, field)), field
+        assert getattr(first, field).dtype == getattr(second, field).dtype, field
+    # ...and what it returns is the file's content: a marker written into the file comes back
+    stored = torch.load(files[0], weights_only=True)
+    stored["depth_m"] = torch.full_like(stored["depth_m"], 7.25)
+    torch.save(stored, files[0])
+    data._SPLIT_CACHE.clear()
+    third = data.SyntheticStackDataModule(**kwargs).load_split("test")
+    assert torch.equal(third.depth_m, torch.full_like(first.depth_m, 7.25)) and torch.equal(third.stack, first.stack)
     other = data.SyntheticStackDataModule(**dict(kwargs, K_px_m=[4.0]))
     assert other.cache_key("test") != data.SyntheticStackDataModule(**kwargs).cache_key("test")
 
