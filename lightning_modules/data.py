@@ -73,7 +73,8 @@ def clean_depth(depth_m: torch.Tensor, *, name: str, min_depth_m: float, max_dep
 def resize_sample(sample: dict[str, Any], height: int, width: int) -> dict[str, Any]:
     """Resize a sample's images (antialiased bilinear) and depth (nearest) to (height, width).
 
-    K scales with the image width (px*m is proportional to the focal length in pixels), the intrinsics row-wise.
+    K scales with the image width (px*m is proportional to the focal length in pixels); the intrinsics follow the
+    integer-pixel-centre convention of bokeh.datasets.Intrinsics.scaled (cx' = (cx + 0.5) sx - 0.5).
     """
     h, w = sample["image"].shape[-2:]
     if (h, w) == (height, width):
@@ -86,9 +87,8 @@ def resize_sample(sample: dict[str, Any], height: int, width: int) -> dict[str, 
     out["valid"] = F.interpolate(sample["valid"][None].float(), size=(height, width), mode="nearest")[0] > 0.5
     out["K_px_m"] = sample["K_px_m"] * sx
     k = sample["intrinsics"].clone()
-    k[0, :] *= sx
-    k[1, :] *= sy
-    k[2, 2] = 1.0
+    k[0, 0], k[0, 2] = k[0, 0] * sx, (k[0, 2] + 0.5) * sx - 0.5
+    k[1, 1], k[1, 2] = k[1, 1] * sy, (k[1, 2] + 0.5) * sy - 0.5
     out["intrinsics"] = k
     return out
 

@@ -20,6 +20,7 @@ from lightning_modules.data import (
     build_datamodule,
     clean_depth,
     crop_and_flip,
+    resize_sample,
 )
 
 H, W = 30, 40
@@ -88,6 +89,17 @@ def test_crop_and_flip_moves_principal_point():
     assert torch.equal(out["stack"][1, :, 0, 0], sample["stack"][1, :, 2, 3 + 7])
     assert out["intrinsics"][0, 2].item() == pytest.approx(7 - (5.5 - 3))
     assert out["intrinsics"][1, 2].item() == pytest.approx(4.5 - 2)
+
+
+def test_resize_keeps_the_image_centre_at_the_principal_point_and_scales_k():
+    """Integer pixel centres: the centre of a 12-px row is x = 5.5, of a 24-px row 11.5; resizing 12x10 -> 24x15 maps
+    a centred principal point to the new centre (cx' = (cx + 0.5) sx - 0.5), fx and K scale with the width."""
+    sample = {"image": torch.rand(3, 10, 12), "stack": torch.rand(2, 3, 10, 12), "depth_m": torch.rand(1, 10, 12) + 1,
+              "valid": torch.ones(1, 10, 12, dtype=torch.bool), "K_px_m": torch.tensor([2.0, 4.0]),
+              "intrinsics": torch.tensor([[9.0, 0, 5.5], [0, 8.0, 4.5], [0, 0, 1]])}
+    out = resize_sample(sample, 15, 24)
+    assert out["intrinsics"].tolist() == [[18.0, 0.0, 11.5], [0.0, 12.0, 7.0], [0.0, 0.0, 1.0]]
+    assert out["K_px_m"].tolist() == [4.0, 8.0] and out["stack"].shape == (2, 3, 15, 24)
 
 
 def test_manifest_missing_file_names_line_and_path(tmp_path):

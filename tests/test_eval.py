@@ -118,17 +118,52 @@ def test_eval_reproduces_the_test_metrics_of_the_run(smoke_run, tmp_path):
         _tool()(["--run", str(run), "--out", str(out)])
 
 
-def test_eval_on_aperture_pairs_with_k_from_the_camera(smoke_run, tmp_path):
+def test_eval_on_aperture_pairs_with_k_from_the_camera(smoke_run, tmp_path, monkeypatch):
+    from lightning_modules.config import load_config
+    from lightning_modules.data import build_datamodule
+    from lightning_modules.stage2 import Stage2Module
+
     run, _ = smoke_run
     root = _dfd_folder(tmp_path / "pairs", height=40, width=60)
     out = tmp_path / "eval_pairs"
-    result = _tool()(["--run", str(run), "--config", "data/dfd_indoor", "--out", str(out), "--no-dfd",
-                      f"data.aperture_pairs.root={root}", "data.aperture_pairs.height=28",
-                      "data.aperture_pairs.width=42"])
+    overrides = [f"data.aperture_pairs.root={root}", "data.aperture_pairs.height=28", "data.aperture_pairs.width=42"]
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []  # (stack, K) of every model call that is given a stack
+    forward = Stage2Module.forward
+
+    def spy(self, image, stack=None, K_px_m=None):
+        if stack is not None:
+            calls.append((stack.detach().clone(), K_px_m.detach().clone()))
+        return forward(self, image, stack, K_px_m)
+
+    monkeypatch.setattr(Stage2Module, "forward", spy)
+    result = _tool()(["--run", str(run), "--config", "data/dfd_indoor", "--out", str(out), "--no-dfd", *overrides])
+    monkeypatch.undo()
     section = _section(result, "dfd_indoor")
     assert section["num_samples"] == 2 and section["caps_m"] == [0.5, 4.0]
-    for row in ("base", "bokehdepth + real aperture frames", "bokehdepth (control: no stack)"):
-        assert 0 < _row(section, row)["metrics"]["abs_rel"] < 100, row
+    # K of the f/2.8 frame by the thin lens with focus breathing, K = A * fx: aperture radius f / (2N) (m) times
+    # fx = f * s / (s - f) / sensor width * image width (px), at the 42 px evaluation width (not the 60 px files)
+    lens = load_config(["data/dfd_indoor"]).data.aperture_pairs
+    f_m, n, s, sensor_m = lens.f_mm / 1000, lens.f_numbers[0], lens.focus_m, lens.sensor_width_mm / 1000
+    assert (lens.f_mm, n, s, lens.sensor_width_mm) == (35.0, 2.8, 1.7, 23.6)
+    k_expected = f_m / (2 * n) * (f_m * s / (s - f_m)) / sensor_m * 42
+    assert k_expected == pytest.approx(0.39748, rel=1e-4)
+    real = [K for stack, K in calls if stack.shape[1] == 1]  # the one-frame real stacks (physics stacks have 2)
+    assert len(real) == 2  # one call per sample
+    for K in real:
+        assert K.shape == (1, 1) and float(K[0, 0]) == pytest.approx(k_expected, rel=1e-5)
+    # the real-frame row by hand: the evaluated checkpoint on the resized pairs with that K
+    dm = build_datamodule(load_config(["data/dfd_indoor"], overrides).data)
+    dm.setup("test")
+    samples = [dm.datasets["test"][i] for i in range(2)]
+    module = Stage2Module.load_from_checkpoint(result["models"]["bokehdepth"]["source"], map_location="cpu",
+                                               weights_only=False).eval()
+    with torch.no_grad():
+        preds = [module(s["image"][None], s["stack"][None], torch.tensor([[k_expected]]))[0] for s in samples]
+    row = _row(section, "bokehdepth + real aperture frames")
+    assert row["num_samples"] == 2
+    assert row["metrics"]["abs_rel"] == pytest.approx(_abs_rel(preds, samples, 0.5, 4.0), rel=1e-6)
+    for label in ("base", "bokehdepth (control: no stack)"):
+        assert _row(section, label)["num_samples"] == 2
     assert (out / "maps" / "dfd_indoor" / "base" / "s0.png").is_file()
 
 

@@ -56,23 +56,59 @@ def test_base_row_is_the_models_depth_through_the_metric():
     assert "no BokehDepth model" in _row(result, "BokehDepth")["skipped"]
 
 
-def test_stage1_rows_with_a_random_generator():
-    """A random-weight Stage-1 generator: its rows run and report the K actually generated."""
+def test_stage1_rows_with_a_random_generator(monkeypatch):
+    """A random-weight Stage-1 generator: its rows run, and the BokehDepth model and the closed-form baseline are
+    given the K the generator actually used (clamped to its trained range, converted back to the image width), not
+    the K asked for. (The rows themselves do not list K: the K is checked where it is consumed.)"""
     from omegaconf import OmegaConf
 
     from bokeh.evaluation import ModelSpec, evaluate_variants
     from bokeh.generation import KRange
     from lightning_modules.config import load_config
     from lightning_modules.stage1 import build_generator
+    from lightning_modules.stage2 import Stage2Module
+    from physics.dfd import depth_from_stack
 
     gen_cfg = OmegaConf.to_container(load_config(["stage1.yaml"]).model, resolve=True)
-    generator = build_generator(gen_cfg, KRange(1.0, 6.0, "clamp"), 32).eval()
-    result = evaluate_variants(_split(), [ModelSpec("BD", _module(True), True)], generator=generator,
-                               dataset_stack="physics", limit=1, max_depth_m=100.0, progress=False,
-                               generator_steps=1)
+    # trained range [1, 4] px*m at the 32 px working width: the sample's K [2, 5] at 28 px asks for [2.29, 5.71]
+    # there, so the 5 is clamped to 4, i.e. 4 * 28 / 32 = 3.5 px*m back at the image width
+    generator = build_generator(gen_cfg, KRange(1.0, 4.0, "clamp"), 32).eval()
+    split = _split()
+    sample = split[0]
+    assert sample["K_px_m"].tolist() == [2.0, 5.0] and sample["image"].shape[-1] == 28
+    K_generated = torch.tensor([2.0, 3.5])
+    with torch.no_grad(), pytest.warns(UserWarning, match="clamped to"):
+        expected_frames = generator.generate_stack(sample["image"], sample["K_px_m"], num_steps=1, seed=0).frames[0]
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    forward = Stage2Module.forward
+
+    def spy(self, image, stack=None, K_px_m=None):
+        if stack is not None:
+            calls.append((stack.detach().clone(), K_px_m.detach().clone()))
+        return forward(self, image, stack, K_px_m)
+
+    monkeypatch.setattr(Stage2Module, "forward", spy)
+    with pytest.warns(UserWarning, match="outside the trained range"):
+        result = evaluate_variants(split, [ModelSpec("BD", _module(True), True)], generator=generator,
+                                   dataset_stack="physics", limit=1, max_depth_m=100.0, progress=False,
+                                   generator_steps=1)
     stage1 = _row(result, "BD + Stage-1")
     assert stage1["num_samples"] == 1 and math.isfinite(stage1["metrics"]["abs_rel"])
     assert "no base model" in _row(result, "base")["skipped"]
+    # the model's Stage-1 call: the generator's frames with the generated K (the physics call keeps the split's K)
+    stage1_calls = [K for stack, K in calls if torch.allclose(stack[0], expected_frames, atol=1e-6)]
+    assert len(calls) == 2 and len(stage1_calls) == 1
+    assert stage1_calls[0][0].tolist() == pytest.approx(K_generated.tolist(), rel=1e-6)
+    physics_K = [K for stack, K in calls if torch.equal(stack[0], sample["stack"])]
+    assert len(physics_K) == 1 and physics_K[0][0].tolist() == [2.0, 5.0]
+    # the closed-form row on the Stage-1 stack, by hand with the generated K (the asked-for K gives another AbsRel)
+    focus, gt, valid = float(sample["focus_m"]), sample["depth_m"].double(), sample["valid"].bool()
+    valid = valid & (gt > 1e-3) & (gt < 100.0)
+    by_hand = depth_from_stack(sample["image"][None], expected_frames[None], K_generated[None], focus,
+                               max_depth_m=100.0, behind_focus=focus < 100.0)["depth_m"][0].double()
+    abs_rel = float(((by_hand.clamp(1e-3, 100.0) - gt).abs() / gt)[valid].mean())
+    dfb = _row(result, "depth-from-bokeh (closed form) on Stage-1")
+    assert dfb["num_samples"] == 1 and dfb["metrics"]["abs_rel"] == pytest.approx(abs_rel, rel=1e-5)
 
 
 def test_rows_without_stack_strengths_are_skipped():

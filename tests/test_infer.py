@@ -177,15 +177,39 @@ def test_checkpoint_with_real_frames_matches_the_model_and_scales_K(infer, stage
 
 
 def test_physics_stack_renders_from_the_given_depth(infer, tmp_path: Path) -> None:
-    pytest.importorskip("physics.render")
+    """The saved frame (stack.png: photo | frame) is physics.render.render_bokeh of the photo and the given depth at
+    the working size, with K scaled to the working width and the focus at the depth's 5th percentile."""
+    from bokeh.io import read_image
+    from physics.render import render_bokeh
+
     photo = _photo(tmp_path / "p.png", 5)
     depth = np.linspace(1.0, 4.0, H * W, dtype=np.float32).reshape(H, W)
     np.save(tmp_path / "d.npy", depth)
     out = tmp_path / "out"
     assert infer.main([str(photo), "--stack", "physics", "--stack-depth", str(tmp_path / "d.npy"), "--K", "20",
                        "--out", str(out), "--no-cloud", *FAST]) == 0
-    stack = json.loads((out / "summary.json").read_text())["images"][0]["stack"]
-    assert stack["kind"].startswith("physics") and stack["focus_m"] == pytest.approx(np.quantile(depth, 0.05), 1e-3)
+    record = json.loads((out / "summary.json").read_text())["images"][0]
+    stack = record["stack"]
+    h, w = record["working_size_hw"]
+    focus = float(np.quantile(depth, 0.05))
+    assert (h, w) == (42, 56) and stack["K_px_m_working"] == pytest.approx([20 * w / W])
+    assert stack["kind"].startswith("physics") and stack["focus_m"] == pytest.approx(focus, 1e-3)
+    # by hand: the photo upsampled bilinearly, the depth by nearest, to the working size; K at the working width
+    image = F.interpolate(read_image(photo)[None], size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+    depth_work = F.interpolate(torch.from_numpy(depth)[None, None], size=(h, w), mode="nearest")
+    with torch.no_grad():
+        expected = render_bokeh(image, depth_work, 20 * w / W, focus)[0].permute(1, 2, 0).numpy()
+    grid = np.asarray(Image.open(out / "p" / "stack.png")).astype(np.float64) / 255
+    pad = 2  # bokeh.io.image_grid: one row of 2 px-padded cells, photo then the frame
+    assert grid.shape == (h + 2 * pad, 2 * w + 3 * pad, 3)
+    frame = grid[pad:pad + h, 2 * pad + w:2 * pad + 2 * w]
+    below_label = slice(16, h)  # the "K=..." label is drawn over the cell's top-left corner
+    error = np.abs(frame[below_label] - expected[below_label])
+    # only 8-bit rounding is left (<= 0.5/255, ~0.25/255 on average). Measured when this was written: correct
+    # render mean 0.98e-3 / max 1.96e-3; K not scaled to the working width (20) mean 6.2e-3 / max 42e-3;
+    # K 10 % off mean 2.7-3.1e-3 / max 19e-3; depth mirrored left-right max 5.8e-3; constant 2.5 m depth mean
+    # 5.8e-3; depth resized bilinearly max 3.3e-3; focus at the median depth mean 87e-3
+    assert error.mean() < 0.3 / 255 and error.max() < 0.6 / 255, (error.mean(), error.max())
 
 
 def test_existing_output_is_refused_unless_overwrite(infer, tmp_path: Path, capsys) -> None:
