@@ -125,17 +125,55 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Create an output folder; refuse an existing non-empty one unless ``overwrite`` (then it is emptied)."""
-    path = Path(path)
+def _check_output_dir(path: Path, overwrite: bool) -> bool:
+    """Refuse a file, or a non-empty folder without ``overwrite``; True when the folder holds a previous output."""
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output path {path} exists and is a file; expected a folder (or a new path)")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite to replace it")
+    previous = path.is_dir() and any(path.iterdir())
+    if previous and not overwrite:
+        raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite to replace it")
+    return previous
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Create an output folder; refuse an existing non-empty one unless ``overwrite`` (then it is emptied at once).
+    Tools use :func:`output_dir`, which keeps the previous output until the new one is complete."""
+    path = Path(path)
+    if _check_output_dir(path, overwrite):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """``with output_dir(out, overwrite) as out: ...``: a tool's output folder that ends up holding either the
+    complete new output or, when the body fails, exactly what it held before -- never a half-written mix.
+
+    Checked before anything is touched: a file at ``path``, or a non-empty folder without ``overwrite``, is a
+    FileExistsError. With ``overwrite`` the previous contents are moved aside (a hidden sibling, one rename), restored
+    if the body raises (any exception, SystemExit and KeyboardInterrupt included) and deleted once it returns. A
+    folder the body fails in is removed (or left empty if it existed empty). The body writes into ``path`` itself, so
+    paths recorded in the outputs are the final ones.
+    """
+    path = Path(path)
+    existed = path.is_dir()
+    previous = None
+    if _check_output_dir(path, overwrite):
+        previous = path.with_name(f".{path.name}.previous-{uuid.uuid4().hex[:8]}")
+        path.rename(previous)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        if previous is not None:
+            previous.rename(path)
+        elif existed:
+            path.mkdir(parents=True, exist_ok=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------- readers

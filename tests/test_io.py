@@ -16,6 +16,7 @@ from bokeh.io import (
     colorize_depth_with_legend,
     image_grid,
     list_images,
+    output_dir,
     prepare_output_dir,
     read_depth,
     read_image,
@@ -91,6 +92,32 @@ def test_prepare_output_dir_refuses_non_empty_unless_overwrite(tmp_path: Path) -
     with pytest.raises(FileExistsError, match="--overwrite"):
         prepare_output_dir(out)
     assert not any(prepare_output_dir(out, overwrite=True).iterdir())
+
+
+def test_output_dir_keeps_the_previous_output_until_the_new_one_is_complete(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with output_dir(out) as folder:
+        (folder / "old.txt").write_text("first run")
+    with pytest.raises(FileExistsError, match="--overwrite"):  # refused before anything is touched
+        with output_dir(out):
+            pass
+    assert (out / "old.txt").read_text() == "first run"
+    # a failing overwrite (a bad input found half-way) leaves the first run's output exactly as it was
+    with pytest.raises(SystemExit):
+        with output_dir(out, overwrite=True) as folder:
+            assert folder == out and not (folder / "old.txt").exists()  # the body writes into the final path
+            (folder / "half.txt").write_text("partial")
+            raise SystemExit(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and [p.name for p in out.iterdir()] == ["old.txt"]
+    # a successful overwrite replaces it, with no hidden leftovers
+    with output_dir(out, overwrite=True) as folder:
+        (folder / "new.txt").write_text("second run")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["run"]
+    # a new folder the body fails in is not left behind
+    with pytest.raises(ValueError):
+        with output_dir(tmp_path / "fresh" / "deep"):
+            raise ValueError("bad K")
+    assert not (tmp_path / "fresh" / "deep").exists()
 
 
 def test_list_images_errors_on_empty_folder(tmp_path: Path) -> None:
