@@ -34,6 +34,10 @@ from .aperture import Aperture, DiskAperture, ImageAperture, kernel_half_size, m
 #: the continuous spot's second moment, so radii under 0.5 px blur too (physics.aperture).
 RENDERER_VERSION = 2
 
+#: blur radii above this many times the image's larger side are refused: such spots leave only the image mean, and
+#: a K in the wrong units (e.g. px*m at another width, mm for m) would otherwise ask for gigabytes of layers.
+MAX_RADIUS_IMAGE_SIDES = 2.0
+
 __all__ = [
     "render_bokeh",
     "render_radius_map",
@@ -285,6 +289,12 @@ def _render_layers(lin: torch.Tensor, radius: torch.Tensor, ap: Aperture, *, lay
     rmax = float(radius.detach().abs().max())
     if rmax == 0.0:  # nothing is blurred
         return lin
+    limit = MAX_RADIUS_IMAGE_SIDES * max(H, W)
+    if rmax > limit:
+        # spots this wide leave nothing but the image mean, and their layers and kernels would only cost memory
+        raise ValueError(f"blur radius up to {rmax:.4g} px is more than {MAX_RADIUS_IMAGE_SIDES:g}x the image's larger "
+                         f"side ({max(H, W)} px, limit {limit:g} px): check K (px*m at THIS image's width; radius = "
+                         f"K |1/focus_m - 1/depth_m|) and that depth and focus are in metres")
     unsigned = layer_radii(rmax, layer_ratio)
     signed = [-r for r in reversed(unsigned[1:])] + [0.0] + unsigned[1:]  # front (most negative) first
     n = len(signed)

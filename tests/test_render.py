@@ -353,3 +353,17 @@ def test_radius_map_renderer_refuses_a_bad_radius_map(radius, match):
 
     with pytest.raises(ValueError, match=match):
         render_radius_map(torch.rand(1, 3, 8, 8), radius)
+
+
+def test_a_blur_wider_than_twice_the_image_is_refused_naming_radius_and_limit():
+    """r = K |1/focus - 1/depth| = K / 2 px for a plane at 2 m focused at 1 m: K 64 on a 16-px image reaches the
+    2x-image-side limit (32 px) and renders; K 100 (50 px) is refused, the message naming radius, limit and K."""
+    from physics.render import render_radius_map
+
+    img, depth = torch.rand(1, 3, 16, 16), torch.full((1, 1, 16, 16), 2.0)
+    out = render_bokeh(img, depth, 64.0, 1.0)
+    assert torch.isfinite(out).all() and out.shape == img.shape
+    with pytest.raises(ValueError, match=r"blur radius up to 50 px .* limit 32 px.*check K"):
+        render_bokeh(img, depth, 100.0, 1.0)
+    with pytest.raises(ValueError, match="limit 32 px"):
+        render_radius_map(img, torch.full((1, 1, 16, 16), -40.0))
