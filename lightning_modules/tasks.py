@@ -125,13 +125,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, build: Callable[[DictConfig], t
     "best" (default), the best checkpoint (``checkpoint.monitor``, e.g. val/silog) when one exists, else the final
     weights; with "last", the final weights (the same training budget for every model compared).
     """
-    module, datamodule = built if built is not None else build(cfg)
-    trainer = make_trainer(cfg, run_dir)
     ckpt = Path(ckpt_path) if ckpt_path else (find_last_checkpoint(run_dir) if resume else None)
-    if ckpt is not None and not ckpt.is_file():
+    if ckpt is not None and not ckpt.is_file():  # checked before the trainer (its loggers, checkpoint folders)
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
     if resume and ckpt is None:
         raise ConfigError(f"ckpt_path=last: no checkpoint to resume from in {run_dir / 'checkpoints'}")
+    module, datamodule = built if built is not None else build(cfg)
+    trainer = make_trainer(cfg, run_dir)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
     fit_s = time.perf_counter() - t0

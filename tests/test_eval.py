@@ -318,3 +318,58 @@ def test_summary_ratio_is_each_datasets_base(tmp_path):
     lines = summary_markdown([a, b]).splitlines()
     assert lines[2] == "| base | 0.5000 | 1.000 | 0.2000 | 1.000 |"
     assert lines[3] == "| BD (control: no stack) | 0.2500 | 0.500 | - | - |"
+
+
+def _stage1_checkpoint(path: Path) -> Path:
+    torch.save({"state_dict": {"generator.net.conv.weight": torch.zeros(1)},
+                "hyper_parameters": {"cfg": {"task": "stage1"}}}, path)
+    return path
+
+
+def test_corrupt_or_stage1_checkpoint_is_one_error_line(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    stage1 = _stage1_checkpoint(tmp_path / "stage1.ckpt")
+    out = tmp_path / "out"
+    for option in ("--checkpoint", "--bokehdepth", "--base"):
+        for ckpt, needle in ((corrupt, f"cannot read checkpoint {corrupt}: not a PyTorch checkpoint ("),
+                             (stage1, f"{stage1} is a Stage-1 generator checkpoint")):
+            assert load_tool("eval").cli([option, str(ckpt), "--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+            assert not out.exists()
+
+
+def test_a_failed_evaluation_restores_the_previous_output(tmp_path, model_yaml, monkeypatch):
+    import bokeh.evaluation
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("previous")
+
+    def broken(*args, **kwargs):
+        (kwargs["grid_dir"]).mkdir(parents=True)  # something half-written
+        raise ValueError("broken on purpose")
+
+    monkeypatch.setattr(bokeh.evaluation, "evaluate_variants", broken)
+    argv = ["--base-config", str(model_yaml), "--no-stack", "--out", str(out), "--overwrite", *SYNTHETIC]
+    with pytest.raises(ValueError, match="broken on purpose"):
+        _tool()(argv)
+    assert [p.name for p in out.iterdir()] == ["metrics.json"] and (out / "metrics.json").read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no hidden copy left beside it
+    with pytest.raises(ValueError, match="broken on purpose"):
+        _tool()(argv[:-len(SYNTHETIC) - 3] + ["--out", str(tmp_path / "new"), *SYNTHETIC])
+    assert not (tmp_path / "new").exists()
+
+
+def test_invalid_ground_truth_pixels_are_counted(tmp_path, model_yaml, capsys):
+    """0 (or NaN) ground truth is 'no measurement': kept out of the metrics, counted in metrics.json and printed."""
+    root = _dfd_folder(tmp_path / "pairs", height=28, width=42)
+    depth = np.full((28, 42), 1500, np.uint16)
+    depth[:3, :5] = 0
+    Image.fromarray(depth).save(root / "depth" / "s0.png")
+    result = _tool()(["--base-config", str(model_yaml), "--folder", str(root), "--no-stack", "--no-dfd",
+                      "--num-maps", "0", "--out", str(tmp_path / "out")])
+    section = result["datasets"][0]
+    assert section["gt_pixels"] == {"total": 2 * 28 * 42, "invalid": 15, "samples": 2}
+    assert "15 of 2352 ground-truth pixels are invalid" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,13 @@ def test_cli_reports_config_errors_with_exit_code(tmp_path):
     assert proc.returncode == 2
     assert "config error" in proc.stderr and "optim.lr.dsfa" in proc.stderr and "expected a number" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_missing_ckpt_path_leaves_no_run_folder(tmp_path):
+    """Checked before the run folder is created or the parallel base process is started."""
+    run = tmp_path / "x"
+    for missing, message in ((tmp_path / "nope.ckpt", "no such checkpoint file"), (tmp_path, "is a folder")):
+        with pytest.raises(ConfigError, match=re.escape(f"ckpt_path={missing}: {message}")):
+            _fit_main()(["--config", "stage2_smoke", f"run.dir={run}", f"ckpt_path={missing}"])
+        assert not run.exists()
+    assert not run.exists() and [p.name for p in tmp_path.iterdir()] == []

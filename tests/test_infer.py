@@ -274,3 +274,107 @@ def test_exported_stage1_generator_feeds_stage2_with_the_K_it_used(infer, stage2
         expected = module(image, stack.frames, K_used[None])
     expected = F.interpolate(expected, size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(np.load(out / "g" / "depth.npy"), expected, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- failures keep the previous output
+
+
+def _previous_output(out: Path) -> Path:
+    """A stand-in for an earlier good result in ``out``."""
+    (out / "old").mkdir(parents=True)
+    (out / "old" / "depth.npy").write_bytes(b"previous")
+    (out / "summary.json").write_text("{}")
+    return out
+
+
+def _unchanged(out: Path) -> bool:
+    """``out`` holds exactly the previous output, and no hidden copy of it is left beside it."""
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    return files == ["old", "old/depth.npy", "summary.json"] and not leftovers and \
+        (out / "old" / "depth.npy").read_bytes() == b"previous"
+
+
+def _stage1_checkpoint(path: Path) -> Path:
+    """What a Stage-1 Lightning checkpoint looks like to a loader: task stage1, generator.* weights."""
+    torch.save({"state_dict": {"generator.net.conv.weight": torch.zeros(1)},
+                "hyper_parameters": {"cfg": {"task": "stage1", "model": {"kind": "compact"}}}}, path)
+    return path
+
+
+def _one_error_line(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert all(n in err[0] for n in needles), err[0]
+    return err[0]
+
+
+def test_overwrite_with_a_bad_checkpoint_keeps_the_previous_output(infer, tmp_path: Path, capsys) -> None:
+    """A missing, corrupt or Stage-1 --checkpoint: one error line naming the file, exit 2, the previous output
+    untouched with --overwrite, and no folder left behind for a new --out."""
+    photo = _photo(tmp_path / "a.png")
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    stage1 = _stage1_checkpoint(tmp_path / "stage1.ckpt")
+    out = _previous_output(tmp_path / "out")
+    cases = [(tmp_path / "nope.ckpt", ("nope.ckpt", "not found")),
+             (corrupt, (f"cannot read checkpoint {corrupt}: not a PyTorch checkpoint (",)),
+             (stage1, ("is a Stage-1 generator checkpoint", "needs a Stage-2 (BokehDepth) checkpoint",
+                       "pass the generator with --generator"))]
+    for ckpt, needles in cases:
+        for option in ("--checkpoint", "--base-checkpoint"):
+            argv = [str(photo), option, str(ckpt), "--stack", "none", "--no-cloud", *FAST]
+            assert infer.main(argv + ["--out", str(out), "--overwrite"]) == 2
+            _one_error_line(capsys, *needles)
+            assert _unchanged(out)
+            assert infer.main(argv + ["--out", str(tmp_path / "new")]) == 2
+            capsys.readouterr()
+            assert not (tmp_path / "new").exists()
+
+
+def test_bad_options_leave_no_output_folder(infer, tmp_path: Path, capsys) -> None:
+    """Refused before any model is loaded: a missing generator, a negative --fx, one frame with two K values."""
+    photo = _photo(tmp_path / "a.png")
+    out = _previous_output(tmp_path / "out")
+    cases = [(["--generator", str(tmp_path / "nogen")], "--generator"),
+             (["--stack", "none", "--fx=-100", "--fy", "40", "--cx", "22", "--cy", "14"], "fx and fy must be > 0"),
+             (["--stack", "real", "--frames", str(photo), "--frame-K", "1,2"], "1 frame(s) but 2 K value(s)"),
+             (["--stack", "physics", "--stack-depth", str(tmp_path / "none.npy")], "none.npy not found")]
+    for extra, needle in cases:
+        assert infer.main([str(photo), *extra, "--out", str(out), "--overwrite", *FAST]) == 2, extra
+        _one_error_line(capsys, needle)
+        assert _unchanged(out)
+        assert infer.main([str(photo), *extra, "--out", str(tmp_path / "new"), *FAST]) == 2
+        capsys.readouterr()
+        assert not (tmp_path / "new").exists()
+
+
+def test_a_failure_while_processing_restores_the_previous_output(infer, tmp_path: Path, capsys) -> None:
+    """A stack depth of the wrong size or with negative values fails inside the per-photo loop (after the output
+    folder was set up): the previous output comes back, a new folder is removed."""
+    photo = _photo(tmp_path / "a.png")
+    np.save(tmp_path / "short.npy", np.ones((10, W), np.float32))
+    np.save(tmp_path / "negative.npy", -np.ones((H, W), np.float32))
+    out = _previous_output(tmp_path / "out")
+    for depth, needle in (("short.npy", "stack depth is 45x10"), ("negative.npy", "negative values")):
+        argv = [str(photo), "--stack", "physics", "--stack-depth", str(tmp_path / depth), "--K", "5", "--no-cloud",
+                "--fx", "40", "--fy", "40", "--cx", "22", "--cy", "14.5", *FAST]
+        assert infer.main(argv + ["--out", str(out), "--overwrite"]) == 2
+        assert needle in capsys.readouterr().err
+        assert _unchanged(out)
+        assert infer.main(argv + ["--out", str(tmp_path / "new")]) == 2
+        assert not (tmp_path / "new").exists()
+
+
+def test_nan_stack_depth_is_warned_about_with_its_count(infer, tmp_path: Path, capsys) -> None:
+    photo = _photo(tmp_path / "a.png")
+    depth = np.linspace(1.0, 4.0, H * W, dtype=np.float32).reshape(H, W)
+    depth[0, :7] = np.nan
+    np.save(tmp_path / "nan.npy", depth)
+    out = tmp_path / "out"
+    assert infer.main([str(photo), "--stack", "physics", "--stack-depth", str(tmp_path / "nan.npy"), "--K", "5",
+                       "--no-cloud", "--fx", "40", "--fy", "40", "--cx", "22", "--cy", "14.5", "--out", str(out),
+                       *FAST]) == 0
+    assert f"has 7 of {H * W} pixels without a valid depth (0, NaN or inf)" in capsys.readouterr().err
+    record = json.loads((out / "summary.json").read_text())["images"][0]
+    assert record["stack"]["depth_invalid_pixels"] == 7

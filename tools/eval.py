@@ -154,11 +154,33 @@ def _best_checkpoint(run_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} (expected best*.ckpt or last.ckpt)")
 
 
-def _load_checkpoint(path: Path) -> Any:
-    from lightning_modules.stage2 import Stage2Module
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a file that is not a Stage-2 Lightning checkpoint, naming it: not a PyTorch checkpoint (corrupt,
+    truncated, another format), or a Stage-1 generator checkpoint (its config says task: stage1)."""
+    try:  # memory-mapped: cheap even for a large checkpoint (it is loaded again by Lightning)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 -- UnpicklingError, EOFError, RuntimeError, ... all mean the same here
+        raise ValueError(f"cannot read checkpoint {path}: not a PyTorch checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"cannot read checkpoint {path}: not a Lightning checkpoint (no 'state_dict'); expected a "
+                         "Stage-2 .ckpt written by tools/fit.py")
+    cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
+    task = cfg.get("task") if hasattr(cfg, "get") else None
+    if task == "stage1" or any(str(k).startswith("generator.") for k in ckpt["state_dict"]):
+        raise ValueError(f"{path} is a Stage-1 generator checkpoint; the models to evaluate need Stage-2 (BokehDepth "
+                         "or base) checkpoints; pass the generator with --generator")
 
+
+def _load_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    _check_checkpoint(path)
+    from lightning_modules.stage2 import Stage2Module
+
     return Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
 
 
@@ -358,8 +380,7 @@ def caps(args: argparse.Namespace, dataset: Dataset, specs: list[Any]) -> tuple[
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate; returns {"datasets": [per-dataset results], "summary", "models", ...} (also metrics.json)."""
-    from bokeh.evaluation import evaluate_variants, markdown_table, print_table, summary_markdown
-    from bokeh.io import prepare_output_dir, write_json, write_text
+    from bokeh.io import output_dir
 
     args = parse_args(argv)
     if args.threads:
@@ -380,14 +401,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path(args.run) / ("eval_" + "_".join(d.name for d in datasets) + ("_nostack" if args.no_stack else ""))
     else:
         out = Path("runs") / "eval" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = prepare_output_dir(out, overwrite=args.overwrite)
+    with output_dir(out, overwrite=args.overwrite) as out:  # a failure restores what --out held before
+        output = _evaluate(args, argv, specs, datasets, generator, gen_meta, out)
+    print("\nSummary (AbsRel, / base per dataset)\n" + output["summary"])
+    print(f"wrote {out}/metrics.json, metrics.md, grids/<dataset>/, maps/<dataset>/")
+    return output
+
+
+class _GTCounter:
+    """The dataset as evaluate_variants reads it, counting valid and invalid ground-truth pixels on the way."""
+
+    def __init__(self, samples: Any) -> None:
+        self.samples, self.seen, self.total, self.invalid = samples, set(), 0, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self.samples[index]
+        if index not in self.seen:
+            self.seen.add(index)
+            gt = sample["depth_m"]
+            valid = sample.get("valid", gt > 0).bool() & torch.isfinite(gt) & (gt > 0)
+            self.total += int(gt.numel())
+            self.invalid += int(gt.numel() - valid.sum())
+        return sample
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.samples, name)
+
+    def counts(self) -> dict[str, int]:
+        return {"total": self.total, "invalid": self.invalid, "samples": len(self.seen)}
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str] | None, specs: list[Any], datasets: list[Dataset],
+              generator: Any, gen_meta: Any, out: Path) -> dict[str, Any]:
+    """Every dataset's table, grids and maps in ``out``, then metrics.json and metrics.md; returns the output."""
+    from bokeh.evaluation import evaluate_variants, markdown_table, print_table, summary_markdown
+    from bokeh.io import write_json, write_text
 
     sections = []
     for d in datasets:
         lo, hi = caps(args, d, specs)
         K, K_width = default_K(args, specs, d)
+        counted = _GTCounter(d.samples)
         result = evaluate_variants(
-            d.samples, specs, grid_dir=out / "grids" / d.name, map_dir=out / "maps" / d.name, generator=generator,
+            counted, specs, grid_dir=out / "grids" / d.name, map_dir=out / "maps" / d.name, generator=generator,
             generator_focus_m=(gen_meta or {}).get("focus_m"),
             stack_K_px_m=K, K_at_width=K_width, dataset_stack=d.stack, reference_K_ratio=d.reference_K_ratio,
             min_depth_m=lo, max_depth_m=hi, dfd=not args.no_dfd, sources=() if args.no_stack else
@@ -397,7 +456,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         title = (f"{d.name}: {result['num_samples']} samples ({d.origin}, split {args.split}), caps {lo:g}-{hi:g} m"
                  + (", no stack" if args.no_stack else ""))
         result = {"dataset": d.name, "title": title, "origin": d.origin, **result,
-                  "skipped_samples": d.skipped}
+                  "skipped_samples": d.skipped, "gt_pixels": counted.counts()}
+        if counted.invalid:  # 0 / NaN / inf GT is the datasets' "no measurement"; say how much of it there is
+            print(f"note: {d.name}: {counted.invalid} of {counted.total} ground-truth pixels are invalid (0, NaN or "
+                  f"inf; excluded from every metric) in {len(counted.seen)} samples")
         print_table(result, title=title)
         sections.append(result)
     summary = summary_markdown(sections)
@@ -409,8 +471,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "split": args.split, "argv": list(argv) if argv is not None else sys.argv[1:], "markdown": markdown}
     write_json(out / "metrics.json", output)
     write_text(out / "metrics.md", markdown)
-    print("\nSummary (AbsRel, / base per dataset)\n" + summary)
-    print(f"wrote {out}/metrics.json, metrics.md, grids/<dataset>/, maps/<dataset>/")
     return output
 
 

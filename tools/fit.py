@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     is_rank_zero = rank_zero_only.rank == 0
     ckpt_path = cfg.get("ckpt_path")
     explicit_ckpt = str(ckpt_path) if ckpt_path and str(ckpt_path) != "last" else None
+    if explicit_ckpt is not None and not Path(explicit_ckpt).is_file():  # before any folder or process is made
+        what = "is a folder, not a checkpoint file" if Path(explicit_ckpt).is_dir() else "no such checkpoint file"
+        raise ConfigError(f"ckpt_path={explicit_ckpt}: {what} (expected a .ckpt file, 'last' to resume the newest "
+                          "run, or null)")
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
     if cfg.get("threads"):  # intra-op threads; 1 is much faster than 2 on a machine already busy with other jobs
         torch.set_num_threads(int(cfg.threads))

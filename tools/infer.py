@@ -34,7 +34,8 @@ image name -> camera), else the manifest row's, else EXIF (FocalLengthIn35mmFilm
 field of view across the long side, between a phone's 26 mm-equivalent main camera and a 35 mm lens) with the
 principal point at the image centre and a printed warning: the point cloud's scale in x, y is then a guess.
 
-Outputs in ``--out`` (new or empty unless ``--overwrite``): ``<name>/depth.npy`` (float32 [H, W] metres),
+Outputs in ``--out`` (new or empty unless ``--overwrite``; a run that fails, e.g. no input readable, leaves it as it
+was before): ``<name>/depth.npy`` (float32 [H, W] metres),
 ``<name>/depth.png`` (inverse-depth colour map), ``<name>/cloud.ply`` (coloured, statistical outliers removed),
 ``<name>/stack.png`` (photo + frames, K labelled), ``<name>/render_<view>.png`` with ``--render``; with
 ``--base-checkpoint`` also ``base_depth.npy``, ``base_depth.png``, ``base_cloud.ply``, ``base_render_<view>.png``
@@ -61,7 +62,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bokeh.datasets import DatasetError, Intrinsics  # noqa: E402
-from bokeh.io import IMAGE_SUFFIXES, ImageReadError, prepare_output_dir, read_depth, read_image  # noqa: E402
+from bokeh.io import IMAGE_SUFFIXES, ImageReadError, output_dir, read_depth, read_image  # noqa: E402
 
 #: Default focal length when neither the user nor EXIF gives one: fx = fy = DEFAULT_FX_FRACTION * max(W, H).
 DEFAULT_FX_FRACTION = 0.8
@@ -258,13 +259,36 @@ def resolve_intrinsics(args: argparse.Namespace, item: Item, width: int, height:
 # --------------------------------------------------------------------------------------------------- models
 
 
-def load_stage2_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def check_stage2_checkpoint(path: str | Path, option: str = "--checkpoint") -> None:
+    """Refuse a file that is not a Stage-2 Lightning checkpoint, naming it: missing, not a PyTorch checkpoint
+    (corrupt, truncated, another format), or a Stage-1 generator checkpoint (its config says task: stage1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path}: Stage-2 checkpoint not found")
+    try:  # memory-mapped: cheap even for a large checkpoint (it is loaded again by Lightning)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 -- UnpicklingError, EOFError, RuntimeError, ... all mean the same here
+        raise ValueError(f"cannot read checkpoint {path}: not a PyTorch checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"cannot read checkpoint {path}: not a Lightning checkpoint (no 'state_dict'); {option} "
+                         "needs a Stage-2 .ckpt written by tools/fit.py")
+    cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
+    task = cfg.get("task") if hasattr(cfg, "get") else None
+    if task == "stage1" or any(str(k).startswith("generator.") for k in ckpt["state_dict"]):
+        raise ValueError(f"{option} {path} is a Stage-1 generator checkpoint; {option} needs a Stage-2 (BokehDepth) "
+                         "checkpoint; pass the generator with --generator")
+
+
+def load_stage2_checkpoint(path: str | Path, option: str = "--checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
     """(Stage2Module in eval mode, info) from a Stage-2 Lightning checkpoint."""
     from lightning_modules.stage2 import Stage2Module
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Stage-2 checkpoint not found: {path}")
+    check_stage2_checkpoint(path, option)
     module = Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
     cfg = module.cfg
     info = {"source": "checkpoint", "checkpoint": str(path.resolve()), "model": cfg.get("model"),
@@ -380,12 +404,18 @@ def make_stack(args: argparse.Namespace, item: Item, image_work: torch.Tensor, w
         valid = depth[depth > 0]
         if valid.numel() == 0:
             raise DatasetError(f"{item.name}: stack depth {item.depth} has no valid pixel")
+        holes = depth.numel() - valid.numel()
+        if holes:
+            print(f"WARNING: {item.name}: stack depth {item.depth} has {holes} of {depth.numel()} pixels without a "
+                  "valid depth (0, NaN or inf); they are rendered as far background (its largest depth, "
+                  f"{float(valid.max()):.3g} m)", file=sys.stderr)
         depth = torch.where(depth > 0, depth, valid.max())  # holes: far background, no blur from missing data
         focus = item.focus_m if item.focus_m is not None else float(torch.quantile(valid.float(), 0.05))
         depth_work = F.interpolate(depth[None], size=(h, w), mode="nearest")
         stack = bokeh_stack(image_work, depth_work, K_work, focus)
         return stack.frames, K_work[None], {"kind": "physics (oracle: rendered from the given depth)",
-                                            "depth": str(item.depth), "focus_m": focus,
+                                            "depth": str(item.depth), "depth_invalid_pixels": holes,
+                                            "focus_m": focus,
                                             "K_px_m_input": K_input, "K_px_m_working": K_work.tolist()}
     result = generator.generate_stack(image_work, K_work, num_steps=args.steps, seed=args.seed)
     gen_w = result.work_size[1]
@@ -430,8 +460,6 @@ def _stack_picture(image: torch.Tensor, stack: torch.Tensor | None, K: torch.Ten
 @torch.no_grad()
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Process every input; returns the summary (also written as summary.json)."""
-    from bokeh.io import colorize_depth_with_legend, depth_display_range, write_image, write_json, write_npy
-
     items = collect_inputs(args.input, args)
     _unique_names(items)
     file_cameras = None
@@ -445,13 +473,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     user_K = _floats(args.K, "--K")
     if user_K is not None and any(not math.isfinite(k) or k < 0 for k in user_K):
         raise ValueError(f"--K values must be finite and >= 0 px*m, got {user_K}")
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    check_options(args, items)
+    # Everything that can fail on a bad option is loaded before the output folder is touched.
     model, stage2_info = load_depth_model(args)
     model.to(args.device)
     generator, stage1_info = (load_stage1(args) if args.stack == "stage1" else (None, None))
-    base_model, base_info = load_stage2_checkpoint(args.base_checkpoint) if args.base_checkpoint else (None, None)
+    base_model, base_info = (load_stage2_checkpoint(args.base_checkpoint, "--base-checkpoint")
+                             if args.base_checkpoint else (None, None))
     if base_model is not None:
         base_model.to(args.device)
+    # A failure from here on (a bad camera, stack or frame of some photo) leaves the previous output as it was.
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        return _process(args, items, out, file_cameras, user_K, model, stage2_info, generator, stage1_info,
+                        base_model, base_info)
+
+
+def check_options(args: argparse.Namespace, items: list[Item]) -> None:
+    """Refuse bad options and unusable paths before any model is loaded or anything is written."""
+    from bokeh.io import _check_output_dir
+
+    _check_output_dir(Path(args.out), args.overwrite)  # a non-empty --out without --overwrite: refused first
+    given = [getattr(args, k) for k in ("fx", "fy", "cx", "cy")]
+    if any(v is not None for v in given):
+        if any(v is None for v in given):
+            raise DatasetError("give all four of --fx --fy --cx --cy (pixels), or --intrinsics JSON")
+        try:
+            Intrinsics(*map(float, given))  # fx, fy > 0 and finite values
+        except DatasetError as error:
+            raise DatasetError(f"--fx --fy --cx --cy: {error}") from None
+    if args.checkpoint:
+        check_stage2_checkpoint(args.checkpoint, "--checkpoint")
+    if args.base_checkpoint:
+        check_stage2_checkpoint(args.base_checkpoint, "--base-checkpoint")
+    if args.stack == "stage1" and args.generator and not Path(args.generator).exists():
+        raise FileNotFoundError(f"--generator {args.generator} does not exist (expected a Stage-1 run folder, "
+                                "generator.safetensors or a Stage-1 .ckpt)")
+    if args.stack_depth_scale is not None and not (math.isfinite(args.stack_depth_scale)
+                                                   and args.stack_depth_scale > 0):
+        raise ValueError(f"--stack-depth-scale must be > 0 (units per metre), got {args.stack_depth_scale}")
+    if args.focus_m is not None and not (math.isfinite(args.focus_m) and args.focus_m > 0):
+        raise ValueError(f"--focus-m must be > 0 metres, got {args.focus_m}")
+    for item in items:
+        if args.stack == "real" and item.frame_K is not None:
+            if any(not math.isfinite(k) or k < 0 for k in item.frame_K):
+                raise ValueError(f"{item.name}: frame K values must be finite and >= 0 px*m, got {item.frame_K}")
+            if item.frames and len(item.frames) != len(item.frame_K):
+                raise DatasetError(f"{item.name}: {len(item.frames)} frame(s) but {len(item.frame_K)} K value(s) "
+                                   "(--frames / --frame-K, or the manifest's 'stack' / 'K_px_m'); give one K per frame")
+            for frame in item.frames:
+                if not frame.is_file():
+                    raise FileNotFoundError(f"{item.name}: frame {frame} not found")
+        if args.stack == "physics" and item.depth is not None and not item.depth.is_file():
+            raise FileNotFoundError(f"{item.name}: stack depth {item.depth} not found")
+
+
+def _process(args: argparse.Namespace, items: list[Item], out: Path, file_cameras: Any, user_K: list[float] | None,
+             model: Any, stage2_info: dict[str, Any], generator: Any, stage1_info: Any, base_model: Any,
+             base_info: Any) -> dict[str, Any]:
+    """The per-photo loop of :func:`run`, writing into ``out``."""
+    from bokeh.io import colorize_depth_with_legend, depth_display_range, write_image, write_json, write_npy
+
     summary: dict[str, Any] = {"arguments": vars(args), "stage2": stage2_info, "stage1": stage1_info,
                                "base": base_info,
                                "default_intrinsics": f"fx = fy = {DEFAULT_FX_FRACTION} * max(W, H), centre principal "
@@ -537,9 +618,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary["images"].append(record)
         print(f"{item.name}: {W}x{H} -> depth {record['depth_m']['min']:.2f}-{record['depth_m']['max']:.2f} m "
               f"(median {record['depth_m']['median']:.2f}), intrinsics from {camera_source}, {seconds:.1f} s")
-    if not summary["images"]:
-        write_json(out / "summary.json", summary)
-        raise DatasetError(f"no input could be read ({len(summary['skipped'])} skipped; see {out / 'summary.json'})")
+    if not summary["images"]:  # a failure: the output folder goes back to what it held before
+        reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in summary["skipped"])
+        raise DatasetError(f"no input could be read ({len(summary['skipped'])} skipped: {reasons})")
     write_json(out / "summary.json", summary)
     return summary
 
