@@ -98,3 +98,48 @@ def test_bad_scene_options_are_refused_before_writing(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         _tool("export_synthetic")(["--out", str(out), "--num", "1", "--scene-options", text])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--physics-K", "-2"], "physics-K"),
+    (["--size", "-32", "32"], "--size"),
+    (["--focus-m", "-1"], "focus-m"),
+    (["--physics-K", "1e9"], "blur radius of up to"),
+])
+def test_bad_input_leaves_no_folder_and_keeps_a_previous_output(tmp_path, extra, message):
+    main = _tool("export_synthetic")
+    with pytest.raises(ValueError, match=message):
+        main(["--out", str(tmp_path / "new"), "--num", "1", "--size", "16", "16", *extra])
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "export.json").write_text("previous")
+    with pytest.raises(ValueError, match=message):
+        main(["--out", str(old), "--num", "1", "--size", "16", "16", "--overwrite", *extra])
+    assert [p.name for p in old.iterdir()] == ["export.json"] and (old / "export.json").read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+
+
+def test_k_too_large_is_refused_naming_k_radius_and_limit(tmp_path):
+    # K * max |1/focus - 1/depth| over the default 0.5..10 m scenes: 30 * (1/0.5 - 1/100) = 59.7 px > 2 x 24 px
+    with pytest.raises(ValueError, match=r"--physics-K 30 px\*m gives a blur radius of up to 59\.7 px .*"
+                                         r"limit of 48 px"):
+        _tool("export_synthetic")(["--out", str(tmp_path / "o"), "--num", "1", "--size", "16", "24",
+                                   "--physics-K", "2", "30", "--focus-m", "100"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_failure_while_writing_restores_the_previous_output(tmp_path, monkeypatch):
+    tool = load_tool("export_synthetic")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "export.json").write_text("previous")
+
+    def broken(*args, **kwargs):
+        (old / "partial.png").write_text("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tool, "export", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        tool.main(["--out", str(old), "--num", "1", "--overwrite"])
+    assert [p.name for p in old.iterdir()] == ["export.json"]

@@ -165,8 +165,65 @@ def test_calibrate_tool_writes_the_calibration_report_and_plot_and_removes_it(tm
     assert load_generator(tmp_path / "gen")[0].k_calibration is not None
     tool.main(["--generator", str(tmp_path / "gen"), "--remove"])
     assert "k_calibration" not in json.loads((tmp_path / "gen" / "generator.json").read_text())
-    with pytest.raises(SystemExit, match="trained range"):
+    with pytest.raises(SystemExit) as info:
         tool.main(["--generator", str(tmp_path / "gen"), "--knots", "0.5", "2"])
+    assert info.value.code == 2
     from lightning_modules.calibration import default_knots
 
     assert default_knots(0.5, 8.0) == [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+# ------------------------------------------------------------------------------ tools/calibrate_k.py bad input
+
+
+def _fake_generator(folder, meta="{\"k\": {\"min\": 1.0, \"max\": 4.0}, \"model\": {}, \"resolution\": 16}",
+                    weights=b"not safetensors"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "generator.json").write_text(meta)
+    (folder / "generator.safetensors").write_bytes(weights)
+    return folder
+
+
+def _fails(capsys, argv):
+    """Run the tool expecting the bad-input exit: status 2 and one ``error:`` line; returns that line."""
+    with pytest.raises(SystemExit) as info:
+        load_tool("calibrate_k").main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_corrupt_generator_is_a_one_line_error_with_exit_2(tmp_path, capsys):
+    _tiny_generator(tmp_path)
+    gen = tmp_path / "gen"
+    (gen / "generator.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    err = _fails(capsys, ["--generator", str(gen)])
+    assert f"cannot read generator {gen / 'generator.safetensors'} (SafetensorError" in err
+    (gen / "generator.json").write_text('{"k": {"min": 1')  # truncated
+    for extra in ([], ["--remove"]):
+        err = _fails(capsys, ["--generator", str(gen), *extra])
+        assert f"cannot read generator config {gen / 'generator.json'} (JSONDecodeError" in err
+
+
+def test_missing_generator_names_the_folder_and_the_expected_file(tmp_path, capsys):
+    err = _fails(capsys, ["--generator", str(tmp_path / "nogen")])
+    assert f"--generator {tmp_path / 'nogen'} not found" in err and "generator.json" in err
+    assert "nogen.json" not in err
+    (tmp_path / "empty").mkdir()
+    err = _fails(capsys, ["--generator", str(tmp_path / "empty")])
+    assert f"folder {tmp_path / 'empty'} holds no generator.json" in err
+
+
+def test_a_bad_out_is_refused_before_the_generator_is_loaded(tmp_path, capsys):
+    gen = _fake_generator(tmp_path / "gen")  # unreadable weights: reaching them would be another error
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in _fails(capsys, ["--generator", str(gen), "--out", str(tmp_path / "file")])
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("keep")
+    assert "pass --overwrite" in _fails(capsys, ["--generator", str(gen), "--out", str(busy)])
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    assert "holds the generator" in _fails(capsys, ["--generator", str(gen), "--out", str(gen), "--overwrite"])
+    assert "trained range" in _fails(capsys, ["--generator", str(gen), "--knots", "0.5"])
+    assert "cannot read generator" in _fails(capsys, ["--generator", str(gen), "--out", str(busy), "--overwrite"])
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]

@@ -105,3 +105,40 @@ def test_image_of_another_size_is_refused_naming_both(lift3d, inputs, tmp_path: 
             str(tmp_path / "out"), "--backend", "splat"]
     assert lift3d.main(argv) == 2
     assert "image is 16x12 but the depth map is 32x24" in capsys.readouterr().err
+
+
+def test_bad_view_with_overwrite_keeps_the_previous_output(lift3d, inputs, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    common = ["--depth", str(inputs["pred"]), *CAMERA, "--backend", "splat", "--render-size", "32x24"]
+    argv = common + ["--out", str(out)]
+    assert lift3d.main(argv + ["--views", "camera"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert lift3d.main(argv + ["--views", "camera,bottom", "--overwrite"]) == 2
+    assert "unknown view(s) ['bottom']" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    new = tmp_path / "new"
+    assert lift3d.main(common + ["--out", str(new), "--views", "camera,bottom"]) == 2
+    assert not new.exists()  # no cloud_depth.ply left behind
+
+
+def test_failure_while_writing_restores_the_previous_output(lift3d, inputs, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+
+    def broken(depths, intrinsics, *, out_dir, **kwargs):
+        (out_dir / "cloud_depth.ply").write_text("half")
+        raise ValueError("depth map 'depth' has no valid pixel")
+
+    monkeypatch.setattr(lift3d, "lift_compare_render", broken)
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(out), "--overwrite", "--views", "camera"]
+    assert lift3d.main(argv) == 2
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+
+
+@pytest.mark.parametrize("size, message", [("100by50", "WIDTHxHEIGHT"), ("0x50", "at least 1x1")])
+def test_bad_render_size_exits_2(lift3d, inputs, tmp_path: Path, capsys, size, message) -> None:
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(tmp_path / "out"), "--render-size", size]
+    assert lift3d.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --render-size") and message in err and not (tmp_path / "out").exists()

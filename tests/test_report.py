@@ -101,3 +101,25 @@ def test_broken_json_is_reported_not_fatal(report, run_dir: Path) -> None:
     assert report.main([str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
     assert "broken.json: not valid JSON" in page and "abs_rel" in page
+
+
+def test_out_folder_is_refused_even_with_overwrite(report, run_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "pages").mkdir()
+    assert report.main([str(run_dir), "--out", str(tmp_path / "pages"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "is a folder" in err and "HTML file" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-image-side", "-5"], "--max-image-side must be >= 0"),
+    (["--max-images", "-1"], "--max-images must be >= 0"),
+])
+def test_negative_limits_are_refused_naming_the_option(report, run_dir: Path, capsys, extra, message) -> None:
+    assert report.main([str(run_dir), *extra]) == 2
+    assert message in capsys.readouterr().err and not (run_dir / "report.html").exists()
+
+
+def test_a_file_given_as_run_directory_is_named_as_a_file(report, run_dir: Path, capsys) -> None:
+    assert report.main([str(run_dir / "metrics.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; expected a run folder" in err and "not found" not in err

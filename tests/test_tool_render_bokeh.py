@@ -106,3 +106,60 @@ def test_refuses_non_empty_output(tool, inputs, capsys):
                     "--out", str(tmp / "busy")])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
     assert (tmp / "busy" / "x.txt").read_text() == "keep"
+
+
+def _args(tmp, *extra, depth="depth.npy"):
+    return ["--image", str(tmp / "img.png"), "--depth", str(tmp / depth), *extra]
+
+
+def test_bad_input_with_overwrite_keeps_the_previous_output(tool, inputs, capsys):
+    tmp, _ = inputs
+    out = tmp / "good"
+    assert tool.main(_args(tmp, "--K", "1", "--focus-m", "1.2", "--out", str(out))) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc = tool.main(_args(tmp, "--K", "1", "--focus-m", "1.2", "--aperture", "triangl", "--overwrite",
+                         "--out", str(out)))
+    assert rc == 2 and "triangl" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []  # no hidden leftovers
+
+
+@pytest.mark.parametrize("k", ["1e4", "1e9"])
+def test_k_too_large_is_refused_naming_the_radius_and_limit(tool, inputs, capsys, k):
+    tmp, scene = inputs
+    rc = tool.main(_args(tmp, "--K", k, "--focus-m", "1.2", "--out", str(tmp / "o")))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --K ") and "blur radius of" in err and "limit of 80 px" in err
+    assert err.count("\n") == 1 and not (tmp / "o").exists()
+    if k == "1e4":
+        d = scene.depth_m[0]
+        radius = 1e4 * max(abs(1 / 1.2 - 1 / float(d.min())), abs(1 / 1.2 - 1 / float(d.max())))
+        assert f"{radius:.4g} px" in err
+
+
+def test_lens_k_too_large_is_refused(tool, inputs, capsys):
+    tmp, _ = inputs
+    rc = tool.main(_args(tmp, "--f-mm", "50", "--f-number", "0.01", "--sensor-width-mm", "1", "--focus-m", "1.2",
+                         "--out", str(tmp / "o")))
+    assert rc == 2 and "lens K" in capsys.readouterr().err and not (tmp / "o").exists()
+
+
+def test_nan_k_leaves_no_output_folder(tool, inputs, capsys):
+    tmp, _ = inputs
+    assert tool.main(_args(tmp, "--K", "nan", "--out", str(tmp / "o"))) == 2
+    assert "finite" in capsys.readouterr().err and not (tmp / "o").exists()
+
+
+def test_nan_depth_is_named_as_nan(tool, inputs, capsys):
+    tmp, scene = inputs
+    depth = scene.depth_m[0].numpy().copy()
+    depth.flat[:5] = np.nan
+    np.save(tmp / "nan.npy", depth)
+    assert tool.main(_args(tmp, "--K", "1", "--out", str(tmp / "o"), depth="nan.npy")) == 2
+    assert "has 5 invalid (NaN) pixels" in capsys.readouterr().err
+    depth.flat[5:7] = np.inf
+    depth.flat[7] = 0.0
+    np.save(tmp / "mixed.npy", depth)
+    assert tool.main(_args(tmp, "--K", "1", "--out", str(tmp / "o"), depth="mixed.npy")) == 2
+    assert "has 8 invalid pixels (5 NaN, 2 inf, 1 zero)" in capsys.readouterr().err
+    assert not (tmp / "o").exists()

@@ -13,13 +13,16 @@ the generator at so that the median of K_fit / K is 1 at each knot (default: 5 k
 range). The calibration is written into ``generator.json`` (``k_calibration``), where load_generator, make_stack
 and compare_bokeh pick it up (compare_bokeh --uncalibrated ignores it). Outputs in ``<generator dir>/calibration/``
 (or --out): calibration.json (per knot and iterate: gains, median K_fit / K, mean |K_fit / K - 1|) and
-calibration.png (median K_fit / K against K, before and after).
+calibration.png (median K_fit / K against K, before and after). The default folder is replaced by a new fit (as
+generator.json's calibration is); an explicit --out must be new or empty unless --overwrite. A bad setting or an
+unreadable generator is one ``error:`` line on stderr and exit status 2, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,39 +40,96 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="drop a knot fewer scenes than this can measure K at (default 5)")
     p.add_argument("--iterations", type=int, default=3, help="fixed-point steps after the uncalibrated pass")
     p.add_argument("--seed", type=int, default=0, help="data seed of the Stage-1 splits")
-    p.add_argument("--out", default=None, help="report folder (default <generator dir>/calibration)")
+    p.add_argument("--out", default=None,
+                   help="report folder (default <generator dir>/calibration, replaced by each fit); an explicit "
+                        "folder must be new or empty unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--remove", action="store_true", help="remove the calibration from generator.json and exit")
     return p.parse_args(argv)  # the settings are checked by lightning_modules.calibration
 
 
+def fail(message: str) -> None:
+    """The tools' bad-input exit: one ``error:`` line on stderr, status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def generator_json(path: str | Path) -> Path:
+    """generator.json of a Stage-1 run folder or beside its generator.safetensors; exit 2 naming what is missing."""
     path = Path(path)
-    meta = (path / "generator.json") if path.is_dir() else path.with_suffix(".json")
+    if path.is_dir():
+        meta = path / "generator.json"
+        if not meta.is_file():
+            fail(f"--generator folder {path} holds no generator.json; expected a Stage-1 run folder (with "
+                 f"generator.json and generator.safetensors) or its generator.safetensors")
+        return meta
+    if not path.exists():
+        fail(f"--generator {path} not found; expected a Stage-1 run folder holding generator.json (and "
+             f"generator.safetensors), or its generator.safetensors")
+    meta = path.with_suffix(".json")
     if not meta.is_file():
-        raise SystemExit(f"no generator.json at {meta}: give a Stage-1 run dir or its generator.safetensors")
+        fail(f"--generator {path}: no generator config {meta.name} beside it in {path.parent}; expected a Stage-1 "
+             f"run folder or its generator.safetensors with generator.json beside it")
     return meta
+
+
+def read_meta(meta_path: Path) -> dict[str, Any]:
+    """generator.json as a dict; exit 2 when it is unreadable or not a JSON object."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        fail(f"cannot read generator config {meta_path} ({type(error).__name__}: {error})")
+    if not isinstance(meta, dict):
+        fail(f"cannot read generator config {meta_path} (expected a JSON object, got {type(meta).__name__})")
+    return meta
+
+
+def check_out(out: Path, overwrite: bool, generator_dir: Path) -> None:
+    """Refuse an --out that is a file, a non-empty folder without ``overwrite``, or holds the generator itself."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is a file; expected a folder (new, or empty unless --overwrite)")
+    resolved, gen_dir = out.resolve(), generator_dir.resolve()
+    if resolved == gen_dir or resolved in gen_dir.parents:
+        fail(f"--out {out} holds the generator ({generator_dir}); give a separate report folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        fail(f"--out folder {out} exists and is not empty; pass --overwrite to replace it")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from bokeh.io import write_json
-    from lightning_modules.calibration import calibrate_generator, summary_line, write_calibration
+    from bokeh.io import output_dir, write_json
+    from lightning_modules.calibration import (calibrate_generator, check_calibration_settings, summary_line,
+                                               write_calibration)
     from lightning_modules.stage1 import load_generator
 
     args = parse_args(argv)
     meta_path = generator_json(args.generator)
+    meta = read_meta(meta_path)
     if args.remove:
-        meta = json.loads(meta_path.read_text())
         meta.pop("k_calibration", None)
         write_json(meta_path, meta)
         print(f"removed the K calibration from {meta_path}")
         return meta
-    gen, meta = load_generator(meta_path.with_suffix(".safetensors"))
+    out = Path(args.out) if args.out else meta_path.parent / "calibration"
+    overwrite = args.overwrite or args.out is None  # the default folder is the previous fit's: replaced
+    check_out(out, overwrite, meta_path.parent)
+    try:
+        k_range = meta["k"]
+        check_calibration_settings(float(k_range["min"]), float(k_range["max"]), args.knots, args.num_scenes,
+                                   args.iterations, args.min_scenes)
+    except (KeyError, TypeError) as error:
+        fail(f"cannot read generator config {meta_path} (no trained K range 'k': {{min, max}}: {error!r})")
+    except ValueError as error:
+        fail(str(error))
+    weights = meta_path.with_suffix(".safetensors")
+    try:
+        gen, meta = load_generator(weights)
+    except Exception as error:  # noqa: BLE001 - safetensors, JSON, config and shape errors: all a bad generator
+        fail(f"cannot read generator {weights} ({type(error).__name__}: {error})")
     if meta.get("trained_on", "synthetic") != "synthetic":
         tqdm.write(f"warning: {meta_path} was trained on {meta.get('trained_on')!r} data; it is calibrated on synthetic "
                    f"scenes ({meta.get('scene_options') or 'default options'}), whose look may differ from its data")
-    out = Path(args.out) if args.out else meta_path.parent / "calibration"
     bar = tqdm(total=(args.iterations + 1) * args.num_scenes, desc="calibrate", unit="stack")
     try:
         calibration, report = calibrate_generator(gen, meta, num_scenes=args.num_scenes, knots=args.knots,
@@ -77,11 +137,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                   progress=tqdm.write,
                                                   on_stack=lambda: bar.update(1))
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        fail(str(error))
     finally:
         bar.close()
     report["generator"] = str(args.generator)
-    write_calibration(meta_path, calibration, report, out)
+    try:
+        with output_dir(out, overwrite=overwrite) as out:
+            write_calibration(meta_path, calibration, report, out)
+    except FileExistsError as error:
+        fail(str(error))
     print(f"{summary_line(calibration, report)}; wrote {meta_path}, {out / 'calibration.json'}, "
           f"{out / 'calibration.png'}")
     return report

@@ -23,7 +23,9 @@ default trains / tests on (8-bit PNG, like its uint8 cache). Output (every file 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+MAX_RADIUS_FACTOR = 2.0  # the largest blur radius a --physics-K may give, in units of the image's larger side
+
+
+def check_settings(*, num: int, height: int, width: int, physics_K: list[float] | None, focus_m: float | None,
+                   scene_options: dict[str, Any] | None, batch_size: int, layer_ratio: float = 1.5) -> None:
+    """Refuse bad export settings (ValueError naming the option) before anything is written.
+
+    A --physics-K is refused when its largest blur radius, K * max |1/focus - 1/depth| over the scenes' depth range
+    (scene_options' depth_range_m, else make_scene's default), exceeds MAX_RADIUS_FACTOR x the larger image side:
+    such a blur is no picture and the renderer's memory grows with the radius squared."""
+    from physics.scenes import make_scene
+
+    if num <= 0:
+        raise ValueError(f"--num must be a positive number of scenes, got {num}")
+    if focus_m is not None and not (math.isfinite(focus_m) and focus_m > 0):
+        raise ValueError(f"--focus-m must be a positive distance in metres, got {focus_m}")
+    if height < 8 or width < 8:
+        raise ValueError(f"--size must be at least 8x8 pixels, got {height}x{width}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 scene, got {batch_size}")
+    if not (math.isfinite(layer_ratio) and layer_ratio > 1):
+        raise ValueError(f"--layer-ratio must be a finite number > 1, got {layer_ratio}")
+    if physics_K is None:
+        return
+    if not physics_K or any(not (math.isfinite(k) and k > 0) for k in physics_K):
+        raise ValueError(f"--physics-K must list positive finite strengths (px*m), got {physics_K}")
+    default_range = inspect.signature(make_scene).parameters["depth_range_m"].default
+    depth_range = (scene_options or {}).get("depth_range_m", default_range)
+    try:
+        near, far = (float(v) for v in depth_range)
+    except (TypeError, ValueError):
+        near = far = math.nan
+    if not (math.isfinite(near) and math.isfinite(far) and 0 < near < far):
+        raise ValueError(f"--scene-options depth_range_m must be [near, far] metres with 0 < near < far, "
+                         f"got {depth_range!r}")
+    if focus_m is None:  # each scene focuses on its nearest subject, at or beyond `near`
+        spread = 1.0 / near - 1.0 / far
+    else:
+        spread = max(abs(1.0 / focus_m - 1.0 / near), abs(1.0 / focus_m - 1.0 / far))
+    limit = MAX_RADIUS_FACTOR * max(height, width)
+    for k in physics_K:
+        if not k * spread <= limit:
+            focus = f"focus {focus_m:g} m" if focus_m is not None else "focus on the nearest subject"
+            raise ValueError(f"--physics-K {k:g} px*m gives a blur radius of up to {k * spread:.4g} px ({focus}, "
+                             f"depths {near:g}..{far:g} m), more than the limit of {limit:g} px "
+                             f"({MAX_RADIUS_FACTOR:g} x the image's larger side, {max(height, width)} px); use a "
+                             f"smaller strength")
+
+
 def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: int = 112, width: int = 112,
            physics_K: list[float] | None = None, focus_m: float | None = None, layer_ratio: float = 1.5,
            scene_options: dict[str, Any] | None = None, batch_size: int = 32,
@@ -64,14 +115,8 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
     from lightning_modules.data import SPLIT_SEED_OFFSETS, render_synthetic_split
     from physics.scenes import make_scene
 
-    if num <= 0:
-        raise ValueError(f"--num must be a positive number of scenes, got {num}")
-    if focus_m is not None and not focus_m > 0:
-        raise ValueError(f"--focus-m must be a positive distance in metres, got {focus_m}")
-    if height < 8 or width < 8:
-        raise ValueError(f"--size must be at least 8x8 pixels, got {height}x{width}")
-    if physics_K is not None and (not physics_K or any(not k > 0 for k in physics_K)):
-        raise ValueError(f"--physics-K must list positive strengths (px*m), got {physics_K}")
+    check_settings(num=num, height=height, width=width, physics_K=physics_K, focus_m=focus_m,
+                   scene_options=scene_options, batch_size=batch_size, layer_ratio=layer_ratio)
     scene_options = dict(scene_options or {})
     seeds = [seed + SPLIT_SEED_OFFSETS[split] + i for i in range(num)]
     scenes_lines, stack_lines, cameras = [], [], {}
@@ -124,7 +169,7 @@ def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from bokeh.io import prepare_output_dir
+    from bokeh.io import output_dir
 
     args = parse_args(argv)
     if args.num <= 0:
@@ -132,10 +177,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from physics.scenes import scene_options_from_json
 
     scene_options = scene_options_from_json(args.scene_options, "--scene-options")
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
-    settings = export(out, num=args.num, split=args.split, seed=args.seed, height=args.size[0], width=args.size[1],
-                      physics_K=args.physics_K, focus_m=args.focus_m, layer_ratio=args.layer_ratio,
-                      scene_options=scene_options, batch_size=args.batch_size)
+    check_settings(num=args.num, height=args.size[0], width=args.size[1], physics_K=args.physics_K,
+                   focus_m=args.focus_m, scene_options=scene_options, batch_size=args.batch_size,
+                   layer_ratio=args.layer_ratio)
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        settings = export(out, num=args.num, split=args.split, seed=args.seed, height=args.size[0],
+                          width=args.size[1], physics_K=args.physics_K, focus_m=args.focus_m,
+                          layer_ratio=args.layer_ratio, scene_options=scene_options, batch_size=args.batch_size)
     print(f"wrote {args.num} {args.split} scenes to {out} ({', '.join(settings['manifests'])})")
     return settings
 

@@ -29,7 +29,7 @@ from typing import Any
 import _bootstrap  # noqa: F401
 
 from bokeh.datasets import DatasetError, Intrinsics, open_dataset  # noqa: E402
-from bokeh.io import prepare_output_dir, read_depth, read_image, write_json  # noqa: E402
+from bokeh.io import output_dir, read_depth, read_image, write_json  # noqa: E402
 from bokeh.pointcloud import DEFAULT_VIEWS, RENDER_BACKENDS, lift_compare_render  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def _labelled(specs: list[str]) -> dict[str, str]:
         if not sep:
             label, path = ("depth" if len(specs) == 1 else f"depth{i}"), spec
         if label in depths:
-            raise SystemExit(f"error: --depth label {label!r} given twice")
+            raise ValueError(f"--depth label {label!r} given twice; give each depth map its own label")
         depths[label] = path
     return depths
 
@@ -98,8 +98,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         render_size = (int(width), int(height))
     except ValueError:
-        raise SystemExit(f"error: --render-size must look like 480x360, got {args.render_size!r}") from None
+        raise ValueError(f"--render-size must be WIDTHxHEIGHT in pixels such as 480x360, got {args.render_size!r}"
+                         ) from None
+    if min(render_size) < 1:
+        raise ValueError(f"--render-size must be at least 1x1 pixels, got {args.render_size!r}")
     views = [v.strip() for v in args.views.split(",") if v.strip()]
+    unknown = [v for v in views if v not in DEFAULT_VIEWS]
+    if unknown or not views:
+        raise ValueError(f"--views: unknown view(s) {unknown or [args.views]}; expected a comma-separated list of "
+                         f"{list(DEFAULT_VIEWS)}")
+    if args.point_size < 1:
+        raise ValueError(f"--point-size must be >= 1 pixel, got {args.point_size}")
     image, gt, camera, sample_info = None, None, None, {}
     if args.dataset:
         dataset = open_dataset(args.dataset)
@@ -129,18 +138,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise DatasetError(f"{label} is {depth.shape[-1]}x{depth.shape[-2]} but the depth map is "
                                f"{size[1]}x{size[0]} (WxH); they must have one size")
     camera.check_image(size[1], size[0], where="intrinsics")
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
-    result = lift_compare_render(
-        depths, camera.matrix(), image=image, gt_depth_m=gt, out_dir=out, views=views, render_size=render_size,
-        backend=args.backend, point_size=args.point_size, voxel_size_m=args.voxel_size,
-        outlier_std_ratio=args.outlier_std or None, outlier_neighbors=args.outlier_neighbors,
-        min_depth_m=args.min_depth, max_depth_m=args.max_depth, overwrite=True)
-    result.pop("renders")
-    summary = {"arguments": vars(args), "intrinsics": camera.as_dict(), "depth_size_hw": list(size), **sample_info,
-               **result}
-    if result["metrics"]:
-        write_json(out / "metrics.json", result["metrics"])
-    write_json(out / "summary.json", summary)
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        result = lift_compare_render(
+            depths, camera.matrix(), image=image, gt_depth_m=gt, out_dir=out, views=views, render_size=render_size,
+            backend=args.backend, point_size=args.point_size, voxel_size_m=args.voxel_size,
+            outlier_std_ratio=args.outlier_std or None, outlier_neighbors=args.outlier_neighbors,
+            min_depth_m=args.min_depth, max_depth_m=args.max_depth, overwrite=True)
+        result.pop("renders")
+        summary = {"arguments": vars(args), "intrinsics": camera.as_dict(), "depth_size_hw": list(size),
+                   **sample_info, **result}
+        if result["metrics"]:
+            write_json(out / "metrics.json", result["metrics"])
+        write_json(out / "summary.json", summary)
     return summary
 
 

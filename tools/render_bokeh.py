@@ -22,11 +22,14 @@ Outputs in ``--out`` (new or empty unless ``--overwrite``), all written atomical
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from pathlib import Path
 
 import _bootstrap  # noqa: F401
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -35,7 +38,7 @@ from bokeh.io import (  # noqa: E402
     colorize_depth,
     colorize_signed,
     image_grid,
-    prepare_output_dir,
+    output_dir,
     read_depth,
     read_image,
     write_image,
@@ -74,6 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_RADIUS_FACTOR = 2.0  # the largest blur radius a K may give, in units of the image's larger side
+
+
+def check_blur_radius(K: float, focus_m: float, depth_min_m: float, depth_max_m: float, height: int, width: int,
+                      name: str = "--K") -> float:
+    """The largest CoC radius (px) of strength ``K`` focused at ``focus_m`` over depths in [min, max] m; a ValueError
+    naming K, that radius and the limit when it exceeds MAX_RADIUS_FACTOR x the image's larger side (such a blur
+    is no longer a photograph, and the renderer's memory grows with the radius squared)."""
+    spread = max(abs(1.0 / focus_m - 1.0 / depth_min_m), abs(1.0 / focus_m - 1.0 / depth_max_m))
+    radius = K * spread
+    limit = MAX_RADIUS_FACTOR * max(height, width)
+    if not radius <= limit:
+        raise ValueError(f"{name} {K:g} px*m gives a blur radius of {radius:.4g} px (focus {focus_m:g} m, depth "
+                         f"{depth_min_m:.4g}..{depth_max_m:.4g} m), more than the limit of {limit:g} px "
+                         f"({MAX_RADIUS_FACTOR:g} x the image's larger side, {max(height, width)} px); use a smaller "
+                         f"strength")
+    return radius
+
+
+def _invalid_depth_kinds(path: str, invalid: torch.Tensor) -> str:
+    """'NaN' / '3 NaN, 2 zero' ...: what the invalid pixels of the depth file were before read_depth zeroed them."""
+    counts: dict[str, int] = {}
+    raw = None
+    if Path(path).suffix.lower() == ".npy":
+        try:
+            raw = np.asarray(np.load(path, mmap_mode="r"), dtype=np.float64).reshape(invalid.shape)
+        except (ValueError, OSError, EOFError):
+            raw = None
+    if raw is not None:
+        counts = {"NaN": int(np.isnan(raw).sum()), "inf": int(np.isinf(raw).sum()), "zero": int((raw == 0).sum())}
+    else:
+        counts = {"zero": int(invalid.sum())}
+    kinds = [(kind, n) for kind, n in counts.items() if n]
+    if len(kinds) == 1:
+        return f"{sum(n for _, n in kinds)} invalid ({kinds[0][0]}) pixels"
+    return f"{int(invalid.sum())} invalid pixels ({', '.join(f'{n} {kind}' for kind, n in kinds)})"
+
+
 def _load(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     image = read_image(args.image)
     depth = read_depth(args.depth, depth_scale=args.depth_scale)
@@ -83,8 +124,8 @@ def _load(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     invalid = depth <= 0
     if invalid.any():
         if not args.fill_invalid:
-            raise ValueError(f"--depth has {int(invalid.sum())} invalid (zero) pixels; pass --fill-invalid to treat "
-                             f"them as far background")
+            raise ValueError(f"--depth has {_invalid_depth_kinds(args.depth, invalid)}; expected metres > 0 "
+                             f"everywhere, or pass --fill-invalid to treat them as far background")
         if invalid.all():
             raise ValueError("--depth has no valid pixel")
         depth = torch.where(invalid, depth[~invalid].max(), depth)
@@ -98,8 +139,8 @@ def _strengths(args: argparse.Namespace, width: int, height: int, focus: list[fl
     if args.K is not None and args.f_number is not None:
         raise ValueError("give either --K or a lens (--f-mm with --f-number), not both")
     if args.K is not None:
-        if any(k < 0 for k in args.K):
-            raise ValueError(f"--K values must be >= 0 px*m; got {args.K}")
+        if any(not (math.isfinite(k) and k >= 0) for k in args.K):
+            raise ValueError(f"--K values must be >= 0 px*m and finite; got {args.K}")
         return [list(args.K) for _ in focus], [{"K_px_m": k} for k in args.K]
     if args.f_mm is None or args.f_number is None:
         raise ValueError("give --K, or a lens: --f-mm and --f-number with --sensor-width-mm, --f35-mm or --fx-px")
@@ -130,11 +171,21 @@ def run(args: argparse.Namespace) -> dict:
     else:
         focus = [float(torch.quantile(depth.flatten()[:: max(1, depth.numel() // 100_000)], 0.02))]
     for s1 in focus:
-        if not s1 > 0:
-            raise ValueError(f"focus distances must be > 0 m; got {s1}")
+        if not (math.isfinite(s1) and s1 > 0):
+            raise ValueError(f"focus distances must be > 0 m and finite; got {s1}")
     ks, records = _strengths(args, w, h, focus)
     pairs = [(s1, k) for s1, row in zip(focus, ks) for k in row]  # one frame per (focus, K)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    d_min, d_max = float(depth.min()), float(depth.max())
+    for s1, k in pairs:
+        check_blur_radius(k, s1, d_min, d_max, h, w, name="--K" if args.K is not None else "lens K")
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        return _render_and_write(args, out, image, depth, pairs, records)
+
+
+def _render_and_write(args: argparse.Namespace, out: Path, image: torch.Tensor, depth: torch.Tensor,
+                      pairs: list[tuple[float, float]], records: list[dict]) -> dict:
+    """Render every (focus, K) frame and write the outputs into ``out`` (inside output_dir: a failure restores it)."""
+    h, w = image.shape[-2:]
     render_kwargs = {"aperture": args.aperture, "color_space": args.color_space,
                      "highlight_gain": args.highlight_gain}
     frames, cocs = [], []

@@ -191,11 +191,23 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
     from bokeh.io import write_text  # noqa: PLC0415 - keeps `--help` fast
 
     run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"run directory {run} is a file; expected a run folder (written by fit / eval / infer / "
+                         f"lift3d)")
     if not run.is_dir():
         raise FileNotFoundError(f"run directory not found: {run}")
+    if max_image_side < 0:
+        raise ValueError(f"--max-image-side must be >= 0 px (0 keeps pictures as they are), got {max_image_side}")
+    if max_images < 0:
+        raise ValueError(f"--max-images must be >= 0 pictures, got {max_images}")
     page = Path(out) if out else run / "report.html"
+    if page.is_dir():
+        raise FileExistsError(f"--out {page} is a folder; expected the path of an HTML file to write (e.g. "
+                              f"{page / 'report.html'})")
     if page.exists() and not overwrite:
         raise FileExistsError(f"{page} exists; pass --overwrite to replace it")
+    if page.parent.exists() and not page.parent.is_dir():
+        raise FileExistsError(f"cannot write {page}: {page.parent} is a file, not a folder")
     files = sorted(p for p in run.rglob("*") if p.is_file() and p.resolve() != page.resolve()
                    and not any(part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(run).parts))
     wanted = IMAGE_SUFFIXES | TEXT_SUFFIXES | CLOUD_SUFFIXES | {".json", ".csv"}
