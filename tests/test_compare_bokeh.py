@@ -180,3 +180,109 @@ def test_map_oracles_render_the_true_map_as_physics_does_and_remove_only_the_sca
     plane = torch.full((1, 16, 16), 0.7)
     flat = compare.map_oracle_frames(gen, image, Ks, plane[None].expand(2, -1, -1, -1), plane)
     assert torch.allclose(flat["map_true_lowres"], flat["map_true"], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input: one error line, exit 2
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    module, _ = build(load_config(["configs/stage1.yaml"], TINY))
+    path = tmp_path_factory.mktemp("gen")
+    export_generator(module, path)
+    return path
+
+
+def _rgbd(folder, depth, image_hw=(16, 16)):
+    """A one-row RGB-D manifest: a noise image of ``image_hw`` and ``depth`` (metres, saved as .npy)."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (*image_hw, 3), dtype=np.uint8)).save(folder / "rgb.png")
+    np.save(folder / "depth.npy", np.asarray(depth, np.float32))
+    (folder / "m.jsonl").write_text(json.dumps({"image": "rgb.png", "depth": "depth.npy"}) + "\n")
+    return folder / "m.jsonl"
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_generator", "no Stage-1 generator at "),
+    ("missing_rgbd", "manifest not found: "),
+    ("negative_depth", "has negative values (min -1); expected metres >= 0"),
+    ("wrong_shape_depth", "depth.npy is 8x8 (HxW) but its image"),
+    ("all_invalid_depth", "has no valid pixel"),
+    ("negative_k", "--K values must be finite strengths > 0 px*m; got -2 (in --K 2 -2)"),
+    ("missing_pairs", "--aperture-pairs folder not found"),
+    ("non_empty_out", "exists and is not empty; pass --overwrite"),
+])
+def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, generator_dir, capsys, case, expected):
+    gen, out, extra = generator_dir, tmp_path / "out", []
+    if case == "missing_generator":
+        gen = tmp_path / "no_generator"
+    elif case == "missing_rgbd":
+        extra = ["--rgbd", str(tmp_path / "nope.jsonl")]
+    elif case == "negative_depth":
+        extra = ["--rgbd", str(_rgbd(tmp_path, -np.ones((16, 16))))]
+    elif case == "wrong_shape_depth":
+        extra = ["--rgbd", str(_rgbd(tmp_path, np.ones((8, 8))))]
+    elif case == "all_invalid_depth":
+        extra = ["--rgbd", str(_rgbd(tmp_path, np.full((16, 16), np.nan)))]
+    elif case == "negative_k":
+        extra = ["--K", "2", "-2"]
+    elif case == "missing_pairs":
+        extra = ["--aperture-pairs", str(tmp_path / "no_pairs")]
+    elif case == "non_empty_out":
+        out.mkdir()
+        (out / "results.json").write_text("previous")
+    code = compare.cli(["--generator", str(gen), "--out", str(out), "--num-scenes", "1", "--steps", "1", *extra])
+    assert code == 2
+    line = _error_line(capsys)
+    assert expected in line, line
+    if case == "wrong_shape_depth":
+        assert "is 16x16" in line  # both shapes named
+    if case == "non_empty_out":
+        assert (out / "results.json").read_text() == "previous"
+    else:
+        assert not out.exists()
+
+
+def test_cli_steps_below_one_is_a_usage_error(tmp_path, generator_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.cli(["--generator", str(generator_dir), "--out", str(tmp_path / "out"), "--steps", "0"])
+    assert exit_info.value.code == 2 and "argument --steps: expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_a_failed_overwrite_keeps_the_previous_output(tmp_path, generator_dir, capsys, monkeypatch):
+    out = tmp_path / "out"
+    (out / "grids").mkdir(parents=True)
+    (out / "results.json").write_text("previous")
+    (out / "grids" / "a.png").write_bytes(b"previous grid")
+    args = ["--generator", str(generator_dir), "--out", str(out), "--num-scenes", "1", "--steps", "1", "--overwrite"]
+    assert compare.cli(args + ["--K", "-2"]) == 2  # refused before the folder is touched
+    _error_line(capsys)
+
+    def fail(*_, **__):
+        raise ValueError("failed halfway")
+
+    monkeypatch.setattr(compare, "run_synthetic", fail)  # fails inside the output folder
+    assert compare.cli(args) == 2
+    assert "error: failed halfway" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == "previous" and (out / "grids" / "a.png").read_bytes() == b"previous grid"
+    assert sorted(p.name for p in out.iterdir()) == ["grids", "results.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no hidden leftovers
+
+
+def test_rgbd_depth_with_invalid_pixels_warns_with_their_count(tmp_path):
+    depth = np.full((16, 16), 2.0)
+    depth[:4] = np.nan
+    depth[4, :3] = 0.0
+    manifest = _rgbd(tmp_path, depth)
+    with pytest.warns(UserWarning, match=r"depth.npy: 67 of 256 pixels are invalid \(0, NaN or inf"):
+        samples = compare.rgbd_samples(manifest, 16, 100.0)
+    assert len(samples) == 1 and bool(torch.isfinite(samples[0]["depth_m"]).all())
+    _rgbd(tmp_path, np.ones((16, 8)), image_hw=(16, 16))
+    with pytest.raises(ValueError, match=r"depth.npy is 16x8 \(HxW\) but its image .*rgb.png is 16x16"):
+        compare.rgbd_samples(manifest, 16, 100.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,16 +79,19 @@ def test_manifest_keeps_depth_and_intrinsics_and_refuses_a_non_empty_output(tmp_
     assert row["intrinsics"] == [20, 20, 8, 8] and (out / row["depth"]).resolve() == (tmp_path / "depth.npy").resolve()
     assert row["K_px_m"] == pytest.approx([1.0, 2.0]) and len(row["stack"]) == 2  # the generator's eval K
     with pytest.raises(FileExistsError, match="not empty"):
-        make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "m.jsonl"), "--out", str(out)])
+        make_stack.run(make_stack.parse_args(["--generator", str(generator_dir), "--input", str(tmp_path / "m.jsonl"),
+                                              "--out", str(out)]))
 
 
 def test_k_outside_the_trained_range_is_refused_with_policy_error(tmp_path, generator_dir):
     from bokeh.generation import KRangeError
 
     _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
-    with pytest.raises(KRangeError, match="outside the trained range"):
-        make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
-                         "--out", str(tmp_path / "o"), "--K", "50", "--k-policy", "error", "--steps", "1"])
+    with pytest.raises(KRangeError, match=r"rgb.png \(16 px wide\), K \[50.0\].*outside the trained range"):
+        make_stack.run(make_stack.parse_args(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
+                                              "--out", str(tmp_path / "o"), "--K", "50", "--k-policy", "error",
+                                              "--steps", "1"]))
+    assert not (tmp_path / "o").exists()  # the folder it had begun is removed
 
 
 def test_default_config_makes_stage2_stacks_in_range_and_records_the_training_focus(tmp_path):
@@ -229,3 +233,123 @@ def test_physics_stack_guidance_runs_through_the_tool_and_is_recorded(tmp_path, 
     loss_guided = float(stack_consistency_loss(guided, ref, K, cfg))
     loss_unguided = float(stack_consistency_loss(unguided, ref, K, cfg))
     assert loss_guided < 0.9 * loss_unguided, (loss_guided, loss_unguided)
+
+
+# ----------------------------------------------------------------------------- bad input: one error line, exit 2
+def _args(generator_dir, src, out, *extra):
+    return ["--generator", str(generator_dir), "--input", str(src), "--out", str(out), "--steps", "1", *extra]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "stacks:" not in line]  # tqdm's bar aside
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_input", "input not found: "),
+    ("missing_generator", "no Stage-1 generator at "),
+    ("empty_folder", "holds no images"),
+    ("broken_jsonl", "m.jsonl:2: not valid JSON"),
+    ("row_without_image", "m.jsonl:1: missing field 'image'"),
+    ("negative_k", "--K values must be finite strengths > 0 px*m; got -3 (in --K 1 -3)"),
+    ("k_out_of_range", "outside the trained range"),
+    ("non_empty_out", "exists and is not empty; pass --overwrite"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, generator_dir, capsys, case, expected):
+    _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
+    src, gen, out, extra = tmp_path / "rgb.png", generator_dir, tmp_path / "out", []
+    if case == "missing_input":
+        src = tmp_path / "nope.png"
+    elif case == "missing_generator":
+        gen = tmp_path / "no_generator"
+    elif case == "empty_folder":
+        src = tmp_path / "empty"
+        src.mkdir()
+    elif case in ("broken_jsonl", "row_without_image"):
+        src = tmp_path / "m.jsonl"
+        src.write_text('{"image": "rgb.png"}\n{broken\n' if case == "broken_jsonl" else '{"depth": "d.npy"}\n')
+    elif case == "negative_k":
+        extra = ["--K", "1", "-3"]
+    elif case == "k_out_of_range":
+        extra = ["--K", "1e6", "--k-policy", "error"]
+    elif case == "non_empty_out":
+        out.mkdir()
+        (out / "keep.txt").write_text("previous")
+    assert make_stack.main(_args(gen, src, out, *extra)) == 2
+    assert expected in _error_line(capsys)
+    if case == "non_empty_out":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_a_failed_overwrite_keeps_the_previous_output(tmp_path, generator_dir, capsys):
+    _write(tmp_path / "rgb.png", np.full((16, 16, 3), 128, np.uint8))
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert make_stack.main(_args(generator_dir, tmp_path / "rgb.png", out)) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for src, extra in ((tmp_path / "rgb.png", ["--K", "-2"]),  # refused before the folder is touched
+                       (tmp_path / "rgb.png", ["--K", "50", "--k-policy", "error"]),  # fails inside it
+                       (tmp_path / "corrupt.png", [])):  # nothing could be processed
+        assert make_stack.main(_args(generator_dir, src, out, "--overwrite", *extra)) == 2, extra
+        _error_line(capsys)
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, extra
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.png", "out", "rgb.png"]  # no hidden leftovers
+
+
+def test_only_unreadable_inputs_is_an_error_naming_them_and_leaves_no_output(tmp_path, generator_dir, capsys):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "out"
+    assert make_stack.main(_args(generator_dir, tmp_path / "corrupt.png", out)) == 2
+    captured = capsys.readouterr()
+    error = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "no input could be processed" in error[0] and "corrupt.png" in error[0]
+    assert "wrote" not in captured.out and not out.exists()
+
+
+def test_steps_below_one_is_a_usage_error(tmp_path, generator_dir, capsys):
+    _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
+                         "--out", str(tmp_path / "o"), "--steps", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --steps: expected a whole number >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_manifest_depths_are_checked_bad_rows_skipped_and_invalid_pixels_counted(tmp_path, generator_dir, capsys):
+    """A wrong-shape, negative or all-invalid depth skips its row (named in run.json); NaN pixels are counted in a
+    warning and the row is kept."""
+    _write(tmp_path / "rgb.png", np.zeros((16, 20, 3), np.uint8))
+    nan = np.full((16, 20), 2.0, np.float32)
+    nan[:2] = np.nan
+    depths = {"ok": np.full((16, 20), 2.0, np.float32), "nan": nan, "shape": np.ones((10, 12), np.float32),
+              "neg": -np.ones((16, 20), np.float32), "allnan": np.full((16, 20), np.nan, np.float32)}
+    for name, array in depths.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"image": "rgb.png", "depth": f"{name}.npy"}) + "\n"
+                                              for name in depths))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"nan.npy: 40 of 320 pixels are invalid \(0, NaN or inf"):
+        assert make_stack.main(_args(generator_dir, tmp_path / "m.jsonl", out)) == 1
+    rows = [json.loads(line) for line in (out / "stacks.jsonl").read_text().splitlines()]
+    assert [Path(r["depth"]).name for r in rows] == ["ok.npy", "nan.npy"]
+    skipped = {Path(s["depth"]).name: s["error"] for s in json.loads((out / "run.json").read_text())["skipped"]}
+    assert set(skipped) == {"shape.npy", "neg.npy", "allnan.npy"}
+    assert "is 10x12 (HxW) but its image" in skipped["shape.npy"] and "is 16x20" in skipped["shape.npy"]
+    assert "negative values" in skipped["neg.npy"] and "no valid pixel" in skipped["allnan.npy"]
+    assert "shape.npy is 10x12" in capsys.readouterr().err
+
+
+def test_a_wrong_shape_depth_alone_is_refused_naming_both_shapes(tmp_path, generator_dir, capsys):
+    _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
+    np.save(tmp_path / "d.npy", np.ones((8, 8), np.float32))
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "rgb.png", "depth": "d.npy"}) + "\n")
+    assert make_stack.main(_args(generator_dir, tmp_path / "m.jsonl", tmp_path / "out")) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "d.npy is 8x8 (HxW) but its image" in error[0] and "is 16x16" in error[0]
+    assert not (tmp_path / "out").exists()

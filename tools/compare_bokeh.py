@@ -33,6 +33,12 @@ fit's own floor: ~0); ``map_true_lowres`` the true map at the resolution the hea
 UNet's space-to-depth blocks, bilinearly upsampled as the head does: the floor of the head's resolution);
 ``map_learned_true_scale`` the learned map multiplied by the scene's mean true / mean learned defocus (the learned
 map's shape at the true scale: what is left once the per-scene scale error is removed).
+
+Bad input (a missing generator, manifest or pairs folder, an unreadable or negative depth, a depth of another size
+than its image or without one valid (> 0) pixel, K <= 0, a non-empty ``--out`` without ``--overwrite``) is one line
+``error: ...`` on stderr and exit code 2 (``cli``), checked before the output folder is touched; a run that fails
+later leaves the folder as it was (bokeh.io.output_dir). Invalid depth pixels (0, NaN, inf) are counted in a warning
+(the physics references put them at 1000 m).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -52,7 +60,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bokeh.generation import GuidanceConfig  # noqa: E402
-from bokeh.io import image_grid, prepare_output_dir, read_image, write_image, write_json, write_text  # noqa: E402
+from bokeh.io import image_grid, output_dir, read_depth, read_image, write_image, write_json, write_text  # noqa: E402
 from physics.k_fit import (K_MEASURABLE_RMS, fit_k, fit_k_focus, fit_range, k_measurability,  # noqa: E402,F401
                            k_sensitivity_rms)
 
@@ -152,10 +160,33 @@ def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = 
     return [dict(split[i], name=f"synthetic_{i:03d}") for i in range(count)]
 
 
+def check_rgbd_depth(image_path: Path, depth_path: Path, depth_scale: Any = None) -> None:
+    """One RGB-D manifest row's depth, read as the samples are (bokeh.io.read_depth): ImageReadError when unreadable
+    or negative; ValueError when its size differs from the image's (both named) or no pixel is valid (> 0); a warning
+    counting the invalid pixels (0, NaN, inf) otherwise."""
+    if depth_scale is not None and (isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float))):
+        raise ValueError(f"depth_scale of {depth_path} must be a number (units per metre), got {depth_scale!r}")
+    depth = read_depth(depth_path, depth_scale=depth_scale)
+    image_hw, depth_hw = tuple(read_image(image_path).shape[-2:]), tuple(depth.shape[-2:])
+    if depth_hw != image_hw:
+        raise ValueError(f"depth {depth_path} is {depth_hw[0]}x{depth_hw[1]} (HxW) but its image {image_path} is "
+                         f"{image_hw[0]}x{image_hw[1]}; expected the same size")
+    invalid = int((depth <= 0).sum())
+    if invalid == depth.numel():
+        raise ValueError(f"depth {depth_path} has no valid pixel (all {invalid} are 0, NaN or inf); expected metres > 0")
+    if invalid:
+        warnings.warn(f"depth {depth_path}: {invalid} of {depth.numel()} pixels are invalid (0, NaN or inf: no depth); "
+                      "the physics reference puts them at 1000 m", stacklevel=2)
+
+
 def rgbd_samples(manifest: Path, size: int, focus_m: float | None = None) -> list[dict[str, Any]]:
+    """The rows of an RGB-D manifest at ``size`` x ``size``, each row's depth checked first (:func:`check_rgbd_depth`)."""
     from lightning_modules.stage1 import RGBDManifest
 
     ds = RGBDManifest(manifest, size, size, focus_m)
+    for row in ds.rows:
+        check_rgbd_depth(*(Path(v) if Path(v).is_absolute() else ds.base / v for v in (row["image"], row["depth"])),
+                         row.get("depth_scale"))
     return [dict(ds[i], name=f"rgbd_{i:03d}") for i in range(len(ds))]
 
 
@@ -374,6 +405,24 @@ def parse_scene_options(text: str | None, meta: dict[str, Any]) -> dict[str, Any
         raise SystemExit(str(error)) from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def check_strengths(Ks: Sequence[float] | None) -> None:
+    """The typed ``--K`` values: finite and > 0 px*m (ValueError naming them)."""
+    bad = [k for k in Ks or () if not (math.isfinite(k) and k > 0)]
+    if bad:
+        raise ValueError(f"--K values must be finite strengths > 0 px*m; got {', '.join(f'{k:g}' for k in bad)}"
+                         f" (in --K {' '.join(f'{k:g}' for k in Ks)})")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -392,7 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aperture-pairs", default=None, help="folder with vabd/ and/or ebb/ real aperture pairs")
     p.add_argument("--pair-width", type=int, default=384, help="width the real pairs are compared at")
     p.add_argument("--assumed-focus-m", type=float, default=2.0)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps, >= 1 (default: the generator's)")
     add_guidance_arguments(p, flux=0.5, stack=0.5)
     p.add_argument("--fit2d-scenes", type=int, default=4)
     p.add_argument("--max-grids", type=int, default=8)
@@ -408,14 +457,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Compare; returns the results (also results.json). Bad input raises (FileNotFoundError, FileExistsError,
+    ValueError, ImageReadError...) before the output folder is touched; :func:`cli` turns it into exit code 2."""
     args = parse_args(argv)
     from lightning_modules.stage1 import load_generator
 
+    check_strengths(args.K)
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be a width in px >= 1, got {args.size}")
     gen, meta = load_generator(args.generator)
     if args.uncalibrated:
         gen.k_calibration = None
     calibration = gen.k_calibration.to_dict() if gen.k_calibration is not None else None
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
     size = int(args.size or meta["resolution"])
     k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])
     scale = size / float(meta["resolution"])
@@ -424,24 +477,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Ks = [k * scale for k in Ks]
     steps = int(args.steps or gen.default_steps)
     guidance = args.guidance
+    scene_options = parse_scene_options(args.scene_options, meta)
+    # the inputs are read and checked before the output folder is touched
+    rgbd = rgbd_samples(Path(args.rgbd), size, meta.get("focus_m")) if args.rgbd else None
+    pairs = None
+    if args.aperture_pairs:
+        if not Path(args.aperture_pairs).is_dir():
+            raise FileNotFoundError(f"--aperture-pairs folder not found: {args.aperture_pairs}")
+        pairs = aperture_pair_samples(Path(args.aperture_pairs), args.pair_width, args.assumed_focus_m)
+        if not pairs:
+            raise FileNotFoundError(f"no aperture pairs found under {args.aperture_pairs} (expected vabd/ or ebb/)")
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        return _compare(args, gen, meta, out, Ks, size, steps, guidance, scene_options, calibration, rgbd, pairs)
+
+
+def _compare(args: argparse.Namespace, gen: Any, meta: dict[str, Any], out: Path, Ks: list[float], size: int,
+             steps: int, guidance: GuidanceConfig, scene_options: dict[str, Any], calibration: dict[str, Any] | None,
+             rgbd: list[dict[str, Any]] | None, pairs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])
+    scale = size / float(meta["resolution"])
     lpips, lpips_note = make_lpips()
     print(lpips_note)
     t0 = time.perf_counter()
     sections: dict[str, Any] = {}
     bounds = (k_lo * scale, k_hi * scale)
-    scene_options = parse_scene_options(args.scene_options, meta)
     if args.num_scenes > 0:
         samples = synthetic_samples(args.num_scenes, size, args.seed, meta.get("focus_m"), scene_options)
         sections["synthetic test split"] = run_synthetic(gen, samples, Ks, guidance, steps, bounds, args.fit2d_scenes,
                                                          lpips, out, "synthetic", args.max_grids, args.map_oracles)
-    if args.rgbd:
-        samples = rgbd_samples(Path(args.rgbd), size, meta.get("focus_m"))
-        sections["RGB-D manifest"] = run_synthetic(gen, samples, Ks, guidance, steps, bounds, args.fit2d_scenes, lpips,
+    if rgbd is not None:
+        sections["RGB-D manifest"] = run_synthetic(gen, rgbd, Ks, guidance, steps, bounds, args.fit2d_scenes, lpips,
                                                    out, "rgbd", args.max_grids, args.map_oracles)
-    if args.aperture_pairs:
-        pairs = aperture_pair_samples(Path(args.aperture_pairs), args.pair_width, args.assumed_focus_m)
-        if not pairs:
-            raise SystemExit(f"no aperture pairs found under {args.aperture_pairs} (expected vabd/ or ebb/)")
+    if pairs is not None:
         sections["real aperture pairs"] = run_pairs(gen, pairs, guidance, steps, lpips, out)
     focus = meta.get("focus_m")
     focus_text = f"{focus:g} m" if focus is not None else "each scene's nearest subject"
@@ -480,5 +547,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """main() as a command: 0 done; bad input is one line ``error: ...`` on stderr and exit code 2 (no traceback)."""
+    from lightning_modules.config import ConfigError
+
+    try:
+        main(argv)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:  # a message (parse_scene_options); argparse's own exits (a code) pass through
+        if not isinstance(stop.code, str):
+            raise
+        print(f"error: {stop.code}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -20,7 +20,12 @@
   that focus into every row (an input row's different focus_m is replaced, with a warning); a generator trained on
   each scene's nearest subject keeps the input row's focus_m, if any.
 - Images are read with bokeh.io.read_image: grayscale and RGBA are converted to RGB with a warning; an unreadable
-  file is reported and skipped (exit code 1 if any was skipped, 2 if none could be processed).
+  file is reported and skipped (exit code 1 if any was skipped). A manifest row's depth is read with
+  bokeh.io.read_depth and checked: unreadable, negative, another shape than the image's, or without one valid (> 0)
+  pixel skips the row; invalid pixels (0, NaN, inf: read as 0, no depth) are counted in a warning.
+- Bad input (a missing input or generator, an empty folder, a broken manifest, K <= 0, K outside the trained range
+  with ``--k-policy error``, a non-empty ``--out`` without ``--overwrite``, no input processed) is one line
+  ``error: ...`` on stderr and exit code 2; the output folder is then left as it was (a previous output is kept).
 """
 
 from __future__ import annotations
@@ -40,8 +45,19 @@ from _cli import add_guidance_arguments, guidance_from_args  # noqa: E402
 
 import torch  # noqa: E402
 
-from bokeh.io import (list_images, prepare_output_dir, read_image, write_image, write_json,  # noqa: E402
+from bokeh.generation import KRangeError  # noqa: E402
+from bokeh.io import (list_images, output_dir, read_depth, read_image, write_image, write_json,  # noqa: E402
                       write_npy, write_text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--K", type=float, nargs="+", default=None, help="strengths, px*m (see --K-at-width)")
     p.add_argument("--K-at-width", type=float, default=None,
                    help="the image width the --K values refer to (default: each input's own width)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps, >= 1 (default: the generator's)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale on K (1 = off)")
     add_guidance_arguments(p, flux=0.0, stack=0.0, note="; 0.5 helps free-form generators, BENCHMARKS.md")
     p.add_argument("--color-transfer", action="store_true", help="LAB mean/std transfer back to the reference")
@@ -67,8 +83,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_strengths(args: argparse.Namespace) -> None:
+    """The typed ``--K`` values and ``--K-at-width``: finite and > 0 (ValueError naming the option and its values)."""
+    if args.K is not None:
+        bad = [k for k in args.K if not (math.isfinite(k) and k > 0)]
+        if bad:
+            raise ValueError(f"--K values must be finite strengths > 0 px*m; got {', '.join(f'{k:g}' for k in bad)}"
+                             f" (in --K {' '.join(f'{k:g}' for k in args.K)})")
+    if args.K_at_width is not None and not (math.isfinite(args.K_at_width) and args.K_at_width > 0):
+        raise ValueError(f"--K-at-width must be an image width in px, finite and > 0; got {args.K_at_width:g}")
+
+
 def collect_inputs(path: Path) -> list[dict[str, Any]]:
     """Rows {image: Path, name, depth?: Path, intrinsics?, focus_m?} from an image, a folder or a JSONL manifest."""
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path} (expected an image, a folder of images or a .jsonl manifest)")
     if path.is_dir():
         images = list_images(path)
         if not images:
@@ -83,8 +112,11 @@ def collect_inputs(path: Path) -> list[dict[str, Any]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{n}: not valid JSON ({error})") from error
-            if "image" not in rec:
-                raise ValueError(f"{path}:{n}: missing field 'image'")
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object {{image, depth?, intrinsics?, focus_m?}}, "
+                                 f"got {type(rec).__name__}")
+            if not isinstance(rec.get("image"), str) or not rec["image"]:
+                raise ValueError(f"{path}:{n}: missing field 'image' (the image path, relative to the manifest)")
             row = {"image": (path.parent / rec["image"]).resolve(), "name": f"{n:05d}_{Path(rec['image']).stem}"}
             if rec.get("depth"):
                 row["depth"] = (path.parent / rec["depth"]).resolve()
@@ -95,9 +127,28 @@ def collect_inputs(path: Path) -> list[dict[str, Any]]:
         if not rows:
             raise ValueError(f"manifest {path} lists no image")
         return rows
-    if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
     return [{"image": path, "name": path.stem}]
+
+
+def check_depth(row: dict[str, Any], image_hw: tuple[int, int]) -> None:
+    """A manifest row's depth, read as Stage-2 will (bokeh.io.read_depth): a ValueError when it is unreadable,
+    negative, of another shape than the image ``image_hw`` or without one valid (> 0) pixel; a warning counting the
+    invalid pixels (0, NaN, inf: read as 0, no depth) otherwise."""
+    path = Path(row["depth"])
+    scale = row.get("depth_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise ValueError(f"depth_scale of {path} must be a number (units per metre), got {scale!r}")
+    depth = read_depth(path, depth_scale=scale)
+    shape = tuple(depth.shape[-2:])
+    if shape != tuple(image_hw):
+        raise ValueError(f"depth {path} is {shape[0]}x{shape[1]} (HxW) but its image {row['image']} is "
+                         f"{image_hw[0]}x{image_hw[1]}; expected the same size")
+    invalid = int((depth <= 0).sum())
+    if invalid == depth.numel():
+        raise ValueError(f"depth {path} has no valid pixel (all {invalid} are 0, NaN or inf); expected metres > 0")
+    if invalid:
+        warnings.warn(f"depth {path}: {invalid} of {depth.numel()} pixels are invalid (0, NaN or inf: no depth)",
+                      stacklevel=2)
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -120,15 +171,25 @@ def write_defocus(out: Path, name: str, defocus_inv_m: torch.Tensor, size: tuple
     return {"defocus_inv_m": _rel(npy, out), "defocus_png": _rel(png, out)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Make the stacks; returns 0, or 1 when some input was skipped. Bad input raises (FileNotFoundError,
+    FileExistsError, ValueError, KRangeError...) before the output folder is touched, or inside it: then the folder
+    is left as it was (bokeh.io.output_dir)."""
     from lightning_modules.stage1 import load_generator
 
+    check_strengths(args)
     rows = collect_inputs(Path(args.input))
     gen, meta = load_generator(args.generator, k_policy=args.k_policy)
     if args.uncalibrated:
         gen.k_calibration = None
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        lines, skipped = _write_stacks(args, rows, gen, meta, out)
+    print(f"wrote {len(lines)} stack(s) to {out / 'stacks.jsonl'}" + (f"; skipped {len(skipped)}" if skipped else ""))
+    return 1 if skipped else 0
+
+
+def _write_stacks(args: argparse.Namespace, rows: list[dict[str, Any]], gen: Any, meta: dict[str, Any],
+                  out: Path) -> tuple[list[str], list[dict[str, str]]]:
     train_width = float(meta["resolution"])
     default_k = [float(k) for k in (meta.get("eval_K_px_m") or [meta["k"]["min"], meta["k"]["max"]])]
     guidance = args.guidance
@@ -148,14 +209,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {row['image']}: {error}", file=sys.stderr)
             skipped.append({"image": str(row["image"]), "error": str(error)})
             continue
+        if "depth" in row:
+            try:
+                check_depth(row, tuple(image.shape[-2:]))
+            except (ValueError, OSError) as error:
+                print(f"skipped {row['image']}: {error}", file=sys.stderr)
+                skipped.append({"image": str(row["image"]), "depth": str(row["depth"]), "error": str(error)})
+                continue
         width = image.shape[-1]
         if args.K is not None:
             ref_width = args.K_at_width or width
             K = [k * width / ref_width for k in args.K]
         else:
             K = [k * width / train_width for k in default_k]
-        res = gen.generate_stack(image, K, num_steps=args.steps, cfg_scale=args.cfg, guidance=guidance,
-                                 color_transfer=args.color_transfer, seed=args.seed)
+        try:
+            res = gen.generate_stack(image, K, num_steps=args.steps, cfg_scale=args.cfg, guidance=guidance,
+                                     color_transfer=args.color_transfer, seed=args.seed)
+        except KRangeError as error:
+            raise KRangeError(f"{row['image']} ({width} px wide), K {[round(k, 4) for k in K]} px*m at its width: "
+                              f"{error}") from error
         ref_path = write_image(out / "images" / f"{row['name']}.png", image)
         frame_paths = [write_image(out / "frames" / f"{row['name']}_k{i}.png", res.frames[0, i]) for i in range(len(K))]
         rec: dict[str, Any] = {"image": _rel(ref_path, out), "stack": [_rel(p, out) for p in frame_paths],
@@ -185,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         warnings.warn(f"{len(replaced_focus)} input row(s) give a focus_m other than the generator's training focus "
                       f"{train_focus:g} m (e.g. {replaced_focus[0]}); the generated frames show {train_focus:g} m, "
                       "which is what stacks.jsonl records", stacklevel=2)
-    if lines:
-        write_text(out / "stacks.jsonl", "\n".join(lines) + "\n")
+    if not lines:  # raised inside output_dir: no half-made folder is left, a previous output is restored
+        names = ", ".join(s["image"] for s in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        raise ValueError(f"no input could be processed: skipped all {len(skipped)} ({names}); first error: "
+                         f"{skipped[0]['error']}")
+    write_text(out / "stacks.jsonl", "\n".join(lines) + "\n")
     write_json(out / "run.json", {"generator": str(args.generator), "input": str(args.input), "images": len(lines),
                                   "skipped": skipped, "steps": args.steps or gen.default_steps, "cfg": args.cfg,
                                   "guidance": guidance.to_dict(), "color_transfer": args.color_transfer,
@@ -194,10 +269,19 @@ def main(argv: list[str] | None = None) -> int:
                                   "k_calibration": gen.k_calibration.to_dict() if gen.k_calibration else None,
                                   "focus_policy": meta.get("focus_policy", "unknown (generator.json predates it)"),
                                   "seconds": time.perf_counter() - t0})
-    print(f"wrote {len(lines)} stack(s) to {out / 'stacks.jsonl'}" + (f"; skipped {len(skipped)}" if skipped else ""))
-    if not lines:
+    return lines, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 done, 1 some input skipped, 2 bad input (one line ``error: ...`` on stderr)."""
+    from lightning_modules.config import ConfigError
+
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    return 1 if skipped else 0
 
 
 if __name__ == "__main__":
