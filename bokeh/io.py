@@ -125,8 +125,10 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def _check_output_dir(path: Path, overwrite: bool) -> bool:
-    """Refuse a file, or a non-empty folder without ``overwrite``; True when the folder holds a previous output."""
+def check_output_dir(path: str | Path, overwrite: bool) -> bool:
+    """Refuse a file, or a non-empty folder without ``overwrite`` (FileExistsError naming it); True when the folder
+    holds a previous output. For tools that want to refuse before loading anything."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output path {path} exists and is a file; expected a folder (or a new path)")
     previous = path.is_dir() and any(path.iterdir())
@@ -139,7 +141,7 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     """Create an output folder; refuse an existing non-empty one unless ``overwrite`` (then it is emptied at once).
     Tools use :func:`output_dir`, which keeps the previous output until the new one is complete."""
     path = Path(path)
-    if _check_output_dir(path, overwrite):
+    if check_output_dir(path, overwrite):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -159,7 +161,7 @@ def output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     existed = path.is_dir()
     previous = None
-    if _check_output_dir(path, overwrite):
+    if check_output_dir(path, overwrite):
         previous = path.with_name(f".{path.name}.previous-{uuid.uuid4().hex[:8]}")
         path.rename(previous)
     path.mkdir(parents=True, exist_ok=True)

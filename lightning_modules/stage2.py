@@ -7,6 +7,7 @@ depth_m [B,1,H,W] metres, valid [B,1,H,W] bool). The model maps (image, stack, K
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
@@ -187,6 +188,31 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "data": {"kind": None, "batch_size": None, "eval_batch_size": None, "num_workers": None,
              "synthetic": None, "manifest": None, "aperture_pairs": None},
 }
+
+
+def check_stage2_checkpoint(path: str | Path, role: str = "checkpoint") -> None:
+    """Refuse a file that is not a Stage-2 Lightning checkpoint, naming it (``role``: the option or model it was
+    given as): missing, not a PyTorch checkpoint (corrupt, truncated, another format), not a Lightning checkpoint, or
+    a Stage-1 generator checkpoint (its config says task: stage1, or its weights are the generator's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{role} {path}: Stage-2 checkpoint not found")
+    try:  # memory-mapped: cheap even for a large checkpoint (Lightning loads it again)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 -- UnpicklingError, EOFError, RuntimeError, ... all mean the same here
+        raise ValueError(f"cannot read {role} {path}: not a PyTorch checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"cannot read {role} {path}: not a Lightning checkpoint (no 'state_dict'); expected a "
+                         "Stage-2 .ckpt written by tools/fit.py")
+    cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
+    task = cfg.get("task") if hasattr(cfg, "get") else None
+    if task == "stage1" or any(str(k).startswith("generator.") for k in ckpt["state_dict"]):
+        raise ValueError(f"{role} {path} is a Stage-1 generator checkpoint; it needs a Stage-2 (BokehDepth or base) "
+                         "checkpoint; pass the generator with --generator")
 
 
 def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:

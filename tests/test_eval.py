@@ -265,9 +265,9 @@ def test_control_row_equals_the_stack_row_until_a_dsfa_gate_opens(tmp_path, mode
 def test_eval_needs_a_model(tmp_path):
     with pytest.raises(ConfigError, match="name at least one model"):
         _tool()(["--out", str(tmp_path / "x")])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt: Stage-2 checkpoint not found"):
         _tool()(["--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="BokehDepth model .*nothing.ckpt does not exist"):
         _tool()(["--bokehdepth", str(tmp_path / "nothing.ckpt"), "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
 

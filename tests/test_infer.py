@@ -318,8 +318,8 @@ def test_overwrite_with_a_bad_checkpoint_keeps_the_previous_output(infer, tmp_pa
     stage1 = _stage1_checkpoint(tmp_path / "stage1.ckpt")
     out = _previous_output(tmp_path / "out")
     cases = [(tmp_path / "nope.ckpt", ("nope.ckpt", "not found")),
-             (corrupt, (f"cannot read checkpoint {corrupt}: not a PyTorch checkpoint (",)),
-             (stage1, ("is a Stage-1 generator checkpoint", "needs a Stage-2 (BokehDepth) checkpoint",
+             (corrupt, ("cannot read --", f"checkpoint {corrupt}: not a PyTorch checkpoint (")),
+             (stage1, ("is a Stage-1 generator checkpoint", "needs a Stage-2 (BokehDepth or base) checkpoint",
                        "pass the generator with --generator"))]
     for ckpt, needles in cases:
         for option in ("--checkpoint", "--base-checkpoint"):

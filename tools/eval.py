@@ -154,32 +154,10 @@ def _best_checkpoint(run_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} (expected best*.ckpt or last.ckpt)")
 
 
-def _check_checkpoint(path: Path) -> None:
-    """Refuse a file that is not a Stage-2 Lightning checkpoint, naming it: not a PyTorch checkpoint (corrupt,
-    truncated, another format), or a Stage-1 generator checkpoint (its config says task: stage1)."""
-    try:  # memory-mapped: cheap even for a large checkpoint (it is loaded again by Lightning)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 -- UnpicklingError, EOFError, RuntimeError, ... all mean the same here
-        raise ValueError(f"cannot read checkpoint {path}: not a PyTorch checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"cannot read checkpoint {path}: not a Lightning checkpoint (no 'state_dict'); expected a "
-                         "Stage-2 .ckpt written by tools/fit.py")
-    cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
-    task = cfg.get("task") if hasattr(cfg, "get") else None
-    if task == "stage1" or any(str(k).startswith("generator.") for k in ckpt["state_dict"]):
-        raise ValueError(f"{path} is a Stage-1 generator checkpoint; the models to evaluate need Stage-2 (BokehDepth "
-                         "or base) checkpoints; pass the generator with --generator")
-
-
 def _load_checkpoint(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    _check_checkpoint(path)
-    from lightning_modules.stage2 import Stage2Module
+    from lightning_modules.stage2 import Stage2Module, check_stage2_checkpoint
+
+    check_stage2_checkpoint(path)
 
     return Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
 

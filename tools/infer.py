@@ -259,33 +259,9 @@ def resolve_intrinsics(args: argparse.Namespace, item: Item, width: int, height:
 # --------------------------------------------------------------------------------------------------- models
 
 
-def check_stage2_checkpoint(path: str | Path, option: str = "--checkpoint") -> None:
-    """Refuse a file that is not a Stage-2 Lightning checkpoint, naming it: missing, not a PyTorch checkpoint
-    (corrupt, truncated, another format), or a Stage-1 generator checkpoint (its config says task: stage1)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{option} {path}: Stage-2 checkpoint not found")
-    try:  # memory-mapped: cheap even for a large checkpoint (it is loaded again by Lightning)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 -- UnpicklingError, EOFError, RuntimeError, ... all mean the same here
-        raise ValueError(f"cannot read checkpoint {path}: not a PyTorch checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"cannot read checkpoint {path}: not a Lightning checkpoint (no 'state_dict'); {option} "
-                         "needs a Stage-2 .ckpt written by tools/fit.py")
-    cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") or {}
-    task = cfg.get("task") if hasattr(cfg, "get") else None
-    if task == "stage1" or any(str(k).startswith("generator.") for k in ckpt["state_dict"]):
-        raise ValueError(f"{option} {path} is a Stage-1 generator checkpoint; {option} needs a Stage-2 (BokehDepth) "
-                         "checkpoint; pass the generator with --generator")
-
-
 def load_stage2_checkpoint(path: str | Path, option: str = "--checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
     """(Stage2Module in eval mode, info) from a Stage-2 Lightning checkpoint."""
-    from lightning_modules.stage2 import Stage2Module
+    from lightning_modules.stage2 import Stage2Module, check_stage2_checkpoint
 
     path = Path(path)
     check_stage2_checkpoint(path, option)
@@ -490,9 +466,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_options(args: argparse.Namespace, items: list[Item]) -> None:
     """Refuse bad options and unusable paths before any model is loaded or anything is written."""
-    from bokeh.io import _check_output_dir
+    from bokeh.io import check_output_dir
 
-    _check_output_dir(Path(args.out), args.overwrite)  # a non-empty --out without --overwrite: refused first
+    check_output_dir(Path(args.out), args.overwrite)  # a non-empty --out without --overwrite: refused first
     given = [getattr(args, k) for k in ("fx", "fy", "cx", "cy")]
     if any(v is not None for v in given):
         if any(v is None for v in given):
@@ -501,10 +477,11 @@ def check_options(args: argparse.Namespace, items: list[Item]) -> None:
             Intrinsics(*map(float, given))  # fx, fy > 0 and finite values
         except DatasetError as error:
             raise DatasetError(f"--fx --fy --cx --cy: {error}") from None
-    if args.checkpoint:
-        check_stage2_checkpoint(args.checkpoint, "--checkpoint")
-    if args.base_checkpoint:
-        check_stage2_checkpoint(args.base_checkpoint, "--base-checkpoint")
+    from lightning_modules.stage2 import check_stage2_checkpoint
+
+    for option, path in (("--checkpoint", args.checkpoint), ("--base-checkpoint", args.base_checkpoint)):
+        if path:  # cheap (memory-mapped); refused before the other model is built and its warnings printed
+            check_stage2_checkpoint(path, option)
     if args.stack == "stage1" and args.generator and not Path(args.generator).exists():
         raise FileNotFoundError(f"--generator {args.generator} does not exist (expected a Stage-1 run folder, "
                                 "generator.safetensors or a Stage-1 .ckpt)")
