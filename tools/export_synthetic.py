@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
+from physics.render import MAX_RADIUS_IMAGE_SIDES  # noqa: E402 -- the renderer refuses larger radii
 
 import torch  # noqa: E402
 
@@ -57,7 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-MAX_RADIUS_FACTOR = 2.0  # the largest blur radius a --physics-K may give, in units of the image's larger side
 
 
 def check_settings(*, num: int, height: int, width: int, physics_K: list[float] | None, focus_m: float | None,
@@ -65,7 +65,7 @@ def check_settings(*, num: int, height: int, width: int, physics_K: list[float] 
     """Refuse bad export settings (ValueError naming the option) before anything is written.
 
     A --physics-K is refused when its largest blur radius, K * max |1/focus - 1/depth| over the scenes' depth range
-    (scene_options' depth_range_m, else make_scene's default), exceeds MAX_RADIUS_FACTOR x the larger image side:
+    (scene_options' depth_range_m, else make_scene's default), exceeds MAX_RADIUS_IMAGE_SIDES x the larger image side:
     such a blur is no picture and the renderer's memory grows with the radius squared."""
     from physics.scenes import make_scene
 
@@ -96,13 +96,13 @@ def check_settings(*, num: int, height: int, width: int, physics_K: list[float] 
         spread = 1.0 / near - 1.0 / far
     else:
         spread = max(abs(1.0 / focus_m - 1.0 / near), abs(1.0 / focus_m - 1.0 / far))
-    limit = MAX_RADIUS_FACTOR * max(height, width)
+    limit = MAX_RADIUS_IMAGE_SIDES * max(height, width)
     for k in physics_K:
         if not k * spread <= limit:
             focus = f"focus {focus_m:g} m" if focus_m is not None else "focus on the nearest subject"
             raise ValueError(f"--physics-K {k:g} px*m gives a blur radius of up to {k * spread:.4g} px ({focus}, "
                              f"depths {near:g}..{far:g} m), more than the limit of {limit:g} px "
-                             f"({MAX_RADIUS_FACTOR:g} x the image's larger side, {max(height, width)} px); use a "
+                             f"({MAX_RADIUS_IMAGE_SIDES:g} x the image's larger side, {max(height, width)} px); use a "
                              f"smaller strength")
 
 
