@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -313,6 +314,23 @@ def test_bad_focus_in_code_and_in_a_manifest_row_is_refused(tmp_path):
                                       + json.dumps({"image": "b.png", "depth": "b.npy", "focus_m": 0}) + "\n")
     with pytest.raises(ValueError, match=r"m\.jsonl:2: focus_m must be .* > 0.*got 0"):
         RGBDManifest(tmp_path / "m.jsonl", 16, 16)
+
+
+def test_a_manifest_depth_of_another_size_or_without_valid_pixels_is_refused(tmp_path):
+    from PIL import Image
+
+    from lightning_modules.stage1 import RGBDManifest
+
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    np.save(tmp_path / "small.npy", np.ones((6, 8), np.float32))
+    np.save(tmp_path / "holes.npy", np.zeros((12, 16), np.float32))
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "depth": "small.npy"}) + "\n"
+                                      + json.dumps({"image": "a.png", "depth": "holes.npy"}) + "\n")
+    manifest = RGBDManifest(tmp_path / "m.jsonl", 16, 16)
+    with pytest.raises(ValueError, match=r"small\.npy is 8x6 but image .*a\.png is 16x12"):
+        manifest[0]
+    with pytest.raises(ValueError, match=r"holes\.npy has no valid"):
+        manifest[1]
 
 
 def test_generator_metadata_records_the_training_focus(tmp_path):
