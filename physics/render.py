@@ -46,6 +46,8 @@ __all__ = [
     "layer_radii",
     "highlight_boost",
     "validate_render_inputs",
+    "check_blur_radius",
+    "MAX_RADIUS_IMAGE_SIDES",
 ]
 
 Number = Union[float, int, torch.Tensor]
@@ -53,6 +55,22 @@ Number = Union[float, int, torch.Tensor]
 # ----------------------------------------------------------------------------------------------------------------
 # input checks and common preparation
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def check_blur_radius(K: float, focus_m: float, depth_min_m: float, depth_max_m: float, height: int, width: int,
+                      name: str = "--K") -> float:
+    """The largest CoC radius (px) of strength ``K`` focused at ``focus_m`` over depths in [min, max] m; a ValueError
+    naming ``name`` (the option K came from), K, that radius and the limit when it exceeds MAX_RADIUS_IMAGE_SIDES x the
+    image's larger side -- the renderer's own refusal, checked before any rendering."""
+    spread = max(abs(1.0 / focus_m - 1.0 / depth_min_m), abs(1.0 / focus_m - 1.0 / depth_max_m))
+    radius = K * spread
+    limit = MAX_RADIUS_IMAGE_SIDES * max(height, width)
+    if not radius <= limit:
+        raise ValueError(f"{name} {K:g} px*m gives a blur radius of {radius:.4g} px (focus {focus_m:g} m, depth "
+                         f"{depth_min_m:.4g}..{depth_max_m:.4g} m), more than the limit of {limit:g} px "
+                         f"({MAX_RADIUS_IMAGE_SIDES:g} x the image's larger side, {max(height, width)} px); use a smaller "
+                         f"strength")
+    return radius
 
 
 def _check_image(image: torch.Tensor, color_space: str, batched_only: bool = False) -> None:

@@ -367,3 +367,14 @@ def test_a_blur_wider_than_twice_the_image_is_refused_naming_radius_and_limit():
         render_bokeh(img, depth, 100.0, 1.0)
     with pytest.raises(ValueError, match="limit 32 px"):
         render_radius_map(img, torch.full((1, 1, 16, 16), -40.0))
+
+
+def test_check_blur_radius_is_the_thin_lens_maximum_over_the_depth_range():
+    """K max |1/focus - 1/depth| over [0.5, 10] m at focus 1 m: 10 x |1 - 2| = 10 px (the near end wins), under the
+    16-px limit of an 8x8 image; 20 px*m (20 px) is refused naming the option it came from."""
+    from physics.render import check_blur_radius
+
+    assert check_blur_radius(10.0, 1.0, 0.5, 10.0, 8, 8) == pytest.approx(10.0)
+    assert check_blur_radius(10.0, 0.5, 0.5, 10.0, 8, 8) == pytest.approx(10.0 * (2 - 0.1))  # far end wins
+    with pytest.raises(ValueError, match=r"--K 20 px\*m gives a blur radius of 20 px .* limit of 16 px"):
+        check_blur_radius(20.0, 1.0, 0.5, 10.0, 8, 8, name="--K")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
-from physics.render import MAX_RADIUS_IMAGE_SIDES  # noqa: E402 -- the renderer refuses larger radii
+from physics.render import check_blur_radius  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -65,8 +65,8 @@ def check_settings(*, num: int, height: int, width: int, physics_K: list[float] 
     """Refuse bad export settings (ValueError naming the option) before anything is written.
 
     A --physics-K is refused when its largest blur radius, K * max |1/focus - 1/depth| over the scenes' depth range
-    (scene_options' depth_range_m, else make_scene's default), exceeds MAX_RADIUS_IMAGE_SIDES x the larger image side:
-    such a blur is no picture and the renderer's memory grows with the radius squared."""
+    (scene_options' depth_range_m, else make_scene's default), exceeds what physics.render accepts
+    (physics.render.check_blur_radius)."""
     from physics.scenes import make_scene
 
     if num <= 0:
@@ -92,18 +92,8 @@ def check_settings(*, num: int, height: int, width: int, physics_K: list[float] 
     if not (math.isfinite(near) and math.isfinite(far) and 0 < near < far):
         raise ValueError(f"--scene-options depth_range_m must be [near, far] metres with 0 < near < far, "
                          f"got {depth_range!r}")
-    if focus_m is None:  # each scene focuses on its nearest subject, at or beyond `near`
-        spread = 1.0 / near - 1.0 / far
-    else:
-        spread = max(abs(1.0 / focus_m - 1.0 / near), abs(1.0 / focus_m - 1.0 / far))
-    limit = MAX_RADIUS_IMAGE_SIDES * max(height, width)
-    for k in physics_K:
-        if not k * spread <= limit:
-            focus = f"focus {focus_m:g} m" if focus_m is not None else "focus on the nearest subject"
-            raise ValueError(f"--physics-K {k:g} px*m gives a blur radius of up to {k * spread:.4g} px ({focus}, "
-                             f"depths {near:g}..{far:g} m), more than the limit of {limit:g} px "
-                             f"({MAX_RADIUS_IMAGE_SIDES:g} x the image's larger side, {max(height, width)} px); use a "
-                             f"smaller strength")
+    for k in physics_K:  # nearest-subject focus (focus_m None) lies at or beyond `near`: the widest case is `near`
+        check_blur_radius(k, focus_m if focus_m is not None else near, near, far, height, width, name="--physics-K")
 
 
 def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: int = 112, width: int = 112,

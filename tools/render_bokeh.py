@@ -47,7 +47,7 @@ from bokeh.io import (  # noqa: E402
 )
 from physics.camera import ThinLensCamera, check_depth_m  # noqa: E402
 from physics.stacks import render_frames  # noqa: E402
-from physics.render import MAX_RADIUS_IMAGE_SIDES  # noqa: E402 -- the renderer refuses larger radii
+from physics.render import check_blur_radius  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,22 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
-
-def check_blur_radius(K: float, focus_m: float, depth_min_m: float, depth_max_m: float, height: int, width: int,
-                      name: str = "--K") -> float:
-    """The largest CoC radius (px) of strength ``K`` focused at ``focus_m`` over depths in [min, max] m; a ValueError
-    naming K, that radius and the limit when it exceeds MAX_RADIUS_IMAGE_SIDES x the image's larger side (such a blur
-    is no longer a photograph, and the renderer's memory grows with the radius squared)."""
-    spread = max(abs(1.0 / focus_m - 1.0 / depth_min_m), abs(1.0 / focus_m - 1.0 / depth_max_m))
-    radius = K * spread
-    limit = MAX_RADIUS_IMAGE_SIDES * max(height, width)
-    if not radius <= limit:
-        raise ValueError(f"{name} {K:g} px*m gives a blur radius of {radius:.4g} px (focus {focus_m:g} m, depth "
-                         f"{depth_min_m:.4g}..{depth_max_m:.4g} m), more than the limit of {limit:g} px "
-                         f"({MAX_RADIUS_IMAGE_SIDES:g} x the image's larger side, {max(height, width)} px); use a smaller "
-                         f"strength")
-    return radius
 
 
 def _invalid_depth_kinds(path: str, invalid: torch.Tensor) -> str:
