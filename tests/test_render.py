@@ -375,6 +375,6 @@ def test_check_blur_radius_is_the_thin_lens_maximum_over_the_depth_range():
     from physics.render import check_blur_radius
 
     assert check_blur_radius(10.0, 1.0, 0.5, 10.0, 8, 8) == pytest.approx(10.0)
-    assert check_blur_radius(10.0, 0.5, 0.5, 10.0, 8, 8) == pytest.approx(10.0 * (2 - 0.1))  # far end wins
+    assert check_blur_radius(8.0, 0.5, 0.5, 10.0, 8, 8) == pytest.approx(8.0 * (2 - 0.1))  # the far end wins
     with pytest.raises(ValueError, match=r"--K 20 px\*m gives a blur radius of 20 px .* limit of 16 px"):
         check_blur_radius(20.0, 1.0, 0.5, 10.0, 8, 8, name="--K")
