@@ -258,6 +258,28 @@ def read_depth(path: str | Path, *, depth_scale: float | None = None) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(array))[None]
 
 
+def read_depth_for_image(path: str | Path, image_hw: Sequence[int], *, image_name: str | Path = "its image",
+                         depth_scale: Any = None) -> tuple[torch.Tensor, int]:
+    """The depth map of an image: :func:`read_depth`, then a ValueError naming the file when ``depth_scale`` is not
+    a number, when its size differs from the image's ``image_hw`` (H, W; both named), or when no pixel is valid.
+
+    Returns: (depth [1,H,W] metres, 0 where invalid; the number of invalid pixels -- 0, NaN or inf in the file), so
+    that a caller can report holes the way its use of them needs.
+    """
+    path = Path(path)
+    if depth_scale is not None and (isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float))):
+        raise ValueError(f"depth_scale of {path} must be a number (units per metre), got {depth_scale!r}")
+    depth = read_depth(path, depth_scale=depth_scale)
+    depth_hw, image_hw = tuple(depth.shape[-2:]), tuple(int(v) for v in image_hw)
+    if depth_hw != image_hw:
+        raise ValueError(f"depth {path} is {depth_hw[0]}x{depth_hw[1]} (HxW) but {image_name} is "
+                         f"{image_hw[0]}x{image_hw[1]}; expected the same size")
+    invalid = int((depth <= 0).sum())
+    if invalid == depth.numel():
+        raise ValueError(f"depth {path} has no valid pixel (all {invalid} are 0, NaN or inf); expected metres > 0")
+    return depth, invalid
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files of a folder, sorted; an empty or missing folder is an error naming it."""
     folder = Path(folder)

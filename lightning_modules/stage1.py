@@ -235,17 +235,15 @@ class RGBDManifest(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from bokeh.io import read_depth, read_image
+        from bokeh.io import read_depth_for_image, read_image
 
         row = self.rows[index]
-        image_path, depth_path = _resolve(self.base, row["image"]), _resolve(self.base, row["depth"])
+        image_path = _resolve(self.base, row["image"])
         image = read_image(image_path)
-        depth = read_depth(depth_path, depth_scale=row.get("depth_scale"))
-        if depth.shape[-2:] != image.shape[-2:]:  # resizing would silently pair the depth with other pixels
-            raise ValueError(f"row {index}: depth {depth_path} is {depth.shape[-1]}x{depth.shape[-2]} but image "
-                             f"{image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH); they must have one size")
-        if not bool((torch.isfinite(depth) & (depth > 0)).any()):
-            raise ValueError(f"row {index}: depth {depth_path} has no valid (finite, > 0) pixel")
+        # another size than the image is refused: resizing would silently pair the depth with other pixels
+        depth, invalid = read_depth_for_image(_resolve(self.base, row["depth"]), image.shape[-2:],
+                                              image_name=f"its image {image_path}", depth_scale=row.get("depth_scale"))
+        n_depth = depth.numel()
         image = _resize_crop(image, self.height, self.width, "bilinear").clamp(0, 1)
         depth = _resize_crop(depth, self.height, self.width, "nearest")
         if row.get("focus_m") is not None:
@@ -254,7 +252,8 @@ class RGBDManifest(Dataset):
             focus = self.focus_m if self.focus_m is not None else nearest_subject_focus(depth)
         # holes (0 / NaN: no measurement) are rendered as far background rather than dropped: the renderer needs a depth
         depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.full_like(depth, 1e3))
-        return {"image": image, "depth_m": depth, "focus_m": torch.tensor(focus), "index": torch.tensor(index)}
+        return {"image": image, "depth_m": depth, "focus_m": torch.tensor(focus), "index": torch.tensor(index),
+                "invalid_depth_px": torch.tensor([invalid, n_depth])}  # holes of the file, of its pixels
 
 
 def pair_k_px_m(row: Mapping[str, Any], image_width_px: int) -> float:

@@ -327,7 +327,7 @@ def test_a_manifest_depth_of_another_size_or_without_valid_pixels_is_refused(tmp
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "depth": "small.npy"}) + "\n"
                                       + json.dumps({"image": "a.png", "depth": "holes.npy"}) + "\n")
     manifest = RGBDManifest(tmp_path / "m.jsonl", 16, 16)
-    with pytest.raises(ValueError, match=r"small\.npy is 8x6 but image .*a\.png is 16x12"):
+    with pytest.raises(ValueError, match=r"small\.npy is 6x8 \(HxW\) but its image .*a\.png is 12x16"):
         manifest[0]
     with pytest.raises(ValueError, match=r"holes\.npy has no valid"):
         manifest[1]

@@ -7,15 +7,18 @@ with status 2, before anything is written. Called in-process (tests, notebooks),
 still raise the ConfigError itself.
 
 :func:`add_guidance_arguments` / :func:`guidance_from_args` -- the Stage-1 physics-guidance options of
-make_stack.py and compare_bokeh.py (bokeh.generation.guidance), a bad value being an argparse usage error.
+make_stack.py and compare_bokeh.py (bokeh.generation.guidance), a bad value being an argparse usage error;
+:func:`positive_int` (an argparse type) and :func:`check_strengths` (typed --K values) -- shared by the same two;
+:func:`run_reporting_errors` -- eval.py's and compare_bokeh.py's ``cli()``: bad input as ``error: ...``, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -50,3 +53,41 @@ def guidance_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
                               stack_estimator=args.stack_estimator)
     except ValueError as error:
         parser.error(str(error))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a usage error naming the value otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def check_strengths(Ks: Sequence[float] | None) -> None:
+    """The typed ``--K`` values: finite and > 0 px*m (ValueError naming them); None (not given) passes."""
+    bad = [k for k in Ks or () if not (math.isfinite(k) and k > 0)]
+    if bad:
+        raise ValueError(f"--K values must be finite strengths > 0 px*m; got {', '.join(f'{k:g}' for k in bad)}"
+                         f" (in --K {' '.join(f'{k:g}' for k in Ks)})")
+
+
+def run_reporting_errors(main: Any, argv: list[str] | None) -> int:
+    """``main(argv)`` as a command: 0 when it returns; bad input (a ConfigError, a missing / existing file, a bad
+    value, or a SystemExit carrying a message) is one line ``error: ...`` on stderr and 2; argparse's own exits (a
+    numeric code) pass through."""
+    from lightning_modules.config import ConfigError
+
+    try:
+        main(argv)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        print(f"error: {stop.code}", file=sys.stderr)
+        return 2
+    return 0

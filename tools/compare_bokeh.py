@@ -53,14 +53,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import _bootstrap  # noqa: F401
-from _cli import add_guidance_arguments, guidance_from_args  # noqa: E402
+from _cli import (add_guidance_arguments, check_strengths, guidance_from_args, positive_int,  # noqa: E402
+                  run_reporting_errors)
 
 import kornia  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bokeh.generation import GuidanceConfig  # noqa: E402
-from bokeh.io import image_grid, output_dir, read_depth, read_image, write_image, write_json, write_text  # noqa: E402
+from bokeh.io import image_grid, output_dir, read_image, write_image, write_json, write_text  # noqa: E402
 from physics.k_fit import (K_MEASURABLE_RMS, fit_k, fit_k_focus, fit_range, k_measurability,  # noqa: E402,F401
                            k_sensitivity_rms)
 
@@ -160,34 +161,22 @@ def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = 
     return [dict(split[i], name=f"synthetic_{i:03d}") for i in range(count)]
 
 
-def check_rgbd_depth(image_path: Path, depth_path: Path, depth_scale: Any = None) -> None:
-    """One RGB-D manifest row's depth, read as the samples are (bokeh.io.read_depth): ImageReadError when unreadable
-    or negative; ValueError when its size differs from the image's (both named) or no pixel is valid (> 0); a warning
-    counting the invalid pixels (0, NaN, inf) otherwise."""
-    if depth_scale is not None and (isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float))):
-        raise ValueError(f"depth_scale of {depth_path} must be a number (units per metre), got {depth_scale!r}")
-    depth = read_depth(depth_path, depth_scale=depth_scale)
-    image_hw, depth_hw = tuple(read_image(image_path).shape[-2:]), tuple(depth.shape[-2:])
-    if depth_hw != image_hw:
-        raise ValueError(f"depth {depth_path} is {depth_hw[0]}x{depth_hw[1]} (HxW) but its image {image_path} is "
-                         f"{image_hw[0]}x{image_hw[1]}; expected the same size")
-    invalid = int((depth <= 0).sum())
-    if invalid == depth.numel():
-        raise ValueError(f"depth {depth_path} has no valid pixel (all {invalid} are 0, NaN or inf); expected metres > 0")
-    if invalid:
-        warnings.warn(f"depth {depth_path}: {invalid} of {depth.numel()} pixels are invalid (0, NaN or inf: no depth); "
-                      "the physics reference puts them at 1000 m", stacklevel=2)
-
-
 def rgbd_samples(manifest: Path, size: int, focus_m: float | None = None) -> list[dict[str, Any]]:
-    """The rows of an RGB-D manifest at ``size`` x ``size``, each row's depth checked first (:func:`check_rgbd_depth`)."""
+    """The rows of an RGB-D manifest at ``size`` x ``size``. A depth that is unreadable, negative, of another size than
+    its image or without a valid pixel is an error (lightning_modules.stage1.RGBDManifest); holes are counted in a
+    warning (the physics reference puts them at 1000 m)."""
     from lightning_modules.stage1 import RGBDManifest
 
     ds = RGBDManifest(manifest, size, size, focus_m)
-    for row in ds.rows:
-        check_rgbd_depth(*(Path(v) if Path(v).is_absolute() else ds.base / v for v in (row["image"], row["depth"])),
-                         row.get("depth_scale"))
-    return [dict(ds[i], name=f"rgbd_{i:03d}") for i in range(len(ds))]
+    samples = []
+    for i, row in enumerate(ds.rows):
+        sample = ds[i]
+        invalid, total = (int(v) for v in sample.pop("invalid_depth_px"))
+        if invalid:
+            warnings.warn(f"depth {row['depth']}: {invalid} of {total} pixels are invalid (0, NaN or inf: no depth); "
+                          "the physics reference puts them at 1000 m", stacklevel=2)
+        samples.append(dict(sample, name=f"rgbd_{i:03d}"))
+    return samples
 
 
 def aperture_pair_samples(root: Path, width: int, assumed_focus_m: float) -> list[dict[str, Any]]:
@@ -405,24 +394,6 @@ def parse_scene_options(text: str | None, meta: dict[str, Any]) -> dict[str, Any
         raise SystemExit(str(error)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def check_strengths(Ks: Sequence[float] | None) -> None:
-    """The typed ``--K`` values: finite and > 0 px*m (ValueError naming them)."""
-    bad = [k for k in Ks or () if not (math.isfinite(k) and k > 0)]
-    if bad:
-        raise ValueError(f"--K values must be finite strengths > 0 px*m; got {', '.join(f'{k:g}' for k in bad)}"
-                         f" (in --K {' '.join(f'{k:g}' for k in Ks)})")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -441,7 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aperture-pairs", default=None, help="folder with vabd/ and/or ebb/ real aperture pairs")
     p.add_argument("--pair-width", type=int, default=384, help="width the real pairs are compared at")
     p.add_argument("--assumed-focus-m", type=float, default=2.0)
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps, >= 1 (default: the generator's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps, >= 1 (default: the generator's)")
     add_guidance_arguments(p, flux=0.5, stack=0.5)
     p.add_argument("--fit2d-scenes", type=int, default=4)
     p.add_argument("--max-grids", type=int, default=8)
@@ -549,19 +520,7 @@ def _compare(args: argparse.Namespace, gen: Any, meta: dict[str, Any], out: Path
 
 def cli(argv: list[str] | None = None) -> int:
     """main() as a command: 0 done; bad input is one line ``error: ...`` on stderr and exit code 2 (no traceback)."""
-    from lightning_modules.config import ConfigError
-
-    try:
-        main(argv)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except SystemExit as stop:  # a message (parse_scene_options); argparse's own exits (a code) pass through
-        if not isinstance(stop.code, str):
-            raise
-        print(f"error: {stop.code}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(main, argv)
 
 
 if __name__ == "__main__":

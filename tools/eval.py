@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
+from _cli import run_reporting_errors  # noqa: E402
 
 import torch
 from omegaconf import OmegaConf
@@ -454,12 +455,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str] | None, specs: list[Any]
 
 def cli(argv: list[str] | None = None) -> int:
     """main() with bad input reported as one 'error: ...' line on stderr and exit code 2."""
-    try:
-        main(argv)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(main, argv)
 
 
 if __name__ == "__main__":

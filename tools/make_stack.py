@@ -21,7 +21,7 @@
   each scene's nearest subject keeps the input row's focus_m, if any.
 - Images are read with bokeh.io.read_image: grayscale and RGBA are converted to RGB with a warning; an unreadable
   file is reported and skipped (exit code 1 if any was skipped). A manifest row's depth is read with
-  bokeh.io.read_depth and checked: unreadable, negative, another shape than the image's, or without one valid (> 0)
+  bokeh.io.read_depth_for_image and checked: unreadable, negative, another shape than the image's, or without one valid (> 0)
   pixel skips the row; invalid pixels (0, NaN, inf: read as 0, no depth) are counted in a warning.
 - Bad input (a missing input or generator, an empty folder, a broken manifest, K <= 0, K outside the trained range
   with ``--k-policy error``, a non-empty ``--out`` without ``--overwrite``, no input processed) is one line
@@ -41,23 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
-from _cli import add_guidance_arguments, guidance_from_args  # noqa: E402
+from _cli import add_guidance_arguments, check_strengths, guidance_from_args, positive_int  # noqa: E402
 
 import torch  # noqa: E402
 
 from bokeh.generation import KRangeError  # noqa: E402
-from bokeh.io import (list_images, output_dir, read_depth, read_image, write_image, write_json,  # noqa: E402
+from bokeh.io import (list_images, output_dir, read_depth_for_image, read_image, write_image, write_json,  # noqa: E402
                       write_npy, write_text)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--K", type=float, nargs="+", default=None, help="strengths, px*m (see --K-at-width)")
     p.add_argument("--K-at-width", type=float, default=None,
                    help="the image width the --K values refer to (default: each input's own width)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps, >= 1 (default: the generator's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps, >= 1 (default: the generator's)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale on K (1 = off)")
     add_guidance_arguments(p, flux=0.0, stack=0.0, note="; 0.5 helps free-form generators, BENCHMARKS.md")
     p.add_argument("--color-transfer", action="store_true", help="LAB mean/std transfer back to the reference")
@@ -83,13 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_strengths(args: argparse.Namespace) -> None:
+def check_k_options(args: argparse.Namespace) -> None:
     """The typed ``--K`` values and ``--K-at-width``: finite and > 0 (ValueError naming the option and its values)."""
-    if args.K is not None:
-        bad = [k for k in args.K if not (math.isfinite(k) and k > 0)]
-        if bad:
-            raise ValueError(f"--K values must be finite strengths > 0 px*m; got {', '.join(f'{k:g}' for k in bad)}"
-                             f" (in --K {' '.join(f'{k:g}' for k in args.K)})")
+    check_strengths(args.K)
     if args.K_at_width is not None and not (math.isfinite(args.K_at_width) and args.K_at_width > 0):
         raise ValueError(f"--K-at-width must be an image width in px, finite and > 0; got {args.K_at_width:g}")
 
@@ -131,24 +117,14 @@ def collect_inputs(path: Path) -> list[dict[str, Any]]:
 
 
 def check_depth(row: dict[str, Any], image_hw: tuple[int, int]) -> None:
-    """A manifest row's depth, read as Stage-2 will (bokeh.io.read_depth): a ValueError when it is unreadable,
-    negative, of another shape than the image ``image_hw`` or without one valid (> 0) pixel; a warning counting the
-    invalid pixels (0, NaN, inf: read as 0, no depth) otherwise."""
-    path = Path(row["depth"])
-    scale = row.get("depth_scale")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise ValueError(f"depth_scale of {path} must be a number (units per metre), got {scale!r}")
-    depth = read_depth(path, depth_scale=scale)
-    shape = tuple(depth.shape[-2:])
-    if shape != tuple(image_hw):
-        raise ValueError(f"depth {path} is {shape[0]}x{shape[1]} (HxW) but its image {row['image']} is "
-                         f"{image_hw[0]}x{image_hw[1]}; expected the same size")
-    invalid = int((depth <= 0).sum())
-    if invalid == depth.numel():
-        raise ValueError(f"depth {path} has no valid pixel (all {invalid} are 0, NaN or inf); expected metres > 0")
+    """A manifest row's depth, read as Stage-2 will (bokeh.io.read_depth_for_image): a ValueError when it is
+    unreadable, negative, of another shape than the image ``image_hw`` or without one valid (> 0) pixel; a warning
+    counting the invalid pixels (0, NaN, inf: read as 0, no depth) otherwise."""
+    depth, invalid = read_depth_for_image(row["depth"], image_hw, image_name=f"its image {row['image']}",
+                                          depth_scale=row.get("depth_scale"))
     if invalid:
-        warnings.warn(f"depth {path}: {invalid} of {depth.numel()} pixels are invalid (0, NaN or inf: no depth)",
-                      stacklevel=2)
+        warnings.warn(f"depth {row['depth']}: {invalid} of {depth.numel()} pixels are invalid (0, NaN or inf: no "
+                      "depth)", stacklevel=2)
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -177,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     is left as it was (bokeh.io.output_dir)."""
     from lightning_modules.stage1 import load_generator
 
-    check_strengths(args)
+    check_k_options(args)
     rows = collect_inputs(Path(args.input))
     gen, meta = load_generator(args.generator, k_policy=args.k_policy)
     if args.uncalibrated:
