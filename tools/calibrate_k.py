@@ -85,14 +85,17 @@ def read_meta(meta_path: Path) -> dict[str, Any]:
 
 
 def check_out(out: Path, overwrite: bool, generator_dir: Path) -> None:
-    """Refuse an --out that is a file, a non-empty folder without ``overwrite``, or holds the generator itself."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is a file; expected a folder (new, or empty unless --overwrite)")
+    """Refuse an --out that is a file, a non-empty folder without ``overwrite`` (bokeh.io.check_output_dir), or
+    holds the generator itself."""
+    from bokeh.io import check_output_dir
+
+    try:
+        check_output_dir(out, overwrite)
+    except FileExistsError as error:
+        fail(f"--out: {error}")
     resolved, gen_dir = out.resolve(), generator_dir.resolve()
     if resolved == gen_dir or resolved in gen_dir.parents:
         fail(f"--out {out} holds the generator ({generator_dir}); give a separate report folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        fail(f"--out folder {out} exists and is not empty; pass --overwrite to replace it")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

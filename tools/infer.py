@@ -259,12 +259,11 @@ def resolve_intrinsics(args: argparse.Namespace, item: Item, width: int, height:
 # --------------------------------------------------------------------------------------------------- models
 
 
-def load_stage2_checkpoint(path: str | Path, option: str = "--checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(Stage2Module in eval mode, info) from a Stage-2 Lightning checkpoint."""
-    from lightning_modules.stage2 import Stage2Module, check_stage2_checkpoint
+def load_stage2_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(Stage2Module in eval mode, info) from a Stage-2 Lightning checkpoint (checked by :func:`check_options`)."""
+    from lightning_modules.stage2 import Stage2Module
 
     path = Path(path)
-    check_stage2_checkpoint(path, option)
     module = Stage2Module.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
     cfg = module.cfg
     info = {"source": "checkpoint", "checkpoint": str(path.resolve()), "model": cfg.get("model"),
@@ -454,7 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, stage2_info = load_depth_model(args)
     model.to(args.device)
     generator, stage1_info = (load_stage1(args) if args.stack == "stage1" else (None, None))
-    base_model, base_info = (load_stage2_checkpoint(args.base_checkpoint, "--base-checkpoint")
+    base_model, base_info = (load_stage2_checkpoint(args.base_checkpoint)
                              if args.base_checkpoint else (None, None))
     if base_model is not None:
         base_model.to(args.device)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import kornia
 
-from physics.dfd import blur_to_radius_map, estimate_blur_radius
+from physics.dfd import blur_to_radius_map, depth_from_bokeh_sweep, estimate_blur_radius
 
 
 STACK_ESTIMATORS = ("physics", "proxy")
@@ -125,24 +125,24 @@ def blur_proxy(reference: torch.Tensor, frames: torch.Tensor, window_sigma: floa
     return rho, weight
 
 
-def consistent_stack_targets(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torch.Tensor,
+def consistent_stack_targets(lin_reference: torch.Tensor, lin_frames: torch.Tensor, K_px_m: torch.Tensor,
                              cfg: GuidanceConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """What a stack consistent with its own blur would be: frames [B,N,3,H,W], reference [B,3,H,W] (sRGB), K [B,N]
-    px*m -> targets [B,N,3,H,W] in LINEAR light (the reference blurred at K_i Delta per pixel) and the confidence
-    [B,1,H,W] in [0, 1). No gradient (see the module docstring)."""
+    """What a stack consistent with its own blur would be: frames [B,N,3,H,W], reference [B,3,H,W], both in LINEAR
+    light, K [B,N] px*m -> targets [B,N,3,H,W] in linear light (the reference blurred at K_i Delta per pixel) and the
+    confidence [B,1,H,W] in [0, 1). No gradient (see the module docstring)."""
     with torch.no_grad():
         # larger blurs are not measurable in a small window (and would cost a candidate each): cap at a quarter of
         # the width, as physics.dfd.depth_from_stack does
-        max_radius = max(min(float(K_px_m.max()) * cfg.estimator_max_inv_m, 0.25 * frames.shape[-1]), 1.0)
+        max_radius = max(min(float(K_px_m.max()) * cfg.estimator_max_inv_m, 0.25 * lin_frames.shape[-1]), 1.0)
         step = max(cfg.estimator_step_px, max_radius / (cfg.estimator_max_candidates - 1))
         radius, contrast, weight = estimate_blur_radius(
-            reference, frames, max_radius_px=max_radius, step_px=step,
-            window_px=cfg.estimator_window_px, reference_noise=False, return_confidence=True, confidence="both")
-        K = K_px_m.to(frames).view(*K_px_m.shape, 1, 1, 1)
-        delta = (weight * K * radius).sum(1) / (weight * K.pow(2)).sum(1).clamp_min(1e-12)  # [B,1,H,W] px per px*m
+            lin_reference, lin_frames, max_radius_px=max_radius, step_px=step, window_px=cfg.estimator_window_px,
+            color_space="linear", reference_noise=False, return_confidence=True, confidence="both")
+        # the sweep regression's Delta (px per px*m) does not depend on the focus, whose depth output is not used
+        delta, _ = depth_from_bokeh_sweep(radius, K_px_m, 1.0, weights=weight, behind_focus=None)
+        K = K_px_m.to(lin_frames).view(*K_px_m.shape, 1, 1, 1)
         target_radius = (K * delta[:, None]).clamp(0.0, max_radius)
-        lin_ref = kornia.color.rgb_to_linear_rgb(reference.clamp(0, 1))
-        targets = blur_to_radius_map(lin_ref, target_radius, step_px=step)
+        targets = blur_to_radius_map(lin_reference, target_radius, step_px=step)
     return targets, contrast.mean(1)
 
 
@@ -152,8 +152,9 @@ def stack_consistency_loss(frames: torch.Tensor, reference: torch.Tensor, K_px_m
     if frames.shape[1] < 2:
         return frames.new_zeros(frames.shape[0])
     if cfg.stack_estimator == "physics":
-        targets, confidence = consistent_stack_targets(reference, frames.detach(), K_px_m, cfg)
         lin = kornia.color.rgb_to_linear_rgb(frames.clamp(0, 1))
+        lin_reference = kornia.color.rgb_to_linear_rgb(reference.detach().clamp(0, 1))
+        targets, confidence = consistent_stack_targets(lin_reference, lin.detach(), K_px_m, cfg)
         resid = (lin - targets).pow(2).sum(dim=(1, 2))  # [B,H,W]
         return 0.5 * (confidence[:, 0] * resid).flatten(1).sum(1)
     rho, weight = blur_proxy(reference, frames, cfg.window_sigma_px, cfg.max_rho)
