@@ -30,3 +30,20 @@ def _seed_everything() -> None:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def stage2_stack_calls(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Records (stack, K) of every Stage2Module forward call that is given a stack (``monkeypatch.undo()`` stops it)."""
+    from lightning_modules.stage2 import Stage2Module
+
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    forward = Stage2Module.forward
+
+    def spy(self, image, stack=None, K_px_m=None):
+        if stack is not None:
+            calls.append((stack.detach().clone(), K_px_m.detach().clone()))
+        return forward(self, image, stack, K_px_m)
+
+    monkeypatch.setattr(Stage2Module, "forward", spy)
+    return calls

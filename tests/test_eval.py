@@ -118,7 +118,7 @@ def test_eval_reproduces_the_test_metrics_of_the_run(smoke_run, tmp_path):
         _tool()(["--run", str(run), "--out", str(out)])
 
 
-def test_eval_on_aperture_pairs_with_k_from_the_camera(smoke_run, tmp_path, monkeypatch):
+def test_eval_on_aperture_pairs_with_k_from_the_camera(smoke_run, tmp_path, monkeypatch, stage2_stack_calls):
     from lightning_modules.config import load_config
     from lightning_modules.data import build_datamodule
     from lightning_modules.stage2 import Stage2Module
@@ -127,15 +127,7 @@ def test_eval_on_aperture_pairs_with_k_from_the_camera(smoke_run, tmp_path, monk
     root = _dfd_folder(tmp_path / "pairs", height=40, width=60)
     out = tmp_path / "eval_pairs"
     overrides = [f"data.aperture_pairs.root={root}", "data.aperture_pairs.height=28", "data.aperture_pairs.width=42"]
-    calls: list[tuple[torch.Tensor, torch.Tensor]] = []  # (stack, K) of every model call that is given a stack
-    forward = Stage2Module.forward
-
-    def spy(self, image, stack=None, K_px_m=None):
-        if stack is not None:
-            calls.append((stack.detach().clone(), K_px_m.detach().clone()))
-        return forward(self, image, stack, K_px_m)
-
-    monkeypatch.setattr(Stage2Module, "forward", spy)
+    calls = stage2_stack_calls  # (stack, K) of every model call that is given a stack
     result = _tool()(["--run", str(run), "--config", "data/dfd_indoor", "--out", str(out), "--no-dfd", *overrides])
     monkeypatch.undo()
     section = _section(result, "dfd_indoor")

@@ -56,7 +56,7 @@ def test_base_row_is_the_models_depth_through_the_metric():
     assert "no BokehDepth model" in _row(result, "BokehDepth")["skipped"]
 
 
-def test_stage1_rows_with_a_random_generator(monkeypatch):
+def test_stage1_rows_with_a_random_generator(stage2_stack_calls):
     """A random-weight Stage-1 generator: its rows run, and the BokehDepth model and the closed-form baseline are
     given the K the generator actually used (clamped to its trained range, converted back to the image width), not
     the K asked for. (The rows themselves do not list K: the K is checked where it is consumed.)"""
@@ -66,7 +66,6 @@ def test_stage1_rows_with_a_random_generator(monkeypatch):
     from bokeh.generation import KRange
     from lightning_modules.config import load_config
     from lightning_modules.stage1 import build_generator
-    from lightning_modules.stage2 import Stage2Module
     from physics.dfd import depth_from_stack
 
     gen_cfg = OmegaConf.to_container(load_config(["stage1.yaml"]).model, resolve=True)
@@ -79,15 +78,7 @@ def test_stage1_rows_with_a_random_generator(monkeypatch):
     K_generated = torch.tensor([2.0, 3.5])
     with torch.no_grad(), pytest.warns(UserWarning, match="clamped to"):
         expected_frames = generator.generate_stack(sample["image"], sample["K_px_m"], num_steps=1, seed=0).frames[0]
-    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
-    forward = Stage2Module.forward
-
-    def spy(self, image, stack=None, K_px_m=None):
-        if stack is not None:
-            calls.append((stack.detach().clone(), K_px_m.detach().clone()))
-        return forward(self, image, stack, K_px_m)
-
-    monkeypatch.setattr(Stage2Module, "forward", spy)
+    calls = stage2_stack_calls  # (stack, K) of every model call that is given a stack
     with pytest.warns(UserWarning, match="outside the trained range"):
         result = evaluate_variants(split, [ModelSpec("BD", _module(True), True)], generator=generator,
                                    dataset_stack="physics", limit=1, max_depth_m=100.0, progress=False,

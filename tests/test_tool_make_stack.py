@@ -194,13 +194,17 @@ def test_a_calibrated_generator_records_its_run_strengths_and_can_be_run_uncalib
     assert np.abs(strong - physics(2.0)).max() > 4.0
 
 
-def test_a_negative_guidance_strength_is_a_usage_error_naming_the_option(tmp_path, generator_dir, capsys):
+@pytest.mark.parametrize("option, message", [
+    (["--stack-guidance", "-0.5"], "stack_strength must be a finite number >= 0"),
+    (["--steps", "0"], "argument --steps: expected a whole number >= 1, got 0"),
+])
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(tmp_path, generator_dir, capsys, option, message):
     _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(SystemExit) as exit_info:
         make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
-                         "--out", str(tmp_path / "o"), "--stack-guidance", "-0.5"])
+                         "--out", str(tmp_path / "o"), *option])
     assert exit_info.value.code == 2
-    assert "stack_strength must be a finite number >= 0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -309,16 +313,6 @@ def test_only_unreadable_inputs_is_an_error_naming_them_and_leaves_no_output(tmp
     error = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "no input could be processed" in error[0] and "corrupt.png" in error[0]
     assert "wrote" not in captured.out and not out.exists()
-
-
-def test_steps_below_one_is_a_usage_error(tmp_path, generator_dir, capsys):
-    _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
-    with pytest.raises(SystemExit) as exit_info:
-        make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
-                         "--out", str(tmp_path / "o"), "--steps", "0"])
-    assert exit_info.value.code == 2
-    assert "argument --steps: expected a whole number >= 1, got 0" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
 
 
 def test_manifest_depths_are_checked_bad_rows_skipped_and_invalid_pixels_counted(tmp_path, generator_dir, capsys):
