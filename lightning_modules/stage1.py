@@ -99,6 +99,27 @@ def true_defocus_inv_m(depth_m: torch.Tensor, focus_m: torch.Tensor, side_sign: 
     return (side_sign * signed_coc_radius_px(depth_m, 1.0, focus_m)).clamp(0.0, max_inv_m)
 
 
+DEFOCUS_LOSSES = ("l1", "l2", "log_l1")
+
+
+def defocus_map_error(predicted_inv_m: torch.Tensor, true_inv_m: torch.Tensor, kind: str,
+                      log_floor_inv_m: float = 0.01) -> torch.Tensor:
+    """Mean error between two defocus maps [B,1,H,W] (1/m), a scalar.
+
+    ``l1``: |p - t| (1/m; its minimiser is the conditional median map, weighted towards near surfaces whose defocus
+    is large). ``l2``: (p - t)^2 (the conditional mean). ``log_l1``: |log(p + f) - log(t + f)| with the floor f
+    (1/m): a relative error, so a far wall at 0.1 1/m counts as much as a near object at 2 1/m -- the K-calibration
+    error is relative too (a map s times too large reads as K s).
+    """
+    if kind == "l1":
+        return (predicted_inv_m - true_inv_m).abs().mean()
+    if kind == "l2":
+        return (predicted_inv_m - true_inv_m).pow(2).mean()
+    if kind == "log_l1":
+        return (torch.log(predicted_inv_m + log_floor_inv_m) - torch.log(true_inv_m + log_floor_inv_m)).abs().mean()
+    raise ValueError(f"defocus loss must be one of {DEFOCUS_LOSSES}, got {kind!r}")
+
+
 def _loss_weight(cfg: Mapping[str, Any], key: str, default: float) -> float:
     """``train.<key>``, a loss weight: a finite number >= 0 (ConfigError naming the key otherwise)."""
     weight = cfg["train"].get(key, default)
@@ -426,6 +447,7 @@ class Stage1Module(L.LightningModule):
         self.p_null = float(cfg["train"].get("p_null_k", 0.1))
         self.t_dist = str(cfg["train"].get("t_distribution", "logit_normal"))
         self.defocus_weight, self.defocus_loss = self._defocus_supervision(cfg)
+        self.defocus_log_floor = self._defocus_log_floor(cfg)
         self.image_weight = self._image_weight(cfg, self.defocus_weight)
         self.eval_steps = int(cfg["eval"].get("num_steps", 4))
         self.eval_k = [float(x) for x in cfg["eval"].get("K_px_m", [k["min"], k["max"]])]
@@ -433,12 +455,13 @@ class Stage1Module(L.LightningModule):
         self._test_sums: dict[str, list[float]] = {}
 
     def _defocus_supervision(self, cfg: Mapping[str, Any]) -> tuple[float, str]:
-        """(``train.defocus_weight``, ``train.defocus_loss``): the weight of the L1 (``l1``) or squared (``l2``) error
-        (1/m) between the layered head's map and the scene's true defocus. Training only (the depth behind the
+        """(``train.defocus_weight``, ``train.defocus_loss``): the weight of the error between the layered head's map
+        and the scene's true defocus, and its kind (:func:`defocus_map_error`). Training only (the depth behind the
         physics targets); sampling stays depth-free."""
         loss = str(cfg["train"].get("defocus_loss", "l1"))
-        if loss not in ("l1", "l2"):
-            raise ConfigError(f"train.defocus_loss must be 'l1' (the median map) or 'l2' (the mean map); got {loss!r}")
+        if loss not in DEFOCUS_LOSSES:
+            raise ConfigError(f"train.defocus_loss must be 'l1' (the median map), 'l2' (the mean map) or 'log_l1' "
+                              f"(the median of the map's log: relative errors); got {loss!r}")
         weight = _loss_weight(cfg, "defocus_weight", 0.0)
         if weight > 0:
             if getattr(getattr(self.generator, "net", None), "head", None) != "layered":
@@ -448,6 +471,15 @@ class Stage1Module(L.LightningModule):
                 raise ConfigError("train.defocus_weight > 0 needs depth (data.kind synthetic or rgbd_manifest); real "
                                   "pairs have none: set train.defocus_weight=0")
         return weight, loss
+
+    @staticmethod
+    def _defocus_log_floor(cfg: Mapping[str, Any]) -> float:
+        """``train.defocus_log_floor_inv_m`` (1/m, > 0): log_l1 compares log(map + floor), so that the in-focus zero
+        of the nearest-subject policy stays finite; far below the default scenes' smallest defocus (0.09 1/m)."""
+        floor = cfg["train"].get("defocus_log_floor_inv_m", 0.01)
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor <= 0:
+            raise ConfigError(f"train.defocus_log_floor_inv_m must be a number > 0 (1/m); got {floor!r}")
+        return float(floor)
 
     @staticmethod
     def _image_weight(cfg: Mapping[str, Any], defocus_weight: float) -> float:
@@ -492,8 +524,8 @@ class Stage1Module(L.LightningModule):
         loss = self.image_weight * out["loss"]
         self.log("train/v_mse", out["v_mse"], batch_size=b, sync_dist=True)
         if self.defocus_weight > 0:
-            error = out["defocus_inv_m"] - self.defocus_target(batch)
-            defocus_term = error.abs().mean() if self.defocus_loss == "l1" else error.pow(2).mean()
+            defocus_term = defocus_map_error(out["defocus_inv_m"], self.defocus_target(batch), self.defocus_loss,
+                                             self.defocus_log_floor)
             loss = loss + self.defocus_weight * defocus_term
             self.log("train/image_loss", out["loss"], batch_size=b, sync_dist=True)
             self.log(f"train/defocus_{self.defocus_loss}", defocus_term, batch_size=b, sync_dist=True)

@@ -383,7 +383,7 @@ def test_true_defocus_map_is_the_thin_lens_defocus_on_the_head_side_clamped_to_i
     assert back.flatten().tolist() == pytest.approx([0.0, 0.0, 1.5, 1.9, 1.995], abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["l1", "l2"])
+@pytest.mark.parametrize("kind", ["l1", "l2", "log_l1"])
 def test_defocus_weight_adds_the_maps_error_to_the_frames_loss(kind):
     torch.manual_seed(0)
     module, dm = tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.5",
@@ -402,9 +402,28 @@ def test_defocus_weight_adds_the_maps_error_to_the_frames_loss(kind):
     out = module.generator.training_loss(batch["image"], module.targets_for(batch, K), K, null, t)
     truth = (1.0 / batch["depth_m"] - 1.0 / batch["focus_m"].view(-1, 1, 1, 1)).clamp(0, 2.5)  # focus 100 m: front
     error = (out["defocus_inv_m"] - truth).detach()
-    expected = float(error.abs().mean() if kind == "l1" else error.pow(2).mean())
+    if kind == "log_l1":  # |log(p + 0.01) - log(t + 0.01)|, the floor of configs/stage1.yaml
+        error = (torch.log(out["defocus_inv_m"] + 0.01) - torch.log(truth + 0.01)).detach()
+    expected = float(error.abs().mean() if kind != "l2" else error.pow(2).mean())
     assert expected > 1e-3
     assert float(total) == pytest.approx(float(frames_only) + 0.5 * expected, rel=1e-5)
+
+
+def test_log_l1_defocus_error_is_relative():
+    """log_l1 charges a map s times too large the same on a far wall (0.1 1/m) as on a near object (2 1/m), and a
+    map s times too small the same as one s times too large; l1 charges the near object 20x more."""
+    from lightning_modules.stage1 import defocus_map_error
+
+    truth = torch.tensor([0.1, 2.0]).view(2, 1, 1, 1)
+    tiny = 1e-9  # no floor: the pure log ratio
+    per_pixel = [float(defocus_map_error(1.5 * truth[i:i + 1], truth[i:i + 1], "log_l1", tiny)) for i in range(2)]
+    assert per_pixel == pytest.approx([math.log(1.5)] * 2, rel=1e-6)
+    assert float(defocus_map_error(truth / 1.5, truth, "log_l1", tiny)) == pytest.approx(math.log(1.5), rel=1e-6)
+    l1 = [float(defocus_map_error(1.5 * truth[i:i + 1], truth[i:i + 1], "l1")) for i in range(2)]
+    assert l1 == pytest.approx([0.05, 1.0], rel=1e-6)
+    # the floor keeps an in-focus zero finite: |log(0.5 + 0.01) - log(0 + 0.01)|
+    assert float(defocus_map_error(torch.full((1, 1, 1, 1), 0.5), torch.zeros(1, 1, 1, 1), "log_l1", 0.01)) == \
+        pytest.approx(math.log(51.0), rel=1e-6)
 
 
 def test_image_weight_zero_trains_the_map_alone():
@@ -478,8 +497,10 @@ def test_defocus_weight_is_refused_where_there_is_no_map_or_no_depth():
         tiny_module(extra=["model.compact.head=residual", "train.defocus_weight=0.1"])
     with pytest.raises(ConfigError, match=r"train\.defocus_weight must be a number >= 0"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=-1.0"])
-    with pytest.raises(ConfigError, match=r"train\.defocus_loss must be 'l1' .* or 'l2'"):
+    with pytest.raises(ConfigError, match=r"train\.defocus_loss must be 'l1' .* 'l2' .* or 'log_l1'"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_loss=huber"])
+    with pytest.raises(ConfigError, match=r"train\.defocus_log_floor_inv_m must be a number > 0"):
+        tiny_module(extra=["model.compact.head=layered", "train.defocus_log_floor_inv_m=0.0"])
     with pytest.raises(ConfigError, match=r"train\.defocus_weight > 0 needs depth"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.1", "data.kind=pairs",
                            "data.manifest.train=x.jsonl", "calibration.enabled=false"])
