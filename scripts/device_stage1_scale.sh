@@ -15,6 +15,8 @@
 #   PROBE_STEPS=300    steps of the rate probe (a short fit of the same config; its start-up makes the rate low,
 #                      i.e. the main fit ends early rather than late)
 #   MAX_STEPS_CAP=200000, COMPARE_SCENES=64, PYTHON=python3
+#   CALIBRATE=0        1: the fit also fits the K calibration (calibration.enabled=true, validation scenes) and the
+#                      calibrated generator is compared too (compare_calibrated.json / .log; ~2 min more)
 #   OVERRIDES="..."    extra config overrides for both fits (tests use them to run it tiny on a CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,10 @@ MAX_STEPS_CAP=${MAX_STEPS_CAP:-200000}
 COMPARE_SCENES=${COMPARE_SCENES:-64}
 OUT_DIR=${OUT:-runs/device_stage1_scale}
 WORK=${WORK_DIR:-runs/device_stage1_scale_work}
+CALIBRATE=${CALIBRATE:-0}
 read -r -a EXTRA <<< "${OVERRIDES:-}"
+FIT_EXTRA=()
+[ "$CALIBRATE" = 1 ] && FIT_EXTRA=(calibration.enabled=true)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 # the carried wheels, only where the packages are missing (a set-up machine keeps its own)
@@ -35,7 +40,7 @@ if ! "$PY" -c "import diffusers, kornia, omegaconf" 2> /dev/null && compgen -G "
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p "$OUT_DIR" "$WORK"
-rm -rf "$WORK/probe" "$WORK/fit" "$WORK/compare"
+rm -rf "$WORK/probe" "$WORK/fit" "$WORK/compare" "$WORK/compare_calibrated"
 
 echo "== rate probe: $PROBE_STEPS steps"
 "$PY" tools/fit.py --config configs/stage1_scale.yaml trainer.max_steps="$PROBE_STEPS" \
@@ -52,12 +57,12 @@ json.dump({"probe_steps": result["steps"], "probe_train_s": train_s, "steps_per_
 print(steps)
 EOF
 )
-echo "   -> trainer.max_steps=$STEPS for ${TRAIN_S}s of training ($(cat "$OUT_DIR/probe.json" | tr -d '\n '))"
+echo "   -> trainer.max_steps=$STEPS for ${TRAIN_S}s of training ($(tr -d '\n ' < "$OUT_DIR/probe.json"))"
 
 echo "== fit"
 VAL_EVERY=$(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))
 "$PY" tools/fit.py --config configs/stage1_scale.yaml trainer.max_steps="$STEPS" trainer.val_check_interval="$VAL_EVERY" \
-  run.dir="$WORK/fit" "${EXTRA[@]}" > "$OUT_DIR/fit.log" 2>&1 || { tail -n 40 "$OUT_DIR/fit.log"; exit 1; }
+  run.dir="$WORK/fit" "${FIT_EXTRA[@]}" "${EXTRA[@]}" > "$OUT_DIR/fit.log" 2>&1 || { tail -n 40 "$OUT_DIR/fit.log"; exit 1; }
 cp "$WORK/fit/result.json" "$OUT_DIR/result.json"
 
 echo "== compare: $COMPARE_SCENES test scenes"
@@ -66,3 +71,11 @@ echo "== compare: $COMPARE_SCENES test scenes"
   || { tail -n 40 "$OUT_DIR/compare.log"; exit 1; }
 cp "$WORK/compare/results.json" "$OUT_DIR/compare.json"
 grep -E "^  (learned|uniform_disk|identity)|^  K=|measurable" "$OUT_DIR/compare.log" | tee "$OUT_DIR/summary.txt"
+if [ "$CALIBRATE" = 1 ]; then
+  echo "== compare, K-calibrated"
+  "$PY" tools/compare_bokeh.py --generator "$WORK/fit" --out "$WORK/compare_calibrated" \
+    --num-scenes "$COMPARE_SCENES" --fit2d-scenes 0 --max-grids 2 > "$OUT_DIR/compare_calibrated.log" 2>&1 \
+    || { tail -n 40 "$OUT_DIR/compare_calibrated.log"; exit 1; }
+  cp "$WORK/compare_calibrated/results.json" "$OUT_DIR/compare_calibrated.json"
+  grep -E "^  learned |^  K=" "$OUT_DIR/compare_calibrated.log" | sed 's/^/calibrated /' | tee -a "$OUT_DIR/summary.txt"
+fi

@@ -49,13 +49,15 @@ def test_the_scale_config_changes_only_the_budget():
 @pytest.mark.slow
 def test_the_device_script_sizes_the_fit_from_the_measured_rate(tmp_path):
     """The script measures the step rate with a short fit, sizes trainer.max_steps to TRAIN_S seconds (capped), fits
-    that many steps and compares the result on test scenes (tiny, on the CPU)."""
+    that many steps (with CALIBRATE=1 also the K calibration) and compares the generator on test scenes, uncalibrated
+    and calibrated (tiny, on the CPU)."""
     tiny = ("data.height=32 data.width=32 data.batch_size=2 data.eval_batch_size=2 data.num_workers=0 "
             "data.synthetic.num_val=2 data.synthetic.num_test=2 trainer.accelerator=cpu "
+            "calibration.num_scenes=2 calibration.min_scenes=1 calibration.iterations=1 "
             f"run.root={tmp_path / 'runs'}")
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(out), WORK_DIR=str(work), OVERRIDES=tiny,
-               PROBE_STEPS="3", TRAIN_S="1000", MAX_STEPS_CAP="5", COMPARE_SCENES="1")
+               PROBE_STEPS="3", TRAIN_S="1000", MAX_STEPS_CAP="5", COMPARE_SCENES="1", CALIBRATE="1")
     proc = subprocess.run(["bash", str(REPO / "scripts" / "device_stage1_scale.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -70,5 +72,10 @@ def test_the_device_script_sizes_the_fit_from_the_measured_rate(tmp_path):
     assert "learned" in summary and "uniform_disk" in summary
     learned = compare["sections"]["synthetic test split"]["summary"]["learned"]
     assert learned["psnr_n"] == 3 and learned["psnr"] > 10  # one scene x the three eval K, a finite PSNR
-    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.log", "fit.log", "probe.json",
-                                                     "result.json", "summary.txt"]
+    assert "k_calibration" in fit  # calibration.enabled=true reached the fit
+    calibrated = json.loads((out / "compare_calibrated.json").read_text())
+    assert calibrated["k_calibration"] and not compare["k_calibration"]  # each comparison used what it says
+    assert "calibrated   learned" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.log", "compare_calibrated.json",
+                                                     "compare_calibrated.log", "fit.log", "probe.json", "result.json",
+                                                     "summary.txt"]
