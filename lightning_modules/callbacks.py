@@ -1,5 +1,6 @@
 """Lightning callbacks: Stage-2 image grids (RGB | stack | prediction | GT | error) as PNG and in TensorBoard; the
-time a fit spends in validation (what a wall-clock budget pays for it)."""
+time a fit spends in validation (what a wall-clock budget pays for it); the steady training step rate (what a step
+budget should be sized by)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,42 @@ class ValidationTime(L.Callback):
             self.seconds += time.perf_counter() - self._start
             self.count += 1
             self._start = None
+
+
+class TrainingRate(L.Callback):
+    """Training steps per second once the first ``skip_steps`` optimizer steps are done, validation excluded.
+
+    A fit's overall rate (steps / seconds) counts the loader processes' start-up, the first steps' allocations and
+    the validations; on a GPU, where steps take milliseconds, that start-up can be most of a short fit. This rate is
+    what a longer run of the same config will sustain. ``steps_per_s`` stays None until a step after the skipped ones
+    has been timed.
+    """
+
+    def __init__(self, skip_steps: int = 50) -> None:
+        if skip_steps < 1:
+            raise ValueError(f"skip_steps must be >= 1, got {skip_steps}")
+        self.skip_steps = skip_steps
+        self.steps_per_s: float | None = None
+        self._start: tuple[float, int] | None = None  # (time, global step) where the timed window opens
+        self._validation_s = 0.0
+        self._validation_start: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now, step = time.perf_counter(), int(trainer.global_step)
+        if self._start is None:
+            if step >= self.skip_steps:
+                self._start, self._validation_s = (now, step), 0.0
+            return
+        seconds = now - self._start[0] - self._validation_s
+        if step > self._start[1] and seconds > 0:
+            self.steps_per_s = (step - self._start[1]) / seconds
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None and trainer.state.fn == "fit":
+            self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validation_start is not None:
+            self._validation_s += time.perf_counter() - self._validation_start
+            self._validation_start = None

@@ -752,7 +752,7 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     from lightning.pytorch.loggers import CSVLogger
 
     from bokeh.io import write_json
-    from lightning_modules.callbacks import ValidationTime
+    from lightning_modules.callbacks import TrainingRate, ValidationTime
     from lightning_modules.tasks import check_trainer_config, find_last_checkpoint
 
     trainer_cfg = check_trainer_config(cfg.trainer)
@@ -761,8 +761,11 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-step{step}", monitor="val/psnr",
                                  mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False)
     validation_time = ValidationTime()
+    max_steps = int(trainer_cfg.get("max_steps") or -1)
+    # the steady rate skips the start-up: the first 10% of a step-bounded fit (at most 50 steps), else 50 steps
+    rate = TrainingRate(skip_steps=max(1, min(50, max_steps // 10)) if max_steps > 0 else 50)
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=[CSVLogger(run_dir, name="logs", version="")],
-                        callbacks=[checkpoint, validation_time], **trainer_cfg)
+                        callbacks=[checkpoint, validation_time, rate], **trainer_cfg)
     ckpt = ckpt_path or (str(find_last_checkpoint(run_dir)) if resume and find_last_checkpoint(run_dir) else None)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
@@ -776,7 +779,7 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = {"test": dict(module.test_results), "fit_s": fit_s, "test_s": time.perf_counter() - t1,
                "steps": int(trainer.global_step), "fit_validation_s": validation_time.seconds,
-               "fit_validations": validation_time.count,
+               "fit_validations": validation_time.count, "train_steps_per_s": rate.steps_per_s,
                "best_checkpoint": best or "", "run_dir": str(run_dir),
                "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
     if trainer.is_global_zero:

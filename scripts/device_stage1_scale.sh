@@ -12,8 +12,8 @@
 #
 # Environment (defaults for one H100-class GPU and a 10-minute command):
 #   TRAIN_S=300        seconds of training steps the main fit is sized for (measured rate x TRAIN_S = max_steps)
-#   PROBE_STEPS=300    steps of the rate probe (a short fit of the same config; its start-up makes the rate low,
-#                      i.e. the main fit ends early rather than late)
+#   PROBE_STEPS=300    steps of the rate probe (a short fit of the same config); the rate is its steady one, the
+#                      first 10% of the steps (loader start-up) and validation left out
 #   MAX_STEPS_CAP=200000, COMPARE_SCENES=64, PYTHON=python3
 #   CALIBRATE=0        1: the fit also fits the K calibration (calibration.enabled=true, validation scenes) and the
 #                      calibrated generator is compared too (compare_calibrated.json / .log; ~2 min more)
@@ -50,10 +50,12 @@ STEPS=$("$PY" - "$WORK/probe/result.json" "$TRAIN_S" "$MAX_STEPS_CAP" "$OUT_DIR/
 import json, sys
 result = json.load(open(sys.argv[1]))
 train_s = result["fit_s"] - result["fit_validation_s"]  # the loop's seconds, start-up included
-rate = result["steps"] / train_s
+overall = result["steps"] / train_s
+# the steady rate (start-up steps skipped, lightning_modules.callbacks.TrainingRate) when the probe timed one
+rate = result.get("train_steps_per_s") or overall
 steps = max(1, min(int(rate * float(sys.argv[2])), int(sys.argv[3])))
-json.dump({"probe_steps": result["steps"], "probe_train_s": train_s, "steps_per_s": rate, "max_steps": steps},
-          open(sys.argv[4], "w"), indent=2)
+json.dump({"probe_steps": result["steps"], "probe_train_s": train_s, "overall_steps_per_s": overall,
+           "steps_per_s": rate, "max_steps": steps}, open(sys.argv[4], "w"), indent=2)
 print(steps)
 EOF
 )

@@ -524,6 +524,7 @@ def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
     result = run(cfg, lambda: tmp_path)
     assert result["steps"] == 4  # 2 epochs x 8 scenes / batch 4
     assert result["fit_validations"] == 2  # one per epoch, no sanity check
+    assert result["train_steps_per_s"] is None  # no max_steps: 50 start-up steps are skipped, and it ran 4
     assert 0 < result["fit_validation_s"] < result["fit_s"]
     assert json.loads((tmp_path / "result.json").read_text())["fit_validations"] == 2
     assert result["test"]["defocus_mae"] > 0  # the layered head's sampled map is scored against the true defocus
@@ -532,6 +533,33 @@ def test_a_fit_reports_its_steps_and_the_time_its_validations_took(tmp_path):
     assert meta["k_calibration"]["knots_px_m"] == [1.0, 2.0] == result["k_calibration"]["knots_px_m"]
     assert (tmp_path / "calibration" / "calibration.png").is_file()
     assert load_generator(tmp_path)[0].k_calibration.gains == tuple(meta["k_calibration"]["gains"])
+
+
+def test_training_rate_times_steps_after_the_skipped_ones_without_validation(monkeypatch):
+    """One step per second after a 5 s start-up (step 1 at t = 5 s), a 3 s validation after step 6: with 2 steps
+    skipped the window opens at step 2 (t = 6 s) and the rate is 1 step/s (start-up and validation left out)."""
+    from types import SimpleNamespace
+
+    from lightning_modules import callbacks
+    from lightning_modules.callbacks import TrainingRate
+
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    trainer = SimpleNamespace(global_step=0, state=SimpleNamespace(fn="fit"))
+    rate = TrainingRate(skip_steps=2)
+    for step in range(1, 9):
+        clock[0] += 5.0 if step == 1 else 1.0
+        trainer.global_step = step
+        rate.on_train_batch_end(trainer, None, None, None, step - 1)
+        if step == 1:
+            assert rate.steps_per_s is None  # still inside the skipped steps
+        if step == 6:
+            rate.on_validation_start(trainer, None)
+            clock[0] += 3.0
+            rate.on_validation_end(trainer, None)
+    assert rate.steps_per_s == pytest.approx(1.0)  # 6 steps (2 -> 8) in 9 s of which 3 s validated
+    with pytest.raises(ValueError, match="skip_steps must be >= 1"):
+        TrainingRate(skip_steps=0)
 
 
 def test_config_synthetic_splits_draw_the_datamodules_scenes_and_refuse_other_data():

@@ -63,9 +63,12 @@ def test_the_device_script_sizes_the_fit_from_the_measured_rate(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     probe = json.loads((out / "probe.json").read_text())
     assert probe["probe_steps"] == 3 and probe["steps_per_s"] > 0
-    assert probe["steps_per_s"] == pytest.approx(3 / probe["probe_train_s"])
+    assert probe["overall_steps_per_s"] == pytest.approx(3 / probe["probe_train_s"])
+    # the steady rate, timed after the first step, leaves the loader's start-up out: faster than the overall one
+    assert probe["steps_per_s"] > probe["overall_steps_per_s"]
     assert probe["max_steps"] == min(int(probe["steps_per_s"] * 1000), 5)
     fit = json.loads((out / "result.json").read_text())
+    assert fit["train_steps_per_s"] > 0
     assert fit["steps"] == probe["max_steps"]
     compare = json.loads((out / "compare.json").read_text())
     summary = (out / "summary.txt").read_text()
