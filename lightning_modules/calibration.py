@@ -49,7 +49,7 @@ def calibrate_generator(gen: Any, meta: dict[str, Any], *, num_scenes: int = 32,
     Knots (px*m at the generator's width) must lie in the trained range; default 5 log-spaced over it. A knot that
     fewer than ``min_scenes`` scenes can measure is dropped (reported).
     """
-    from lightning_modules.stage1 import SyntheticSplit
+    from lightning_modules.stage1_data import SyntheticSplit
     from physics.k_fit import fit_k, fit_range, k_measurability
 
     k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import camera
-from .aperture import Aperture, DiskAperture, ImageAperture, kernel_half_size, make_aperture
+from .aperture import Aperture, ImageAperture, kernel_half_size, make_aperture
 
 #: bumped whenever a render of the same inputs changes (caches of rendered data key on it). 2: spots are drawn with
 #: the continuous spot's second moment, so radii under 0.5 px blur too (physics.aperture).

@@ -12,6 +12,7 @@ from PIL import Image
 
 from lightning_modules.config import load_config
 from lightning_modules.stage1 import build, export_generator
+from physics.k_fit import K_MEASURABLE_RMS, k_sensitivity_rms
 from _tools import load_tool
 
 TINY = ["data.height=16", "data.width=16", "model.compact.unet.block_out_channels=[16, 32]",
@@ -46,9 +47,9 @@ def test_k_is_unmeasurable_only_where_the_blur_is_far_below_a_pixel():
     K = 8 (0.72 px) by ~13 codes."""
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     depth = torch.full((1, 32, 32), 10.0)
-    assert compare.k_sensitivity_rms(image, depth, 100.0, 0.5) < 0.5 * compare.K_MEASURABLE_RMS
-    assert compare.k_sensitivity_rms(image, depth, 100.0, 2.0) > compare.K_MEASURABLE_RMS
-    assert compare.k_sensitivity_rms(image, depth, 100.0, 8.0) > 5 * compare.K_MEASURABLE_RMS
+    assert k_sensitivity_rms(image, depth, 100.0, 0.5) < 0.5 * K_MEASURABLE_RMS
+    assert k_sensitivity_rms(image, depth, 100.0, 2.0) > K_MEASURABLE_RMS
+    assert k_sensitivity_rms(image, depth, 100.0, 8.0) > 5 * K_MEASURABLE_RMS
     assert [compare.k_measurability(image, depth, 100.0, K)[1] for K in (0.5, 2.0, 8.0)] == [False, True, True]
 
 

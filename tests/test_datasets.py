@@ -169,7 +169,9 @@ def test_intrinsics_scaling_follows_the_pixel_centre_convention() -> None:
     # A point projects to the same relative position before and after resizing.
     x, y, z = 0.3, -0.2, 2.0
     u, u_half = K.fx * x / z + K.cx, half.fx * x / z + half.cx
+    v, v_half = K.fy * y / z + K.cy, half.fy * y / z + half.cy
     assert (u_half + 0.5) == pytest.approx((u + 0.5) * 0.5)
+    assert (v_half + 0.5) == pytest.approx((v + 0.5) * 0.5)
     assert Intrinsics.from_any({"cam_in": [1, 2, 3, 4]}).as_dict() == {"fx": 1.0, "fy": 2.0, "cx": 3.0, "cy": 4.0}
 
 

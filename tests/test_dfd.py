@@ -43,7 +43,6 @@ def test_sweep_exact_radii_recover_delta_and_depth():
 
 
 def test_sweep_front_of_focus_sign():
-    depth = torch.full((1, 1, 1, 1), 1.0)
     K = torch.tensor([5.0, 10.0])
     radii = (K * (1 / 2.0 - 1.0)).abs().reshape(1, 2, 1, 1, 1)  # magnitudes
     _, d = depth_from_bokeh_sweep(radii, K, 2.0, behind_focus=False)

@@ -11,8 +11,8 @@ import torch
 
 from bokeh.generation.flow import sample_t
 from lightning_modules.config import load_config
-from lightning_modules.stage1 import (PairManifest, Stage1Module, build, export_generator, load_generator,
-                                      nearest_subject_focus)
+from lightning_modules.stage1 import build, export_generator, load_generator
+from lightning_modules.stage1_data import PairManifest, nearest_subject_focus
 
 TINY = [
     "data.height=16", "data.width=16", "data.batch_size=4", "data.eval_batch_size=4",
@@ -304,7 +304,7 @@ def test_a_bad_focus_option_is_refused_naming_the_key(value):
 
 
 def test_bad_focus_in_code_and_in_a_manifest_row_is_refused(tmp_path):
-    from lightning_modules.stage1 import RGBDManifest, SyntheticSplit
+    from lightning_modules.stage1_data import RGBDManifest, SyntheticSplit
 
     with pytest.raises(ValueError, match=r"data\.synthetic\.focus_m .* got nan"):
         SyntheticSplit("train", 2, 16, 16, 0, {}, float("nan"))
@@ -319,7 +319,7 @@ def test_bad_focus_in_code_and_in_a_manifest_row_is_refused(tmp_path):
 def test_a_manifest_depth_of_another_size_or_without_valid_pixels_is_refused(tmp_path):
     from PIL import Image
 
-    from lightning_modules.stage1 import RGBDManifest
+    from lightning_modules.stage1_data import RGBDManifest
 
     Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(tmp_path / "a.png")
     np.save(tmp_path / "small.npy", np.ones((6, 8), np.float32))
@@ -345,7 +345,7 @@ def test_generator_metadata_records_the_training_focus(tmp_path):
 
 
 def test_generator_metadata_records_the_scene_options_and_bad_ones_fail_at_build(tmp_path):
-    from lightning_modules.stage1 import SyntheticSplit
+    from lightning_modules.stage1_data import SyntheticSplit
 
     module, _ = tiny_module(extra=["data.synthetic.scene_options={appearance_cues: 1.5}"])
     export_generator(module, tmp_path / "cued")
@@ -564,7 +564,7 @@ def test_training_rate_times_steps_after_the_skipped_ones_without_validation(mon
 
 def test_config_synthetic_splits_draw_the_datamodules_scenes_and_refuse_other_data():
     from lightning_modules.config import ConfigError
-    from lightning_modules.stage1 import config_synthetic_splits
+    from lightning_modules.stage1_data import config_synthetic_splits
 
     cfg = load_config(["configs/stage1.yaml"], TINY)
     splits = config_synthetic_splits(cfg, {"val": 2, "test": 3}, "a tool")

@@ -44,7 +44,6 @@ later leaves the folder as it was (bokeh.io.output_dir). Invalid depth pixels (0
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -62,8 +61,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bokeh.generation import GuidanceConfig  # noqa: E402
 from bokeh.io import image_grid, output_dir, read_image, write_image, write_json, write_text  # noqa: E402
-from physics.k_fit import (K_MEASURABLE_RMS, fit_k, fit_k_focus, fit_range, k_measurability,  # noqa: E402,F401
-                           k_sensitivity_rms)
+from physics.k_fit import fit_k, fit_k_focus, fit_range, k_measurability  # noqa: E402
 
 METHODS = ("learned", "learned_guided", "identity", "uniform_disk", "uniform_disk_population", "map_true",
            "map_true_lowres", "map_learned_true_scale")
@@ -153,9 +151,9 @@ def defocus_agreement(pred_inv_m: torch.Tensor, true_inv_m: torch.Tensor) -> dic
 # ------------------------------------------------------------------------------------------------------ samples
 def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = None,
                       scene_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The Stage-1 synthetic test split (same seeds as lightning_modules.stage1 'test'); focus_m: the generator's
+    """The Stage-1 synthetic test split (same seeds as lightning_modules.stage1_data 'test'); focus_m: the generator's
     training focus (None: each scene's nearest subject); scene_options: keyword arguments of make_scene."""
-    from lightning_modules.stage1 import SyntheticSplit
+    from lightning_modules.stage1_data import SyntheticSplit
 
     split = SyntheticSplit("test", count, size, size, seed, dict(scene_options or {}), focus_m)
     return [dict(split[i], name=f"synthetic_{i:03d}") for i in range(count)]
@@ -163,9 +161,9 @@ def synthetic_samples(count: int, size: int, seed: int, focus_m: float | None = 
 
 def rgbd_samples(manifest: Path, size: int, focus_m: float | None = None) -> list[dict[str, Any]]:
     """The rows of an RGB-D manifest at ``size`` x ``size``. A depth that is unreadable, negative, of another size than
-    its image or without a valid pixel is an error (lightning_modules.stage1.RGBDManifest); holes are counted in a
+    its image or without a valid pixel is an error (lightning_modules.stage1_data.RGBDManifest); holes are counted in a
     warning (the physics reference puts them at 1000 m)."""
-    from lightning_modules.stage1 import RGBDManifest
+    from lightning_modules.stage1_data import RGBDManifest
 
     ds = RGBDManifest(manifest, size, size, focus_m)
     samples = []

@@ -372,7 +372,7 @@ def k_cal_section(args: argparse.Namespace, scale_net: torch.nn.Module, x_train:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bokeh.io import prepare_output_dir, write_json
     from lightning_modules.config import load_config
-    from lightning_modules.stage1 import config_synthetic_splits
+    from lightning_modules.stage1_data import config_synthetic_splits
 
     cfg = load_config([args.config], args.overrides)
     Ks = [float(k) for k in cfg.get("eval", {}).get("K_px_m", [cfg.k.min, cfg.k.max])]

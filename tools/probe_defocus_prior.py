@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bokeh.io import image_grid, prepare_output_dir, write_image, write_json
     from lightning_modules.config import ConfigError, load_config
     from lightning_modules.schedules import warmup_cosine
-    from lightning_modules.stage1 import config_synthetic_splits
+    from lightning_modules.stage1_data import config_synthetic_splits
 
     cfg = load_config([args.config], args.overrides)
     num_train = int(args.num_train or (cfg.data.get("synthetic") or {}).get("num_train", 0))
