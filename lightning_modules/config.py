@@ -73,7 +73,8 @@ def _check_override_type(key: str, old: Any, new: Any) -> Any:
     if isinstance(old, str):
         if isinstance(new, (dict, list)):
             raise ConfigError(f"override '{key}={new!r}': expected a string, got {type(new).__name__}")
-        return str(new)
+        # a YAML boolean stays one: keys such as parallel_variants take "auto" or true / false ("False" is no switch)
+        return new if isinstance(new, bool) else str(new)
     if isinstance(old, (list, ListConfig)) and not isinstance(new, list):
         raise ConfigError(f"override '{key}={new!r}': expected a list like [1, 2], got {type(new).__name__}")
     if isinstance(old, (dict, DictConfig)) and not isinstance(new, dict):

@@ -32,13 +32,8 @@ CALIBRATE=${CALIBRATE:-0}
 read -r -a EXTRA <<< "${OVERRIDES:-}"
 FIT_EXTRA=()
 [ "$CALIBRATE" = 1 ] && FIT_EXTRA=(calibration.enabled=true)
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-
-# the carried wheels, only where the packages are missing (a set-up machine keeps its own)
-if ! "$PY" -c "import diffusers, kornia, omegaconf" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+# shellcheck source=scripts/device_env.sh
+. scripts/device_env.sh
 mkdir -p "$OUT_DIR" "$WORK"
 rm -rf "$WORK/probe" "$WORK/fit" "$WORK/compare" "$WORK/compare_calibrated"
 

@@ -72,6 +72,15 @@ def test_override_plus_adds_a_key_and_int_widens_to_float(tmp_path: Path) -> Non
     assert cfg.note == "hello" and cfg.lr == 1.0 and isinstance(cfg.lr, float)
 
 
+def test_a_boolean_override_of_a_string_key_stays_a_boolean(tmp_path: Path) -> None:
+    """``parallel_variants: auto`` also takes true / false; a number given to a string key becomes its text."""
+    from lightning_modules.stage2 import parallel_variants
+
+    cfg = load_config([_write(tmp_path / "m.yaml", "mode: auto\nname: run\n")], ["mode=false", "name=2024"])
+    assert cfg.mode is False and cfg.name == "2024"
+    assert parallel_variants(load_config(["stage2_smoke"], ["parallel_variants=false"]), 2) is False
+
+
 def test_float_override_accepts_exponent_without_dot(tmp_path: Path) -> None:
     # PyYAML (YAML 1.1) parses "5e-3" as a string; users type it anyway.
     cfg = load_config([_write(tmp_path / "m.yaml", "lr: 0.1\n")], ["lr=5e-3"])
