@@ -16,6 +16,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+#: Keys whose values legitimately change type (Lightning's "int, fraction or 'auto'" arguments): an override keeps
+#: the YAML-parsed value and the consumer (lightning.Trainer) checks it, instead of coercing it to the file's type.
+FREE_TYPED_KEYS = frozenset({
+    "trainer.devices", "trainer.val_check_interval", "trainer.check_val_every_n_epoch", "trainer.limit_train_batches",
+    "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.gradient_clip_val", "trainer.max_time",
+    "trainer.fast_dev_run",
+})
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file or key."""
 
@@ -107,7 +116,8 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
                 + ". Prefix with '+' to add a new key on purpose."
             )
         old = parent[leaf] if leaf in parent else None
-        value = _check_override_type(key, OmegaConf.to_container(old) if isinstance(old, (DictConfig, ListConfig)) else old, value)
+        if key not in FREE_TYPED_KEYS:
+            value = _check_override_type(key, OmegaConf.to_container(old) if isinstance(old, (DictConfig, ListConfig)) else old, value)
         with _unlocked(cfg):
             OmegaConf.update(cfg, key, value, merge=False)
     return cfg

@@ -267,8 +267,10 @@ def parallel_variants(cfg: DictConfig, n_variants: int) -> bool:
         wanted = value
     elif value == "auto":
         t = cfg.trainer
-        single_cpu = (str(t.get("accelerator", "cpu")) == "cpu" and int(t.get("devices", 1) or 1) == 1
-                      and int(t.get("num_nodes", 1) or 1) == 1 and str(t.get("strategy", "auto")) in ("auto", "single_device"))
+        # devices may be 1, "1", "auto" (one process on a CPU) or a list; anything else is Lightning's to refuse
+        one_device = str(t.get("devices", 1)) in ("1", "auto", "None")
+        single_cpu = (str(t.get("accelerator", "cpu")) == "cpu" and one_device
+                      and str(t.get("num_nodes", 1)) in ("1", "None") and str(t.get("strategy", "auto")) in ("auto", "single_device"))
         wanted = single_cpu and (os.cpu_count() or 1) >= 2
     else:
         raise ConfigError(f"parallel_variants must be true, false or 'auto', got {value!r}")

@@ -64,8 +64,42 @@ def check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = 
             check_keys(cfg[key], sub, f"{prefix}{key}.")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_fraction(value: Any, low_open: bool) -> bool:
+    return isinstance(value, float) and (0.0 < value if low_open else 0.0 <= value) and value <= 1.0
+
+
+#: What each of config.FREE_TYPED_KEYS may hold (null is always allowed): (test, what is expected). Overrides keep
+#: these keys' YAML types, so they are checked here, before a run folder exists, with the key named.
+TRAINER_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "devices": (lambda v: (_is_int(v) and (v >= 1 or v == -1)) or v == "auto"
+                or (isinstance(v, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", v) is not None)
+                or (isinstance(v, list) and len(v) > 0 and all(_is_int(i) and i >= 0 for i in v)),
+                "a number of devices >= 1 (-1: all), 'auto', or device indices like [0, 1]"),
+    "val_check_interval": (lambda v: (_is_int(v) and v >= 1) or _is_fraction(v, True),
+                           "a number of training steps >= 1 or a fraction of an epoch in (0, 1]"),
+    "check_val_every_n_epoch": (lambda v: _is_int(v) and v >= 1, "a number of epochs >= 1"),
+    "limit_train_batches": (lambda v: (_is_int(v) and v >= 0) or _is_fraction(v, False),
+                            "a number of batches >= 0 or a fraction in [0, 1]"),
+    "limit_val_batches": (lambda v: (_is_int(v) and v >= 0) or _is_fraction(v, False),
+                          "a number of batches >= 0 or a fraction in [0, 1]"),
+    "limit_test_batches": (lambda v: (_is_int(v) and v >= 0) or _is_fraction(v, False),
+                           "a number of batches >= 0 or a fraction in [0, 1]"),
+    "gradient_clip_val": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                          "a number >= 0"),
+    "max_time": (lambda v: (isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None)
+                 or (isinstance(v, dict) and len(v) > 0 and set(v) <= {"days", "hours", "minutes", "seconds"}),
+                 "'DD:HH:MM:SS' (e.g. '00:00:12:30') or a mapping like {hours: 1}"),
+    "fast_dev_run": (lambda v: isinstance(v, bool) or (_is_int(v) and v >= 0), "true, false or a number of batches"),
+}
+
+
 def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``cfg.trainer`` as a dict, every key checked against ``lightning.Trainer``'s arguments."""
+    """``cfg.trainer`` as a dict, every key checked against ``lightning.Trainer``'s arguments, and the values of the
+    keys that may take several types (:data:`TRAINER_VALUE_CHECKS`) checked against what Lightning accepts."""
     trainer_cfg = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else trainer_cfg)
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "default_root_dir"}
     for key in trainer_cfg:
@@ -74,6 +108,10 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
             hint = difflib.get_close_matches(key, sorted(allowed), n=1)
             raise ConfigError(f"config key 'trainer.{key}' is not a lightning.Trainer argument" + (f" (did you mean 'trainer.{hint[0]}'?)" if hint else ""))
+    for key, (accepts, expected) in TRAINER_VALUE_CHECKS.items():
+        value = trainer_cfg.get(key)
+        if value is not None and not accepts(value):
+            raise ConfigError(f"trainer.{key}={value!r}: expected {expected}")
     return trainer_cfg
 
 

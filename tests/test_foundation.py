@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lightning_modules.config import ConfigError, apply_overrides, load_config, resolve_config_path, save_config
+from lightning_modules.tasks import check_trainer_config
 
 
 def test_wrong_bokeh_package_fails_with_clear_message(tmp_path: Path, repo_root: Path) -> None:
@@ -79,6 +81,46 @@ def test_a_boolean_override_of_a_string_key_stays_a_boolean(tmp_path: Path) -> N
     cfg = load_config([_write(tmp_path / "m.yaml", "mode: auto\nname: run\n")], ["mode=false", "name=2024"])
     assert cfg.mode is False and cfg.name == "2024"
     assert parallel_variants(load_config(["stage2_smoke"], ["parallel_variants=false"]), 2) is False
+
+
+def test_lightning_arguments_of_several_types_keep_the_type_given():
+    """trainer.devices takes 1 or "auto" or [0, 1]; val_check_interval steps (int) or a fraction of an epoch (float);
+    fast_dev_run true or a number of batches: Lightning checks them, the override does not coerce them."""
+    cfg = load_config(["stage1_scale"], ["trainer.devices=auto", "trainer.val_check_interval=0.5",
+                                         "trainer.fast_dev_run=3"])
+    assert cfg.trainer.devices == "auto" and cfg.trainer.val_check_interval == 0.5 and cfg.trainer.fast_dev_run == 3
+    # the main job's side-by-side decision reads "auto" as the one CPU process it is (it crashed on int("auto"))
+    from lightning_modules.stage2 import parallel_variants
+
+    smoke = load_config(["stage2_smoke"])
+    assert parallel_variants(load_config(["stage2_smoke"], ["trainer.devices=auto"]), 2) == parallel_variants(smoke, 2)
+    with pytest.raises(ConfigError, match=r"trainer.max_steps.*expected an integer"):
+        load_config(["stage1_scale"], ["trainer.max_steps=many"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.devices=many", "a number of devices >= 1"), ("trainer.devices=0", "a number of devices >= 1"),
+    ("trainer.limit_train_batches=1.5", "a fraction in \\[0, 1\\]"),
+    ("trainer.limit_val_batches=-1", "a number of batches >= 0"),
+    ("trainer.max_time=12min", "'DD:HH:MM:SS'"), ("trainer.fast_dev_run=maybe", "true, false or a number"),
+])
+def test_a_bad_lightning_argument_is_refused_before_a_run_folder_exists(tmp_path, override, expected):
+    from _tools import load_tool
+
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=re.escape(override.split("=")[0]) + ".*expected .*" + expected):
+        load_tool("fit").main(["--config", "stage2_smoke", f"run.root={runs}", override])
+    assert not runs.exists()
+
+
+def test_every_free_typed_trainer_key_has_a_value_check():
+    from lightning_modules.config import FREE_TYPED_KEYS
+    from lightning_modules.tasks import TRAINER_VALUE_CHECKS
+
+    assert {key.split(".", 1)[1] for key in FREE_TYPED_KEYS if key.startswith("trainer.")} == set(TRAINER_VALUE_CHECKS)
+    accepted = check_trainer_config({"devices": [0, 1], "val_check_interval": 0.25, "limit_train_batches": 3,
+                                     "max_time": {"hours": 2}, "fast_dev_run": True, "gradient_clip_val": 0})
+    assert accepted["devices"] == [0, 1]
 
 
 def test_float_override_accepts_exponent_without_dot(tmp_path: Path) -> None:
