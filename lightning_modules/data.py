@@ -290,16 +290,19 @@ class SyntheticStackDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        _check_multiple(height, "data.height", 14)
-        _check_multiple(width, "data.width", 14)
+        _check_multiple(height, "data.synthetic.height", 14)
+        _check_multiple(width, "data.synthetic.width", 14)
         if len(K_px_m) == 0:
-            raise DataError("data.K_px_m must list at least one stack strength (px*m), e.g. [10, 20, 30]")
+            raise DataError("data.synthetic.K_px_m must list at least one stack strength (px*m), e.g. [10, 20, 30]")
         if any(float(k) <= 0 for k in K_px_m):
-            raise DataError(f"data.K_px_m must be positive (px*m), got {list(K_px_m)}")
+            raise DataError(f"data.synthetic.K_px_m must be positive (px*m), got {list(K_px_m)}")
+        if focus_m is not None and not (isinstance(focus_m, (int, float)) and math.isfinite(focus_m) and focus_m > 0):
+            raise DataError(f"data.synthetic.focus_m={focus_m!r} must be a focus distance > 0 (m), or null (each "
+                            f"scene's nearest subject)")
         counts = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
         for key, value in counts.items():
             if not 0 <= value < 1_000_000:
-                raise DataError(f"data.{key}={value} must lie in [0, 1000000) so split seeds stay disjoint")
+                raise DataError(f"data.synthetic.{key}={value} must lie in [0, 1000000) so split seeds stay disjoint")
         self.height, self.width = height, width
         self.counts = {"train": num_train, "val": num_val, "test": num_test, "predict": num_test}
         self.seed = seed
@@ -714,6 +717,10 @@ def build_datamodule(data_cfg: Mapping[str, Any]) -> L.LightningDataModule:
     if kind not in kinds:
         raise DataError(f"data.kind='{kind}' is unknown; expected one of {', '.join(kinds)}")
     loader = {k: cfg[k] for k in ("batch_size", "eval_batch_size", "num_workers") if k in cfg}
+    for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
+        value = loader.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise DataError(f"data.{key}={value!r} must be an integer >= {low}" + (" or null (= batch_size)" if key == "eval_batch_size" else ""))
     section = dict(cfg.get(kind) or {})
     if kind == "synthetic":
         return SyntheticStackDataModule(**section, **loader)

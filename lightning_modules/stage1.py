@@ -431,6 +431,27 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
     for key in ("model", "data", "k", "train", "eval", "optim", "trainer"):
         if key not in container:
             raise ConfigError(f"stage1 config needs a '{key}' section")
+    from lightning_modules.tasks import check_number
+
+    # checked here, before a run folder exists, not when the loaders or the optimiser are first made
+    check_number(container["optim"]["lr"], "optim.lr", 0.0, exclusive=True)
+    data = container["data"]
+    check_number(data["batch_size"], "data.batch_size", 1, integer=True)
+    check_number(data.get("eval_batch_size") or data["batch_size"], "data.eval_batch_size", 1, integer=True)
+    check_number(data.get("num_workers", 0), "data.num_workers", 0, integer=True)
+    check_number(data["height"], "data.height", 8, integer=True)
+    check_number(data["width"], "data.width", 8, integer=True)
+    if data.get("kind", "synthetic") == "synthetic":
+        check_number((data.get("synthetic") or {}).get("num_train", 0), "data.synthetic.num_train", 1, integer=True)
+    p_null = check_number(container["train"].get("p_null_k", 0.1), "train.p_null_k", 0.0)
+    if p_null > 1:
+        raise ConfigError(f"train.p_null_k={p_null!r}: expected a probability in [0, 1]")
+    eval_k = container["eval"].get("K_px_m")
+    if eval_k is not None:
+        if not isinstance(eval_k, list) or not eval_k:
+            raise ConfigError(f"eval.K_px_m={eval_k!r}: expected a non-empty list of strengths (px*m), e.g. [1.14, 2.86]")
+        for i, value in enumerate(eval_k):
+            check_number(value, f"eval.K_px_m[{i}]", 0.0, exclusive=True)
     calibration = dict(container.get("calibration") or {})
     if calibration.get("enabled", False):
         if container["data"].get("kind", "synthetic") != "synthetic":

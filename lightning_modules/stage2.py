@@ -49,6 +49,9 @@ class Stage2Module(L.LightningModule):
         metrics_cfg = cfg.get("metrics", {})
         self.min_depth_m = float(metrics_cfg.get("min_depth_m", 1e-3))
         self.max_depth_m = float(metrics_cfg.get("max_depth_m", 100.0))
+        if not 0 < self.min_depth_m < self.max_depth_m:
+            raise ConfigError(f"metrics: need 0 < min_depth_m < max_depth_m (m, the evaluation caps), got "
+                              f"{self.min_depth_m}, {self.max_depth_m}")
         self.val_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
         self.test_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
         # The no-stack control: the same BokehDepth weights given the reference alone. Equal to the stacked scores means
@@ -218,10 +221,21 @@ def check_stage2_checkpoint(path: str | Path, role: str = "checkpoint") -> None:
 def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:
     """Build (LightningModule, DataModule) from a task config; unknown keys raise ConfigError naming them."""
     from lightning_modules.data import build_datamodule
-    from lightning_modules.tasks import check_keys, checkpoint_config, config_call
+    from lightning_modules.tasks import check_keys, check_number, checkpoint_config, config_call
 
     check_keys(_container(cfg), CONFIG_SCHEMA)
     checkpoint_config(cfg)
+    optim = cfg.get("optim", {})
+    for group, lr in (optim.get("lr") or {}).items():  # checked here, not when the fit starts
+        check_number(lr, f"optim.lr.{group}", 0.0)  # 0 freezes the group
+    for key in ("warmup_ratio", "min_lr_ratio", "weight_decay"):
+        if optim.get(key) is not None and check_number(optim[key], f"optim.{key}", 0.0) > 1 and key != "weight_decay":
+            raise ConfigError(f"optim.{key}={optim[key]!r}: expected a fraction in [0, 1]")
+    if optim.get("warmup_steps") is not None:
+        check_number(optim["warmup_steps"], "optim.warmup_steps", 0, integer=True)
+    silog_lambda = check_number(cfg.get("loss", {}).get("silog_lambda", 0.5), "loss.silog_lambda", 0.0)
+    if silog_lambda > 1:
+        raise ConfigError(f"loss.silog_lambda={silog_lambda!r}: expected a value in [0, 1] (SILog's variance weight)")
     kind = cfg.data.get("kind", "synthetic")
     datamodule = config_call(build_datamodule, cfg.data, f"data.{kind}")
     module = config_call(Stage2Module, cfg, "model")
@@ -326,6 +340,9 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
         check_trainer_config(vcfg.trainer)
         L.seed_everything(seed, workers=True, verbose=False)
         built[name] = build(vcfg)
+        datamodule = built[name][1]
+        if isinstance(datamodule, SyntheticStackDataModule) and datamodule.counts["train"] == 0:
+            raise ConfigError("data.synthetic.num_train=0: a fit needs at least one training scene")
     parallel = parallel_variants(cfg, len(variants))  # a bad value is a config error: raised before the run dir exists
     run_dir = prepare_run_dir()
     multi = len(variants) > 1

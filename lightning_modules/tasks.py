@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 import time
 from pathlib import Path
@@ -34,19 +35,25 @@ def get_task(name: str) -> ModuleType:
 
 
 def config_call(fn: Callable[..., Any], cfg: Any, prefix: str) -> Any:
-    """Call ``fn(cfg)``; an unknown key inside a config section becomes a ConfigError naming ``<prefix>.<key>``.
+    """Call ``fn(cfg)``; an unknown key inside a config section becomes a ConfigError naming ``<prefix>.<key>``, and
+    a value the builder refuses (its ValueError, e.g. "DSFA k_scale must be a positive finite K") a ConfigError
+    ``<prefix>: <message>``. A DataError (lightning_modules.data) stays one.
 
-    Recognised: ``TypeError: ... unexpected keyword argument 'x'`` (a section passed as **kwargs) and
+    Recognised unknown keys: ``TypeError: ... unexpected keyword argument 'x'`` (a section passed as **kwargs) and
     ``ValueError: unknown ... key 'x'`` (builders that check their own keys, e.g. bokeh.depth.build_depth_model).
     """
+    from lightning_modules.data import DataError
+
     try:
         return fn(cfg)
     except (TypeError, ValueError) as error:
         text = str(error)
         match = re.search(r"unexpected keyword argument '([\w.]+)'", text) or re.search(r"unknown [\w -]*key '([\w.]+)'", text)
-        if not match:
-            raise
-        raise ConfigError(f"config key '{prefix}.{match.group(1)}' is unknown ({text})") from error
+        if match:
+            raise ConfigError(f"config key '{prefix}.{match.group(1)}' is unknown ({text})") from error
+        if isinstance(error, ValueError) and not isinstance(error, (ConfigError, DataError)):
+            raise ConfigError(f"{prefix}: {text}") from error
+        raise
 
 
 def check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
@@ -95,6 +102,17 @@ TRAINER_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
                  "'DD:HH:MM:SS' (e.g. '00:00:12:30') or a mapping like {hours: 1}"),
     "fast_dev_run": (lambda v: isinstance(v, bool) or (_is_int(v) and v >= 0), "true, false or a number of batches"),
 }
+
+
+def check_number(value: Any, key: str, minimum: float, *, integer: bool = False, exclusive: bool = False) -> float:
+    """``value`` of config key ``key`` as a number >= ``minimum`` (> with ``exclusive``; an int with ``integer``),
+    else a ConfigError naming the key and what is expected."""
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key}={value!r}: expected {kind} {'>' if exclusive else '>='} {minimum:g}")
+    return value
 
 
 def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:

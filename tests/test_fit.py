@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lightning_modules.config import ConfigError
+from lightning_modules.data import DataError
 from _tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +101,43 @@ def test_override_errors_name_the_key_and_write_nothing(tmp_path, override, mess
     with pytest.raises(ConfigError, match=message):
         _fit_main()(["--config", "stage2_smoke", f"run.root={tmp_path}", override])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "config, override, error, message",
+    [
+        ("stage2_smoke", "optim.lr.dsfa=-1", ConfigError, r"optim.lr.dsfa=-1.0: expected a number >= 0"),
+        ("stage2_smoke", "optim.warmup_ratio=2", ConfigError, r"optim.warmup_ratio=2.0: expected a fraction"),
+        ("stage2_smoke", "loss.silog_lambda=2", ConfigError, r"loss.silog_lambda=2.0: expected a value in \[0, 1\]"),
+        ("stage2_smoke", "metrics.max_depth_m=-1", ConfigError, r"metrics: need 0 < min_depth_m < max_depth_m"),
+        ("stage2_smoke", "model.max_depth_m=0", ConfigError, r"model: need 0 < min_depth_m < max_depth_m"),
+        ("stage2_smoke", "model.dsfa.k_scale=0", ConfigError, r"model: DSFA k_scale must be a positive"),
+        ("stage2_smoke", "data.synthetic.num_train=0", ConfigError, r"num_train=0: a fit needs at least one"),
+        ("stage2_smoke", "threads=-1", ConfigError, r"threads=-1: expected an integer >= 0"),
+        ("stage2_smoke", "data.batch_size=0", DataError, r"data.batch_size=0 must be an integer >= 1"),
+        ("stage2_smoke", "data.synthetic.focus_m=-1", DataError, r"data.synthetic.focus_m=-1.0 must be a focus"),
+        ("stage1", "optim.lr=-1", ConfigError, r"optim.lr=-1.0: expected a number > 0"),
+        ("stage1", "data.batch_size=0", ConfigError, r"data.batch_size=0: expected an integer >= 1"),
+        ("stage1", "data.height=7", ConfigError, r"data.height=7: expected an integer >= 8"),
+        ("stage1", "data.synthetic.num_train=0", ConfigError, r"data.synthetic.num_train=0: expected an integer >= 1"),
+        ("stage1", "train.p_null_k=1.5", ConfigError, r"train.p_null_k=1.5: expected a probability"),
+        ("stage1", "eval.K_px_m=[]", ConfigError, r"eval.K_px_m=\[\]: expected a non-empty list"),
+    ],
+)
+def test_out_of_range_settings_are_refused_before_a_run_folder_exists(tmp_path, config, override, error, message):
+    """Each used to fail after the run folder was made (a traceback from the loader, the optimiser or the renderer)
+    or to run with a meaningless value (a negative learning rate, a warm-up longer than the run)."""
+    with pytest.raises(error, match=message):
+        _fit_main()(["--config", config, f"run.root={tmp_path}", override])
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_reports_a_data_error_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "fit.py"), "--config", "stage2_smoke", f"run.root={tmp_path}",
+         "data.synthetic.K_px_m=[]"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("data error: data.synthetic.K_px_m must list")
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,7 @@ def test_a_renderer_change_never_reuses_cached_renders(monkeypatch):
 def test_synthetic_bad_settings():
     from lightning_modules.data import DataError, SyntheticStackDataModule
 
-    with pytest.raises(DataError, match="data.height=30 must be a multiple of 14"):
+    with pytest.raises(DataError, match="data.synthetic.height=30 must be a multiple of 14"):
         SyntheticStackDataModule(height=30, width=28)
     with pytest.raises(DataError, match="K_px_m must be positive"):
         SyntheticStackDataModule(K_px_m=[0.0, 3.0])

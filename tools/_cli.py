@@ -23,13 +23,18 @@ from typing import Any, Iterator, Sequence
 
 @contextlib.contextmanager
 def config_errors_exit() -> Iterator[None]:
-    """``with config_errors_exit(): run(args)``: a ConfigError inside becomes ``config error: ...`` and exit 2."""
+    """``with config_errors_exit(): run(args)``: a ConfigError inside becomes ``config error: ...`` and a DataError (a
+    data setting or file that cannot be used, lightning_modules.data) ``data error: ...``, both exit 2."""
     from lightning_modules.config import ConfigError
+    from lightning_modules.data import DataError
 
     try:
         yield
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except DataError as error:
+        print(f"data error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from lightning_modules.config import ConfigError, load_config, save_config  # noqa: E402
-from lightning_modules.tasks import get_task  # noqa: E402
+from lightning_modules.tasks import check_number, get_task  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"ckpt_path={explicit_ckpt}: {what} (expected a .ckpt file, 'last' to resume the newest "
                           "run, or null)")
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    if cfg.get("threads") is not None:
+        check_number(cfg.threads, "threads", 0, integer=True)  # 0 / null: torch's default
     if cfg.get("threads"):  # intra-op threads; 1 is much faster than 2 on a machine already busy with other jobs
         torch.set_num_threads(int(cfg.threads))
 

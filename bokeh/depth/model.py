@@ -401,6 +401,11 @@ def build_depth_model(cfg: Mapping[str, Any] | Any = None) -> BokehDepthModel:
     Unknown keys raise ValueError naming the key.
     """
     cfg = _merge(DEFAULT_CONFIG, _to_dict(cfg))
+    min_depth, max_depth = cfg["min_depth_m"], cfg["max_depth_m"]
+    if not (isinstance(min_depth, (int, float)) and min_depth > 0) or (
+            max_depth is not None and not (isinstance(max_depth, (int, float)) and max_depth > min_depth)):
+        raise ValueError(f"need 0 < min_depth_m < max_depth_m (m), got min_depth_m={min_depth!r}, "
+                         f"max_depth_m={max_depth!r}")
     backbone = build_backbone(cfg["family"], size=cfg["size"], arch=cfg["arch"], head=cfg["head"],
                               max_depth_m=cfg["max_depth_m"], pretrained_path=cfg["pretrained_path"])
     model = BokehDepthModel(backbone, cfg["dsfa"], stack_no_grad=bool(cfg["stack_no_grad"]),
