@@ -7,6 +7,7 @@ file). Overrides are checked against the merged config: an unknown key or a valu
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -161,3 +162,31 @@ def save_config(cfg: DictConfig, path: str | Path) -> Path:
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tmp.replace(path)
     return path
+
+
+# ------------------------------------------------------------------------------ value checks (ConfigError naming the key)
+def check_number(value: Any, key: str, minimum: float, *, integer: bool = False, exclusive: bool = False) -> float:
+    """``value`` of config key ``key`` as a number >= ``minimum`` (> with ``exclusive``; an int with ``integer``),
+    else a ConfigError naming the key and what is expected."""
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key}={value!r}: expected {kind} {'>' if exclusive else '>='} {minimum:g}")
+    return value
+
+
+def check_focus_option(value: Any, name: str = "data.synthetic.focus_m") -> float | None:
+    """A focus-policy setting: None (each scene's nearest subject) or a fixed focus distance in metres (finite, > 0).
+
+    Raises ConfigError naming ``name`` otherwise (0, negative, NaN, infinite, not a number).
+    """
+    if value is None:
+        return None
+    expected = (f"{name} must be null (each scene's nearest subject) or a fixed focus distance in metres, finite "
+                f"and > 0 (e.g. 100.0: effectively infinity for 0.5-10 m scenes)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{expected}; got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ConfigError(f"{expected}; got {value!r}")
+    return float(value)

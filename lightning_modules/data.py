@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_modules.config import check_focus_option
 from physics.render import RENDERER_VERSION
 
 # Seeds of the synthetic splits are disjoint by construction: split s uses seeds base + offset[s] + i, i < count,
@@ -296,9 +297,7 @@ class SyntheticStackDataModule(L.LightningDataModule):
             raise DataError("data.synthetic.K_px_m must list at least one stack strength (px*m), e.g. [10, 20, 30]")
         if any(float(k) <= 0 for k in K_px_m):
             raise DataError(f"data.synthetic.K_px_m must be positive (px*m), got {list(K_px_m)}")
-        if focus_m is not None and not (isinstance(focus_m, (int, float)) and math.isfinite(focus_m) and focus_m > 0):
-            raise DataError(f"data.synthetic.focus_m={focus_m!r} must be a focus distance > 0 (m), or null (each "
-                            f"scene's nearest subject)")
+        focus_m = check_focus_option(focus_m, "data.synthetic.focus_m")
         counts = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
         for key, value in counts.items():
             if not 0 <= value < 1_000_000:

@@ -30,7 +30,8 @@ from bokeh.generation.flow import sample_t
 from bokeh.generation.flux_adapter import load_adapter, save_adapter, tiny_flux_transformer, tiny_flux_vae
 from lightning_modules.config import ConfigError
 from lightning_modules.schedules import warmup_cosine
-from lightning_modules.stage1_data import Stage1DataModule, check_focus_option, physics_targets
+from lightning_modules.config import check_focus_option
+from lightning_modules.stage1_data import Stage1DataModule, physics_targets
 
 
 def _container(cfg: Any) -> Any:
@@ -431,7 +432,7 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
     for key in ("model", "data", "k", "train", "eval", "optim", "trainer"):
         if key not in container:
             raise ConfigError(f"stage1 config needs a '{key}' section")
-    from lightning_modules.tasks import check_number
+    from lightning_modules.config import check_number
 
     # checked here, before a run folder exists, not when the loaders or the optimiser are first made
     check_number(container["optim"]["lr"], "optim.lr", 0.0, exclusive=True)

@@ -16,7 +16,6 @@ Data (``data.kind``):
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,25 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_modules.config import ConfigError
+from lightning_modules.config import ConfigError, check_focus_option
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
-
-
-def check_focus_option(value: Any, name: str = "data.synthetic.focus_m") -> float | None:
-    """A focus-policy setting: None (each scene's nearest subject) or a fixed focus distance in metres (finite, > 0).
-
-    Raises ConfigError naming ``name`` otherwise (0, negative, NaN, infinite, not a number).
-    """
-    if value is None:
-        return None
-    expected = (f"{name} must be null (each scene's nearest subject) or a fixed focus distance in metres, finite "
-                f"and > 0 (e.g. 100.0: effectively infinity for 0.5-10 m scenes)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{expected}; got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise ConfigError(f"{expected}; got {value!r}")
-    return float(value)
 
 
 def nearest_subject_focus(depth_m: torch.Tensor, quantile: float = 0.05) -> float:

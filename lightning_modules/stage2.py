@@ -221,15 +221,18 @@ def check_stage2_checkpoint(path: str | Path, role: str = "checkpoint") -> None:
 def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:
     """Build (LightningModule, DataModule) from a task config; unknown keys raise ConfigError naming them."""
     from lightning_modules.data import build_datamodule
-    from lightning_modules.tasks import check_keys, check_number, checkpoint_config, config_call
+    from lightning_modules.config import check_number
+    from lightning_modules.tasks import check_keys, checkpoint_config, config_call
 
     check_keys(_container(cfg), CONFIG_SCHEMA)
     checkpoint_config(cfg)
     optim = cfg.get("optim", {})
     for group, lr in (optim.get("lr") or {}).items():  # checked here, not when the fit starts
         check_number(lr, f"optim.lr.{group}", 0.0)  # 0 freezes the group
-    for key in ("warmup_ratio", "min_lr_ratio", "weight_decay"):
-        if optim.get(key) is not None and check_number(optim[key], f"optim.{key}", 0.0) > 1 and key != "weight_decay":
+    if optim.get("weight_decay") is not None:
+        check_number(optim["weight_decay"], "optim.weight_decay", 0.0)
+    for key in ("warmup_ratio", "min_lr_ratio"):
+        if optim.get(key) is not None and check_number(optim[key], f"optim.{key}", 0.0) > 1:
             raise ConfigError(f"optim.{key}={optim[key]!r}: expected a fraction in [0, 1]")
     if optim.get("warmup_steps") is not None:
         check_number(optim["warmup_steps"], "optim.warmup_steps", 0, integer=True)

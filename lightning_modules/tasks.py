@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import re
 import time
 from pathlib import Path
@@ -102,17 +101,6 @@ TRAINER_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
                  "'DD:HH:MM:SS' (e.g. '00:00:12:30') or a mapping like {hours: 1}"),
     "fast_dev_run": (lambda v: isinstance(v, bool) or (_is_int(v) and v >= 0), "true, false or a number of batches"),
 }
-
-
-def check_number(value: Any, key: str, minimum: float, *, integer: bool = False, exclusive: bool = False) -> float:
-    """``value`` of config key ``key`` as a number >= ``minimum`` (> with ``exclusive``; an int with ``integer``),
-    else a ConfigError naming the key and what is expected."""
-    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r}: expected {kind} {'>' if exclusive else '>='} {minimum:g}")
-    return value
 
 
 def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from lightning_modules.config import ConfigError, load_config, save_config  # noqa: E402
-from lightning_modules.tasks import check_number, get_task  # noqa: E402
+from lightning_modules.config import ConfigError, check_number, load_config, save_config  # noqa: E402
+from lightning_modules.tasks import get_task  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
