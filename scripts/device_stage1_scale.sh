@@ -8,7 +8,8 @@
 # On the session tool's GPU machine (a bare image with PyTorch and Lightning but no diffusers / kornia / omegaconf):
 # first, here, `bash scripts/device_wheels.sh` (fills .whl/), then run this script with carry [".whl"]; it installs
 # them into /tmp/site. Writes into ${OUT:-runs/device_stage1_scale} (at most 8 files, as the device tool brings back):
-# probe.json, result.json (the fit's), compare.json + compare.log (the 64-scene comparison), fit.log, summary.txt.
+# probe.json, result.json (the fit's), compare.json + compare.log (the 64-scene comparison), fit.log, summary.txt
+# (7 with CALIBRATE=1, leaving one for scripts/device_smoke.sh's cuda_tests.log).
 #
 # Environment (defaults for one H100-class GPU and a 10-minute command):
 #   TRAIN_S=300        seconds of training steps the main fit is sized for (measured rate x TRAIN_S = max_steps)
@@ -16,7 +17,8 @@
 #                      first 10% of the steps (loader start-up) and validation left out
 #   MAX_STEPS_CAP=200000, COMPARE_SCENES=64, PYTHON=python3
 #   CALIBRATE=0        1: the fit also fits the K calibration (calibration.enabled=true, validation scenes) and the
-#                      calibrated generator is compared too (compare_calibrated.json / .log; ~2 min more)
+#                      calibrated generator is compared too (compare_calibrated.json, its log appended to
+#                      compare.log; ~2 min more)
 #   OVERRIDES="..."    extra config overrides for both fits (tests use them to run it tiny on a CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,9 +72,11 @@ cp "$WORK/compare/results.json" "$OUT_DIR/compare.json"
 grep -E "^  (learned|uniform_disk|identity)|^  K=|measurable" "$OUT_DIR/compare.log" | tee "$OUT_DIR/summary.txt"
 if [ "$CALIBRATE" = 1 ]; then
   echo "== compare, K-calibrated"
+  echo "== K-calibrated generator" >> "$OUT_DIR/compare.log"
   "$PY" tools/compare_bokeh.py --generator "$WORK/fit" --out "$WORK/compare_calibrated" \
-    --num-scenes "$COMPARE_SCENES" --fit2d-scenes 0 --max-grids 2 > "$OUT_DIR/compare_calibrated.log" 2>&1 \
-    || { tail -n 40 "$OUT_DIR/compare_calibrated.log"; exit 1; }
+    --num-scenes "$COMPARE_SCENES" --fit2d-scenes 0 --max-grids 2 > "$WORK/compare_calibrated.log" 2>&1 \
+    || { tail -n 40 "$WORK/compare_calibrated.log"; exit 1; }
+  cat "$WORK/compare_calibrated.log" >> "$OUT_DIR/compare.log"
   cp "$WORK/compare_calibrated/results.json" "$OUT_DIR/compare_calibrated.json"
-  grep -E "^  learned |^  K=" "$OUT_DIR/compare_calibrated.log" | sed 's/^/calibrated /' | tee -a "$OUT_DIR/summary.txt"
+  grep -E "^  learned |^  K=" "$WORK/compare_calibrated.log" | sed 's/^/calibrated /' | tee -a "$OUT_DIR/summary.txt"
 fi

@@ -79,6 +79,7 @@ def test_the_device_script_sizes_the_fit_from_the_measured_rate(tmp_path):
     calibrated = json.loads((out / "compare_calibrated.json").read_text())
     assert calibrated["k_calibration"] and not compare["k_calibration"]  # each comparison used what it says
     assert "calibrated   learned" in summary
+    assert "== K-calibrated generator" in (out / "compare.log").read_text()
+    # 7 files: with device_smoke.sh's cuda_tests.log, the device tool's limit of 8
     assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.log", "compare_calibrated.json",
-                                                     "compare_calibrated.log", "fit.log", "probe.json", "result.json",
-                                                     "summary.txt"]
+                                                     "fit.log", "probe.json", "result.json", "summary.txt"]
