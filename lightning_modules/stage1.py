@@ -28,9 +28,8 @@ from bokeh.generation import (CompactBokehGenerator, CompactBokehUNet, FluxKonte
                               KCalibration, KRange, build_compact, install_k_adapter)
 from bokeh.generation.flow import sample_t
 from bokeh.generation.flux_adapter import load_adapter, save_adapter, tiny_flux_transformer, tiny_flux_vae
-from lightning_modules.config import ConfigError
+from lightning_modules.config import ConfigError, check_focus_option, check_number
 from lightning_modules.schedules import warmup_cosine
-from lightning_modules.config import check_focus_option
 from lightning_modules.stage1_data import Stage1DataModule, physics_targets
 
 
@@ -181,10 +180,8 @@ class Stage1Module(L.LightningModule):
     def _defocus_log_floor(cfg: Mapping[str, Any]) -> float:
         """``train.defocus_log_floor_inv_m`` (1/m, > 0): log_l1 compares log(map + floor), so that the in-focus zero
         of the nearest-subject policy stays finite; far below the default scenes' smallest defocus (0.09 1/m)."""
-        floor = cfg["train"].get("defocus_log_floor_inv_m", 0.01)
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor <= 0:
-            raise ConfigError(f"train.defocus_log_floor_inv_m must be a number > 0 (1/m); got {floor!r}")
-        return float(floor)
+        return float(check_number(cfg["train"].get("defocus_log_floor_inv_m", 0.01), "train.defocus_log_floor_inv_m",
+                                  0.0, exclusive=True))
 
     @staticmethod
     def _image_weight(cfg: Mapping[str, Any], defocus_weight: float) -> float:
@@ -432,8 +429,6 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
     for key in ("model", "data", "k", "train", "eval", "optim", "trainer"):
         if key not in container:
             raise ConfigError(f"stage1 config needs a '{key}' section")
-    from lightning_modules.config import check_number
-
     # checked here, before a run folder exists, not when the loaders or the optimiser are first made
     check_number(container["optim"]["lr"], "optim.lr", 0.0, exclusive=True)
     data = container["data"]

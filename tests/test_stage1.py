@@ -499,7 +499,7 @@ def test_defocus_weight_is_refused_where_there_is_no_map_or_no_depth():
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=-1.0"])
     with pytest.raises(ConfigError, match=r"train\.defocus_loss must be 'l1' .* 'l2' .* or 'log_l1'"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_loss=huber"])
-    with pytest.raises(ConfigError, match=r"train\.defocus_log_floor_inv_m must be a number > 0"):
+    with pytest.raises(ConfigError, match=r"train\.defocus_log_floor_inv_m=0.0: expected a number > 0"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_log_floor_inv_m=0.0"])
     with pytest.raises(ConfigError, match=r"train\.defocus_weight > 0 needs depth"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.1", "data.kind=pairs",
