@@ -165,14 +165,18 @@ def save_config(cfg: DictConfig, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ value checks (ConfigError naming the key)
-def check_number(value: Any, key: str, minimum: float, *, integer: bool = False, exclusive: bool = False) -> float:
-    """``value`` of config key ``key`` as a number >= ``minimum`` (> with ``exclusive``; an int with ``integer``),
-    else a ConfigError naming the key and what is expected."""
+def check_number(value: Any, key: str, minimum: float, *, integer: bool = False, exclusive: bool = False,
+                 maximum: float | None = None, expected: str | None = None) -> float:
+    """``value`` of config key ``key`` as a number >= ``minimum`` (> with ``exclusive``; an int with ``integer``;
+    <= ``maximum`` when given), else a ConfigError naming the key and what is expected (``expected``, e.g. "a
+    probability in [0, 1]", or "a number >= <minimum>")."""
     ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
     ok = ok and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
+    ok = ok and (maximum is None or value <= maximum)
     if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r}: expected {kind} {'>' if exclusive else '>='} {minimum:g}")
+        if expected is None:
+            expected = f"{'an integer' if integer else 'a number'} {'>' if exclusive else '>='} {minimum:g}"
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
     return value
 
 

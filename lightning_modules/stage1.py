@@ -439,9 +439,8 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
     check_number(data["width"], "data.width", 8, integer=True)
     if data.get("kind", "synthetic") == "synthetic":
         check_number((data.get("synthetic") or {}).get("num_train", 0), "data.synthetic.num_train", 1, integer=True)
-    p_null = check_number(container["train"].get("p_null_k", 0.1), "train.p_null_k", 0.0)
-    if p_null > 1:
-        raise ConfigError(f"train.p_null_k={p_null!r}: expected a probability in [0, 1]")
+    check_number(container["train"].get("p_null_k", 0.1), "train.p_null_k", 0.0, maximum=1.0,
+                 expected="a probability in [0, 1]")
     eval_k = container["eval"].get("K_px_m")
     if eval_k is not None:
         if not isinstance(eval_k, list) or not eval_k:

@@ -49,10 +49,10 @@ class Stage2Module(L.LightningModule):
         metrics_cfg = cfg.get("metrics", {})
         self.min_depth_m = float(metrics_cfg.get("min_depth_m", 1e-3))
         self.max_depth_m = float(metrics_cfg.get("max_depth_m", 100.0))
-        if not 0 < self.min_depth_m < self.max_depth_m:
-            raise ConfigError(f"metrics: need 0 < min_depth_m < max_depth_m (m, the evaluation caps), got "
-                              f"{self.min_depth_m}, {self.max_depth_m}")
-        self.val_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
+        try:  # DepthMetrics checks the caps; its error is the metrics section's, not the model's
+            self.val_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
+        except ValueError as error:
+            raise ConfigError(f"metrics: {error}") from None
         self.test_metrics = DepthMetrics(min_depth_m=self.min_depth_m, max_depth_m=self.max_depth_m)
         # The no-stack control: the same BokehDepth weights given the reference alone. Equal to the stacked scores means
         # the model does not use its stack (its gain, if any, is DSFA's extra capacity on the reference).
@@ -232,13 +232,12 @@ def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:
     if optim.get("weight_decay") is not None:
         check_number(optim["weight_decay"], "optim.weight_decay", 0.0)
     for key in ("warmup_ratio", "min_lr_ratio"):
-        if optim.get(key) is not None and check_number(optim[key], f"optim.{key}", 0.0) > 1:
-            raise ConfigError(f"optim.{key}={optim[key]!r}: expected a fraction in [0, 1]")
+        if optim.get(key) is not None:
+            check_number(optim[key], f"optim.{key}", 0.0, maximum=1.0, expected="a fraction in [0, 1]")
     if optim.get("warmup_steps") is not None:
         check_number(optim["warmup_steps"], "optim.warmup_steps", 0, integer=True)
-    silog_lambda = check_number(cfg.get("loss", {}).get("silog_lambda", 0.5), "loss.silog_lambda", 0.0)
-    if silog_lambda > 1:
-        raise ConfigError(f"loss.silog_lambda={silog_lambda!r}: expected a value in [0, 1] (SILog's variance weight)")
+    check_number(cfg.get("loss", {}).get("silog_lambda", 0.5), "loss.silog_lambda", 0.0, maximum=1.0,
+                 expected="a value in [0, 1] (SILog's variance weight)")
     kind = cfg.data.get("kind", "synthetic")
     datamodule = config_call(build_datamodule, cfg.data, f"data.{kind}")
     module = config_call(Stage2Module, cfg, "model")

@@ -78,6 +78,9 @@ def _is_fraction(value: Any, low_open: bool) -> bool:
     return isinstance(value, float) and (0.0 < value if low_open else 0.0 <= value) and value <= 1.0
 
 
+_BATCH_LIMIT = (lambda v: (_is_int(v) and v >= 0) or _is_fraction(v, False),
+                "a number of batches >= 0 or a fraction in [0, 1]")
+
 #: What each of config.FREE_TYPED_KEYS may hold (null is always allowed): (test, what is expected). Overrides keep
 #: these keys' YAML types, so they are checked here, before a run folder exists, with the key named.
 TRAINER_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -88,12 +91,9 @@ TRAINER_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_check_interval": (lambda v: (_is_int(v) and v >= 1) or _is_fraction(v, True),
                            "a number of training steps >= 1 or a fraction of an epoch in (0, 1]"),
     "check_val_every_n_epoch": (lambda v: _is_int(v) and v >= 1, "a number of epochs >= 1"),
-    "limit_train_batches": (lambda v: (_is_int(v) and v >= 0) or _is_fraction(v, False),
-                            "a number of batches >= 0 or a fraction in [0, 1]"),
-    "limit_val_batches": (lambda v: (_is_int(v) and v >= 0) or _is_fraction(v, False),
-                          "a number of batches >= 0 or a fraction in [0, 1]"),
-    "limit_test_batches": (lambda v: (_is_int(v) and v >= 0) or _is_fraction(v, False),
-                           "a number of batches >= 0 or a fraction in [0, 1]"),
+    "limit_train_batches": _BATCH_LIMIT,
+    "limit_val_batches": _BATCH_LIMIT,
+    "limit_test_batches": _BATCH_LIMIT,
     "gradient_clip_val": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                           "a number >= 0"),
     "max_time": (lambda v: (isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None)

@@ -13,7 +13,7 @@ from PIL import Image
 from lightning_modules.config import load_config
 from lightning_modules.stage1 import build, export_generator
 from physics.k_fit import K_MEASURABLE_RMS, k_sensitivity_rms
-from _tools import load_tool
+from _tools import error_line, load_tool
 
 TINY = ["data.height=16", "data.width=16", "model.compact.unet.block_out_channels=[16, 32]",
         "model.compact.unet.down_block_types=[DownBlock2D, CrossAttnDownBlock2D]",
@@ -202,13 +202,6 @@ def _rgbd(folder, depth, image_hw=(16, 16)):
     return folder / "m.jsonl"
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 @pytest.mark.parametrize("case, expected", [
     ("missing_generator", "no Stage-1 generator at "),
     ("missing_rgbd", "manifest not found: "),
@@ -240,7 +233,7 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, generator_dir, cap
         (out / "results.json").write_text("previous")
     code = compare.cli(["--generator", str(gen), "--out", str(out), "--num-scenes", "1", "--steps", "1", *extra])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert expected in line, line
     if case == "wrong_shape_depth":
         assert "is 16x16" in line  # both shapes named
@@ -263,7 +256,7 @@ def test_a_failed_overwrite_keeps_the_previous_output(tmp_path, generator_dir, c
     (out / "grids" / "a.png").write_bytes(b"previous grid")
     args = ["--generator", str(generator_dir), "--out", str(out), "--num-scenes", "1", "--steps", "1", "--overwrite"]
     assert compare.cli(args + ["--K", "-2"]) == 2  # refused before the folder is touched
-    _error_line(capsys)
+    error_line(capsys)
 
     def fail(*_, **__):
         raise ValueError("failed halfway")

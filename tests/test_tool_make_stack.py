@@ -12,7 +12,7 @@ from PIL import Image
 
 from lightning_modules.config import load_config
 from lightning_modules.stage1 import build, export_generator
-from _tools import load_tool
+from _tools import error_line, load_tool
 
 
 make_stack = load_tool("make_stack", "tool_make_stack")
@@ -245,10 +245,7 @@ def _args(generator_dir, src, out, *extra):
 
 
 def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "stacks:" not in line]  # tqdm's bar aside
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+    return error_line(capsys, skip="stacks:")  # tqdm's bar aside
 
 
 @pytest.mark.parametrize("case, expected", [
