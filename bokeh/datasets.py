@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from bokeh.io import IMAGE_SUFFIXES, read_depth, read_image
@@ -143,6 +144,40 @@ class Intrinsics:
 
 
 # ------------------------------------------------------------------------------------------- masks and crops
+
+
+def resize_sample(sample: Mapping[str, Any], height: int, width: int) -> dict[str, Any]:
+    """A sample at (height, width): image, stack / frames antialiased bilinear, depth and mask nearest (a depth edge
+    is never blended into a depth that exists nowhere); K (px*m, proportional to the focal length in pixels) scales
+    with the width, the intrinsics follow the integer-pixel-centre convention of :meth:`Intrinsics.scaled`
+    (cx' = (cx + 0.5) sx - 0.5), and flat fx / fy / cx / cy keys, where the sample has them, follow the matrix.
+    The one resize of the Stage-2 loaders and of the evaluation at a model's training scale."""
+    h, w = sample["image"].shape[-2:]
+    if (h, w) == (height, width):
+        return dict(sample)
+    sx, sy = width / w, height / h
+    out = dict(sample)
+
+    def rgb(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+    out["image"] = rgb(sample["image"][None])[0]
+    for key in ("stack", "frames"):
+        if sample.get(key) is not None:
+            out[key] = rgb(sample[key])
+    out["depth_m"] = F.interpolate(sample["depth_m"][None], size=(height, width), mode="nearest")[0]
+    valid = sample.get("valid", sample["depth_m"] > 0)
+    out["valid"] = F.interpolate(valid[None].float(), size=(height, width), mode="nearest")[0] > 0.5
+    if sample.get("K_px_m") is not None:
+        out["K_px_m"] = torch.as_tensor(sample["K_px_m"], dtype=torch.float32) * sx
+    if sample.get("intrinsics") is not None:
+        k = torch.as_tensor(sample["intrinsics"], dtype=torch.float32).clone()
+        k[0, 0], k[0, 2] = k[0, 0] * sx, (k[0, 2] + 0.5) * sx - 0.5
+        k[1, 1], k[1, 2] = k[1, 1] * sy, (k[1, 2] + 0.5) * sy - 0.5
+        out["intrinsics"] = k
+        if "fx" in sample:
+            out.update({"fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2])})
+    return out
 
 
 def depth_cap_mask(depth_m: torch.Tensor, min_depth_m: float, max_depth_m: float) -> torch.Tensor:

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from bokeh.datasets import resize_sample
+
 #: Metrics in table order (bokeh.metrics.DepthMetrics keys); lower is better except delta*.
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
 TABLE_KEYS = ("abs_rel", "rmse", "rmse_log", "delta1", "silog")
@@ -193,36 +195,6 @@ def build_rows(models: Sequence[ModelSpec], *, has_depth: bool, has_generator: b
             rows.append(Row(f"depth-from-bokeh (closed form) on {SOURCE_TITLES[source]}", "dfd", None, source,
                             oracle=source == "physics", skipped=reason))
     return rows
-
-
-def resize_sample(sample: Mapping[str, Any], height: int, width: int) -> dict[str, Any]:
-    """A sample at (height, width): images and frames antialiased bilinear, depth and mask nearest; K (px*m) and
-    the intrinsics scale with the width / height (for evaluating at a model's training scale)."""
-    h, w = sample["image"].shape[-2:]
-    if (h, w) == (height, width):
-        return dict(sample)
-    sx, sy = width / w, height / h
-    out = dict(sample)
-
-    def rgb(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-
-    out["image"] = rgb(sample["image"][None])[0]
-    for key in ("stack", "frames"):
-        if sample.get(key) is not None:
-            out[key] = rgb(sample[key])
-    out["depth_m"] = F.interpolate(sample["depth_m"][None], size=(height, width), mode="nearest")[0]
-    valid = sample.get("valid", sample["depth_m"] > 0)
-    out["valid"] = F.interpolate(valid[None].float(), size=(height, width), mode="nearest")[0] > 0.5
-    if sample.get("K_px_m") is not None:
-        out["K_px_m"] = torch.as_tensor(sample["K_px_m"], dtype=torch.float32) * sx
-    if sample.get("intrinsics") is not None:
-        k = torch.as_tensor(sample["intrinsics"], dtype=torch.float32).clone()
-        k[0, 0], k[0, 2] = k[0, 0] * sx, (k[0, 2] + 0.5) * sx - 0.5
-        k[1, 1], k[1, 2] = k[1, 1] * sy, (k[1, 2] + 0.5) * sy - 0.5
-        out["intrinsics"] = k
-        out.update({"fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2])})
-    return out
 
 
 class ResizedDataset(torch.utils.data.Dataset):

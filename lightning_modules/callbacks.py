@@ -134,3 +134,99 @@ class TrainingRate(L.Callback):
         if self._validation_start is not None:
             self._validation_s += time.perf_counter() - self._validation_start
             self._validation_start = None
+
+
+class TrainableEMA(L.Callback):
+    """An exponential moving average of the module's trainable parameters (diffusers' ``EMAModel``), swapped in for
+    validation, saved as the checkpoint's weights and left in the module when the fit ends.
+
+    Why not Lightning's ``WeightAveraging``: it deep-copies the whole LightningModule, a frozen FLUX backbone
+    included (twice the memory of a 12 B model); here only what trains is averaged (Stage-1's adapter, or the
+    compact network whole). The decay is diffusers' schedule: ``min(decay, (1 + n) / (10 + n))`` after n updates,
+    so the average does not stay anchored to the random init in a short fit.
+
+    Checkpoints: ``state_dict`` holds the averaged weights (what validation measured, what a loaded checkpoint should
+    run); ``trainable_ema`` holds the raw training weights and the averaging state, so that a resumed fit continues
+    both. A checkpoint written without this callback starts the average from its weights.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 < float(decay) < 1.0:
+            raise ValueError(f"EMA decay must lie in (0, 1), got {decay!r}")
+        self.decay = float(decay)
+        self.ema = None  # diffusers.training_utils.EMAModel, made when the fit starts
+        self._names: list[str] = []
+        self._resume: dict[str, Any] | None = None
+        self._swapped = False  # the module holds the average, the raw weights wait in the EMAModel
+        self._validation_swap = False
+        self._last_step = 0  # the trainer's global step at the last update: one update per optimizer step
+
+    def _trainable(self, pl_module: L.LightningModule) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from diffusers.training_utils import EMAModel
+
+        named = self._trainable(pl_module)
+        self._names = [name for name, _ in named]
+        params = [p for _, p in named]
+        # after a restore the module holds the checkpoint's averaged weights: they seed the average, then the raw
+        # training weights go back into the module
+        self.ema = EMAModel(params, decay=self.decay)
+        if self._resume is not None:
+            self.ema.load_state_dict(self._resume["ema"])
+            self.ema.to(device=pl_module.device)
+            raw = self._resume["raw"]
+            with torch.no_grad():
+                for name, p in named:
+                    p.copy_(raw[name].to(p.device, p.dtype))
+            self._resume = None
+        self._last_step = int(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.ema is not None and int(trainer.global_step) > self._last_step:
+            self.ema.step([p for _, p in self._trainable(pl_module)])
+            self._last_step = int(trainer.global_step)
+
+    def _swap_in(self, pl_module: L.LightningModule) -> None:
+        if self.ema is not None and not self._swapped:
+            params = [p for _, p in self._trainable(pl_module)]
+            self.ema.store(params)
+            self.ema.copy_to(params)
+            self._swapped = True
+
+    def _swap_out(self, pl_module: L.LightningModule) -> None:
+        if self._swapped:
+            self.ema.restore([p for _, p in self._trainable(pl_module)])
+            self._swapped = False
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not self._swapped:
+            self._swap_in(pl_module)
+            self._validation_swap = True
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validation_swap:
+            self._swap_out(pl_module)
+            self._validation_swap = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the average stays in the module; the raw weights are kept for a checkpoint written after this
+        # (ModelCheckpoint's last.ckpt at train end), so that resuming from it still continues the raw weights
+        self._swap_in(pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.ema is None:
+            return
+        state = checkpoint["state_dict"]
+        # the raw weights are the module's unless validation has the average swapped in right now
+        raw_params = self.ema.temp_stored_params if self._swapped else [p for _, p in self._trainable(pl_module)]
+        ema_state = dict(self.ema.state_dict(), shadow_params=[s.detach().cpu().clone() for s in self.ema.shadow_params])
+        checkpoint["trainable_ema"] = {
+            "raw": {name: p.detach().cpu().clone() for name, p in zip(self._names, raw_params)}, "ema": ema_state}
+        for name, shadow in zip(self._names, self.ema.shadow_params):
+            state[name] = shadow.detach().clone()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._resume = checkpoint.get("trainable_ema")

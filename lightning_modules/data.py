@@ -28,10 +28,10 @@ from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_modules.config import check_focus_option
+from bokeh.datasets import resize_sample
+from lightning_modules.config import check_focus_option, check_number
 from physics.render import RENDERER_VERSION
 
 # Seeds of the synthetic splits are disjoint by construction: split s uses seeds base + offset[s] + i, i < count,
@@ -69,29 +69,6 @@ def clean_depth(depth_m: torch.Tensor, *, name: str, min_depth_m: float, max_dep
             f"{span}). Check the depth file and its depth_scale."
         )
     return torch.where(valid, depth_m, torch.zeros_like(depth_m)), valid
-
-
-def resize_sample(sample: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-    """Resize a sample's images (antialiased bilinear) and depth (nearest) to (height, width).
-
-    K scales with the image width (px*m is proportional to the focal length in pixels); the intrinsics follow the
-    integer-pixel-centre convention of bokeh.datasets.Intrinsics.scaled (cx' = (cx + 0.5) sx - 0.5).
-    """
-    h, w = sample["image"].shape[-2:]
-    if (h, w) == (height, width):
-        return sample
-    sx, sy = width / w, height / h
-    out = dict(sample)
-    out["image"] = F.interpolate(sample["image"][None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
-    out["stack"] = F.interpolate(sample["stack"], size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-    out["depth_m"] = F.interpolate(sample["depth_m"][None], size=(height, width), mode="nearest")[0]
-    out["valid"] = F.interpolate(sample["valid"][None].float(), size=(height, width), mode="nearest")[0] > 0.5
-    out["K_px_m"] = sample["K_px_m"] * sx
-    k = sample["intrinsics"].clone()
-    k[0, 0], k[0, 2] = k[0, 0] * sx, (k[0, 2] + 0.5) * sx - 0.5
-    k[1, 1], k[1, 2] = k[1, 1] * sy, (k[1, 2] + 0.5) * sy - 0.5
-    out["intrinsics"] = k
-    return out
 
 
 def crop_and_flip(sample: dict[str, Any], top: int, left: int, height: int, width: int, flip: bool) -> dict[str, Any]:
@@ -717,9 +694,9 @@ def build_datamodule(data_cfg: Mapping[str, Any]) -> L.LightningDataModule:
         raise DataError(f"data.kind='{kind}' is unknown; expected one of {', '.join(kinds)}")
     loader = {k: cfg[k] for k in ("batch_size", "eval_batch_size", "num_workers") if k in cfg}
     for key, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
-        value = loader.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise DataError(f"data.{key}={value!r} must be an integer >= {low}" + (" or null (= batch_size)" if key == "eval_batch_size" else ""))
+        if loader.get(key) is not None:
+            check_number(loader[key], f"data.{key}", low, integer=True,
+                         expected=f"an integer >= {low}" + (" or null (= batch_size)" if key == "eval_batch_size" else ""))
     section = dict(cfg.get(kind) or {})
     if kind == "synthetic":
         return SyntheticStackDataModule(**section, **loader)

@@ -74,10 +74,7 @@ def defocus_map_error(predicted_inv_m: torch.Tensor, true_inv_m: torch.Tensor, k
 
 def _loss_weight(cfg: Mapping[str, Any], key: str, default: float) -> float:
     """``train.<key>``, a loss weight: a finite number >= 0 (ConfigError naming the key otherwise)."""
-    weight = cfg["train"].get(key, default)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise ConfigError(f"train.{key} must be a number >= 0; got {weight!r}")
-    return float(weight)
+    return float(check_number(cfg["train"].get(key, default), f"train.{key}", 0.0))
 
 
 # ------------------------------------------------------------------------------------------------------- models
@@ -441,6 +438,7 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
         check_number((data.get("synthetic") or {}).get("num_train", 0), "data.synthetic.num_train", 1, integer=True)
     check_number(container["train"].get("p_null_k", 0.1), "train.p_null_k", 0.0, maximum=1.0,
                  expected="a probability in [0, 1]")
+    ema_decay(container)
     eval_k = container["eval"].get("K_px_m")
     if eval_k is not None:
         if not isinstance(eval_k, list) or not eval_k:
@@ -466,13 +464,27 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
     return module, datamodule
 
 
+def ema_decay(cfg: Mapping[str, Any]) -> float | None:
+    """``train.ema_decay``: None (the fit's own weights are tested and exported) or the decay in (0, 1) of an
+    exponential moving average of the trainable weights (:class:`lightning_modules.callbacks.TrainableEMA`), which
+    then are what validation measures, the checkpoints hold and the export writes."""
+    decay = cfg["train"].get("ema_decay")
+    if decay is None:
+        return None
+    expected = "null (no average) or a decay in (0, 1), e.g. 0.99"
+    check_number(decay, "train.ema_decay", 0.0, exclusive=True, maximum=1.0, expected=expected)
+    if decay == 1.0:
+        raise ConfigError(f"train.ema_decay={decay!r}: expected {expected}")
+    return float(decay)
+
+
 def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_path: str | None = None) -> dict[str, Any]:
     """fit + test, export the generator, write result.json."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from bokeh.io import write_json
-    from lightning_modules.callbacks import TrainingRate, ValidationTime
+    from lightning_modules.callbacks import TrainableEMA, TrainingRate, ValidationTime
     from lightning_modules.tasks import check_trainer_config, find_last_checkpoint
 
     trainer_cfg = check_trainer_config(cfg.trainer)
@@ -484,8 +496,12 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     max_steps = int(trainer_cfg.get("max_steps") or -1)
     # the steady rate skips the start-up: the first 10% of a step-bounded fit (at most 50 steps), else 50 steps
     rate = TrainingRate(skip_steps=max(1, min(50, max_steps // 10)) if max_steps > 0 else 50)
+    callbacks: list[L.Callback] = [checkpoint, validation_time, rate]
+    decay = ema_decay(_container(cfg))
+    if decay is not None:
+        callbacks.append(TrainableEMA(decay))
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=[CSVLogger(run_dir, name="logs", version="")],
-                        callbacks=[checkpoint, validation_time, rate], **trainer_cfg)
+                        callbacks=callbacks, **trainer_cfg)
     ckpt = ckpt_path or (str(find_last_checkpoint(run_dir)) if resume and find_last_checkpoint(run_dir) else None)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)

@@ -407,7 +407,9 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
 
     fov = math.radians(rng.u(*hfov_deg))
     fx = width / (2.0 * math.tan(fov / 2.0))
-    intrinsics = torch.tensor([[fx, 0.0, width / 2.0], [0.0, fx, height / 2.0], [0.0, 0.0, 1.0]])
+    # the grid's origin (the optical axis) lies between the two middle pixel centres: x = (W - 1) / 2 in the
+    # integer-pixel-centre convention of every other camera here (bokeh.datasets.Intrinsics, tools/infer.py)
+    intrinsics = torch.tensor([[fx, 0.0, (width - 1) / 2.0], [0.0, fx, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
     return Scene(
         image=image.clamp(0, 1).contiguous(),
         depth_m=depth[None].contiguous(),

@@ -280,3 +280,24 @@ def test_rgbd_depth_with_invalid_pixels_warns_with_their_count(tmp_path):
     _rgbd(tmp_path, np.ones((16, 8)), image_hw=(16, 16))
     with pytest.raises(ValueError, match=r"depth.npy is 16x8 \(HxW\) but its image .*rgb.png is 16x16"):
         compare.rgbd_samples(manifest, 16, 100.0)
+
+
+def test_flip_average_is_recorded_and_reads_the_mirrored_scene(tmp_path):
+    """A layered head whose output layer is not mirror-symmetric: --flip-average changes the learned frames (and
+    only them) and is recorded in results.json and the notes."""
+    torch.manual_seed(0)
+    overrides = [o for o in TINY if o != "model.compact.head=residual"] + ["model.compact.head=layered"]
+    module, _ = build(load_config(["configs/stage1.yaml"], overrides))
+    with torch.no_grad():
+        module.generator.net.unet.conv_out.weight.normal_(0, 0.05)
+    export_generator(module, tmp_path / "gen")
+    saved = {}
+    for name, extra in (("plain", []), ("flip", ["--flip-average"])):
+        compare.main(["--generator", str(tmp_path / "gen"), "--out", str(tmp_path / name), "--num-scenes", "1",
+                      "--fit2d-scenes", "0", "--steps", "1", "--flux-guidance", "0", "--stack-guidance", "0", *extra])
+        saved[name] = json.loads((tmp_path / name / "results.json").read_text())
+    assert saved["flip"]["flip_average"] is True and saved["plain"]["flip_average"] is False
+    assert "(flip-averaged)" in saved["flip"]["notes"] and "(flip-averaged)" not in saved["plain"]["notes"]
+    rows = {name: result["sections"]["synthetic test split"]["rows"][0] for name, result in saved.items()}
+    assert rows["flip"]["learned"]["psnr"] != rows["plain"]["learned"]["psnr"]
+    assert rows["flip"]["uniform_disk"]["psnr"] == rows["plain"]["uniform_disk"]["psnr"]

@@ -130,12 +130,16 @@ def test_resize_sample_scales_k_and_intrinsics():
 
     k = torch.tensor([[50.0, 0, 20.5], [0, 50.0, 13.5], [0, 0, 1]])
     sample = {"image": torch.rand(3, 28, 42), "depth_m": torch.full((1, 28, 42), 2.0),
-              "frames": torch.rand(1, 3, 28, 42),
-              "K_px_m": torch.tensor([6.0]), "intrinsics": k}
+              "frames": torch.rand(1, 3, 28, 42), "K_px_m": torch.tensor([6.0]), "intrinsics": k,
+              "fx": 50.0, "fy": 50.0, "cx": 20.5, "cy": 13.5}  # an RGB-D dataset sample carries flat keys too
     out = resize_sample(sample, 14, 21)
     assert out["image"].shape == (3, 14, 21) and out["frames"].shape == (1, 3, 14, 21)
     assert float(out["K_px_m"][0]) == pytest.approx(3.0) and out["fx"] == pytest.approx(25.0)
     assert out["cx"] == pytest.approx((20.5 + 0.5) / 2 - 0.5) and bool(out["valid"].all())
+    assert out["cx"] == pytest.approx(float(out["intrinsics"][0, 2]))
+    # a sample with the matrix alone (a Stage-2 training sample) gets no flat keys its batches never had
+    plain = resize_sample({k: v for k, v in sample.items() if k not in ("fx", "fy", "cx", "cy")}, 14, 21)
+    assert "fx" not in plain and plain["intrinsics"][0, 0] == pytest.approx(25.0)
 
 
 def test_dfd_on_stage1_stacks_uses_the_generators_training_focus(monkeypatch):

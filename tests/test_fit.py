@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from lightning_modules.config import ConfigError
-from lightning_modules.data import DataError
 from _tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +113,7 @@ def test_override_errors_name_the_key_and_write_nothing(tmp_path, override, mess
         ("stage2_smoke", "model.dsfa.k_scale=0", ConfigError, r"model: DSFA k_scale must be a positive"),
         ("stage2_smoke", "data.synthetic.num_train=0", ConfigError, r"num_train=0: a fit needs at least one"),
         ("stage2_smoke", "threads=-1", ConfigError, r"threads=-1: expected an integer >= 0"),
-        ("stage2_smoke", "data.batch_size=0", DataError, r"data.batch_size=0 must be an integer >= 1"),
+        ("stage2_smoke", "data.batch_size=0", ConfigError, r"data.batch_size=0: expected an integer >= 1"),
         ("stage2_smoke", "data.synthetic.focus_m=-1", ConfigError, r"data.synthetic.focus_m must be null .* got -1.0"),
         ("stage1", "optim.lr=-1", ConfigError, r"optim.lr=-1.0: expected a number > 0"),
         ("stage1", "data.batch_size=0", ConfigError, r"data.batch_size=0: expected an integer >= 1"),

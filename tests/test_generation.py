@@ -184,9 +184,9 @@ def test_stack_uses_the_same_initial_noise_for_every_frame():
     seen = []
     original = gen.predict_x0_and_defocus
 
-    def spy(x_t, sigma, cond, K, null_mask):
+    def spy(x_t, sigma, cond, K, null_mask, *options):
         seen.append(x_t.clone())
-        return original(x_t, sigma, cond, K, null_mask)
+        return original(x_t, sigma, cond, K, null_mask, *options)
 
     gen.predict_x0_and_defocus = spy
     image = torch.rand(2, 3, 32, 32)
@@ -494,3 +494,51 @@ def test_k_free_layered_head_predicts_one_defocus_map_for_every_k_and_renders_it
     assert not torch.allclose(delta_k[0], delta_k[1], atol=1e-4)  # without the option the map follows K
     with pytest.raises(ValueError, match="blur_bank_inv_m"):
         CompactBokehUNet(TINY_UNET, head="layered", defocus_k_free=True, blur_bank_inv_m=[0.5])
+
+
+# ------------------------------------------------------------------------------------------------- flip averaging
+@pytest.mark.parametrize("head", ["layered", "residual"])
+def test_flip_averaged_prediction_is_exactly_mirror_equivariant(head):
+    """Mirroring the input mirrors a flip-averaged prediction (x0 and the defocus map) exactly; a perturbed network
+    alone does not, so the property is the averaging's, and the average lies between the two readings."""
+    torch.manual_seed(0)
+    net = CompactBokehUNet(TINY_UNET, k_scale=8.0, head=head, space_to_depth=2).eval()
+    perturb(net, 0.2)
+    sharp = torch.rand(2, 3, 32, 32)
+    x_t = torch.randn(2, 3, 32, 32)
+    sigma, K = torch.tensor([0.3, 0.8]), torch.tensor([2.0, 5.0])
+    with torch.no_grad():
+        x0, delta = net.predict(x_t, sigma, sharp, K, flip_average=True)
+        x0_m, delta_m = net.predict(x_t.flip(-1), sigma, sharp.flip(-1), K, flip_average=True)
+        plain, plain_delta = net.predict(x_t, sigma, sharp, K)
+        plain_m, plain_delta_m = net.predict(x_t.flip(-1), sigma, sharp.flip(-1), K)
+    torch.testing.assert_close(x0_m, x0.flip(-1), atol=1e-5, rtol=0)
+    assert (plain_m - plain.flip(-1)).abs().max() > 1e-3
+    if head == "layered":
+        torch.testing.assert_close(delta_m, delta.flip(-1), atol=1e-6, rtol=0)
+        torch.testing.assert_close(delta, 0.5 * (plain_delta + plain_delta_m.flip(-1)), atol=1e-6, rtol=0)
+    else:
+        assert delta is None
+        torch.testing.assert_close(x0, 0.5 * (plain + plain_m.flip(-1)), atol=1e-5, rtol=0)
+
+
+def test_flip_average_is_a_sampling_default_of_the_compact_generator_and_refused_elsewhere():
+    gen = tiny_compact(head="layered")
+    perturb(gen.net, 0.2)
+    image = torch.rand(1, 3, 32, 32)
+    plain = gen.generate_stack(image, [2.0], num_steps=2)
+    gen.use_flip_average()
+    averaged = gen.generate_stack(image, [2.0], num_steps=2)
+    assert averaged.info["flip_average"] and not plain.info["flip_average"]
+    assert torch.equal(gen.generate_stack(image, [2.0], num_steps=2, flip_average=False).frames, plain.frames)
+    mirrored = gen.generate_stack(image.flip(-1), [2.0], num_steps=2, noise=torch.zeros(1, 3, 32, 32))
+    still = gen.generate_stack(image, [2.0], num_steps=2, noise=torch.zeros(1, 3, 32, 32))
+    torch.testing.assert_close(mirrored.frames, still.frames.flip(-1), atol=1e-5, rtol=0)
+    assert (averaged.frames - plain.frames).abs().max() > 1e-4
+    transformer, vae = tiny_flux_transformer(), tiny_flux_vae()
+    flux = FluxKontextBokehGenerator(transformer, vae, install_k_adapter(transformer, rank=4, k_dim=24),
+                                     KRange(0.0, 8.0), resolution=16)
+    with pytest.raises(ValueError, match="flip averaging is implemented for the compact generator"):
+        flux.use_flip_average()
+    with pytest.raises(ValueError, match="flip averaging is implemented for the compact generator"):
+        flux.generate_stack(torch.rand(3, 16, 16), [1.0], num_steps=1, flip_average=True)

@@ -30,7 +30,10 @@ def test_shapes_at_odd_sizes(h, w):
     s = make_scene(3, h, w)
     assert s.image.shape == (3, h, w) and s.depth_m.shape == (1, h, w) and s.hdr_gain.shape == (1, h, w)
     assert s.intrinsics.shape == (3, 3)
-    assert s.intrinsics[0, 2].item() == pytest.approx(w / 2) and s.intrinsics[1, 2].item() == pytest.approx(h / 2)
+    # the principal point is the image centre in the integer-pixel-centre convention (pixel x at column x), the
+    # mean pixel coordinate, as for every other camera in the project: (w - 1) / 2, not w / 2
+    assert s.intrinsics[0, 2].item() == pytest.approx(float(torch.arange(w).float().mean()))
+    assert s.intrinsics[1, 2].item() == pytest.approx(float(torch.arange(h).float().mean()))
 
 
 def test_depth_positive_finite_within_range_and_image_in_unit_range():

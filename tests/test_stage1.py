@@ -448,7 +448,7 @@ def test_image_weight_zero_trains_the_map_alone():
 def test_image_weight_is_checked():
     from lightning_modules.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train\.image_weight must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"train\.image_weight=-0\.5: expected a number >= 0"):
         tiny_module(extra=["model.compact.head=layered", "train.image_weight=-0.5"])
     with pytest.raises(ConfigError, match=r"train\.image_weight=0 with train\.defocus_weight=0 leaves nothing"):
         tiny_module(extra=["model.compact.head=layered", "train.image_weight=0.0", "train.defocus_weight=0.0"])
@@ -495,7 +495,7 @@ def test_defocus_weight_is_refused_where_there_is_no_map_or_no_depth():
 
     with pytest.raises(ConfigError, match=r"train\.defocus_weight > 0 needs .*head=layered"):
         tiny_module(extra=["model.compact.head=residual", "train.defocus_weight=0.1"])
-    with pytest.raises(ConfigError, match=r"train\.defocus_weight must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"train\.defocus_weight=.*: expected a number >= 0"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=-1.0"])
     with pytest.raises(ConfigError, match=r"train\.defocus_loss must be 'l1' .* 'l2' .* or 'log_l1'"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_loss=huber"])
@@ -574,3 +574,33 @@ def test_config_synthetic_splits_draw_the_datamodules_scenes_and_refuse_other_da
     assert torch.equal(splits["test"][1]["image"], datamodule.splits["test"][1]["image"])
     with pytest.raises(ConfigError, match="a tool needs synthetic scenes"):
         config_synthetic_splits(load_config(["configs/stage1.yaml"], TINY + ["data.kind=pairs"]), {"test": 1}, "a tool")
+
+
+def test_an_ema_fit_exports_and_checkpoints_the_average_and_keeps_the_raw_weights_beside_it(tmp_path):
+    """train.ema_decay: the best checkpoint's weights and the exported generator are the average (what validation
+    measured), the raw training weights ride along in the checkpoint, and the two differ after a few steps."""
+    from safetensors.torch import load_file
+
+    from lightning_modules.stage1 import run
+
+    cfg = load_config(["configs/stage1.yaml"], TINY + [
+        "model.compact.head=layered", "train.ema_decay=0.5", "trainer.max_epochs=3", "trainer.max_time=null",
+        "trainer.enable_progress_bar=false", "data.num_workers=0", "optim.lr=0.01"])
+    result = run(cfg, lambda: tmp_path)
+    best = torch.load(result["best_checkpoint"], weights_only=False)
+    exported = load_file(str(tmp_path / "generator.safetensors"))
+    raw = best["trainable_ema"]["raw"]
+    assert set(raw) == set(best["state_dict"]) and best["trainable_ema"]["ema"]["optimization_step"] >= 2
+    differ = 0
+    for name, average in best["state_dict"].items():
+        torch.testing.assert_close(exported[name.removeprefix("generator.net.")], average, atol=0, rtol=0)
+        differ += int(not torch.equal(average, raw[name]))
+    assert differ > len(raw) // 2  # most tensors moved in training, and the average lags behind them
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 1.5, -0.1, "high"])
+def test_a_bad_ema_decay_is_refused_naming_the_key(value):
+    from lightning_modules.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.ema_decay=.*: expected null \(no average\) or a decay in \(0, 1\)"):
+        tiny_module(extra=[f"train.ema_decay={value}"])

@@ -344,3 +344,17 @@ def test_a_wrong_shape_depth_alone_is_refused_naming_both_shapes(tmp_path, gener
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "d.npy is 8x8 (HxW) but its image" in error[0] and "is 16x16" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_flip_average_is_an_option_of_the_tool_and_is_recorded(tmp_path, generator_dir):
+    _write(tmp_path / "rgb.png", (np.random.default_rng(1).random((16, 24, 3)) * 255).astype(np.uint8))
+    runs = {}
+    for name, extra in (("plain", []), ("flip", ["--flip-average"])):
+        assert make_stack.main(["--generator", str(generator_dir), "--input", str(tmp_path / "rgb.png"),
+                                "--out", str(tmp_path / name), "--steps", "1", *extra]) == 0
+        row = json.loads((tmp_path / name / "stacks.jsonl").read_text().splitlines()[0])
+        frames = [np.asarray(Image.open(tmp_path / name / frame), dtype=np.float32) for frame in row["stack"]]
+        runs[name] = (json.loads((tmp_path / name / "run.json").read_text())["flip_average"], frames)
+    assert runs["plain"][0] is False and runs["flip"][0] is True
+    # the mirrored reading changed the frames (the fixture's output layer is not mirror-symmetric)
+    assert max(np.abs(a - b).max() for a, b in zip(runs["plain"][1], runs["flip"][1])) > 0

@@ -419,6 +419,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--map-oracles", action="store_true",
                    help="layered generators: also render the true map, the true map at the head's resolution and the "
                         "learned map at the true scale (splits the K error into scale and shape)")
+    p.add_argument("--flip-average", action="store_true",
+                   help="compact generator: every sampling step also reads the mirrored image and averages the two "
+                        "(twice the network's cost)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     args.guidance = guidance_from_args(p, args)
@@ -437,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gen, meta = load_generator(args.generator)
     if args.uncalibrated:
         gen.k_calibration = None
+    gen.use_flip_average(args.flip_average)
     calibration = gen.k_calibration.to_dict() if gen.k_calibration is not None else None
     size = int(args.size or meta["resolution"])
     k_lo, k_hi = float(meta["k"]["min"]), float(meta["k"]["max"])
@@ -483,7 +487,7 @@ def _compare(args: argparse.Namespace, gen: Any, meta: dict[str, Any], out: Path
     focus_text = f"{focus:g} m" if focus is not None else "each scene's nearest subject"
     notes = (f"generator {args.generator} (trained width {meta['resolution']} px, K range [{k_lo}, {k_hi}] px*m, "
              f"physics references at focus {focus_text}); "
-             f"{steps} sampling steps; guidance {guidance.to_dict()}; K calibration "
+             f"{steps} sampling steps{' (flip-averaged)' if gen.flip_average else ''}; guidance {guidance.to_dict()}; K calibration "
              f"{calibration or 'none'}; {lpips_note}. K-calibration error = |K_fit - K|/K, "
              "K_fit by a 1-D log-K grid fit (coarse, then fine, then a parabola) through physics.render with the true "
              "focus (2-D: focus x K); k_cal_err over every row, k_cal_err_measurable over the rows where the physics "
@@ -491,7 +495,7 @@ def _compare(args: argparse.Namespace, gen: Any, meta: dict[str, Any], out: Path
              "Baselines: uniform_disk = one disk blur at each scene's true mean |r| (an oracle: told the depth); "
              "uniform_disk_population = one disk blur at the mean |r| over all evaluated scenes, per K (depth-free). "
              f"Synthetic scene options: {scene_options or 'defaults'}.")
-    results = {"notes": notes, "K_px_m": Ks, "size": size, "scene_options": scene_options, "k_calibration": calibration,
+    results = {"notes": notes, "K_px_m": Ks, "size": size, "flip_average": gen.flip_average, "scene_options": scene_options, "k_calibration": calibration,
                "seconds": time.perf_counter() - t0, "sections": sections}
     write_json(out / "results.json", results)
     write_text(out / "index.html", html_page(results))

@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uncalibrated", action="store_true",
                    help="ignore the generator's K calibration (generator.json k_calibration: tools/calibrate_k.py)")
     p.add_argument("--k-policy", choices=["clamp", "error"], default=None, help="K outside the trained range")
+    p.add_argument("--flip-average", action="store_true",
+                   help="compact generator: every sampling step also reads the mirrored image and averages the two "
+                        "(twice the network's cost)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     args.guidance = guidance_from_args(p, args)
@@ -158,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     gen, meta = load_generator(args.generator, k_policy=args.k_policy)
     if args.uncalibrated:
         gen.k_calibration = None
+    gen.use_flip_average(args.flip_average)
     with output_dir(args.out, overwrite=args.overwrite) as out:
         lines, skipped = _write_stacks(args, rows, gen, meta, out)
     print(f"wrote {len(lines)} stack(s) to {out / 'stacks.jsonl'}" + (f"; skipped {len(skipped)}" if skipped else ""))
@@ -239,7 +243,7 @@ def _write_stacks(args: argparse.Namespace, rows: list[dict[str, Any]], gen: Any
                          f"{skipped[0]['error']}")
     write_text(out / "stacks.jsonl", "\n".join(lines) + "\n")
     write_json(out / "run.json", {"generator": str(args.generator), "input": str(args.input), "images": len(lines),
-                                  "skipped": skipped, "steps": args.steps or gen.default_steps, "cfg": args.cfg,
+                                  "skipped": skipped, "steps": args.steps or gen.default_steps, "flip_average": gen.flip_average, "cfg": args.cfg,
                                   "guidance": guidance.to_dict(), "color_transfer": args.color_transfer,
                                   "seed": args.seed, "focus_m": train_focus,
                                   "k_calibration": gen.k_calibration.to_dict() if gen.k_calibration else None,

@@ -122,18 +122,32 @@ class CompactBokehUNet(nn.Module):
         return self.predict(x_t, sigma, sharp, K_px_m, null_mask)[0]
 
     def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, sharp: torch.Tensor, K_px_m: torch.Tensor,
-                null_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(x0 [B,3,H,W], defocus map delta [B,1,H,W] in 1/m, or None for the residual head)."""
-        out = self._unet_out(x_t, sigma, sharp, K_px_m, null_mask)
-        s = self.space_to_depth
-        if self.defocus_residual:
-            residual = F.pixel_shuffle(out[:, :3 * s * s], s) if s > 1 else out[:, :3]
-            if self.head == "residual":
-                return residual, None
-        delta_inv_m = self._defocus_from_out(out)
+                null_mask: torch.Tensor | None = None, flip_average: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x0 [B,3,H,W], defocus map delta [B,1,H,W] in 1/m, or None for the residual head).
+
+        ``flip_average`` (sampling): the network also reads the left-right mirrored input, and its mirrored-back
+        residual and defocus map are averaged with the direct ones before the render -- two readings of the same
+        scene, so the map's pixel-level guesswork partly cancels (twice the network's cost). The result is exactly
+        mirror-equivariant."""
+        residual, delta_inv_m = self._heads(self._unet_out(x_t, sigma, sharp, K_px_m, null_mask))
+        if flip_average:
+            mirrored = self._heads(self._unet_out(x_t.flip(-1), sigma, sharp.flip(-1), K_px_m, null_mask))
+            residual = None if residual is None else 0.5 * (residual + mirrored[0].flip(-1))
+            delta_inv_m = None if delta_inv_m is None else 0.5 * (delta_inv_m + mirrored[1].flip(-1))
+        if self.head == "residual":
+            return residual, None
         rendered = self.render_defocus(sharp, self._per_sample_k(K_px_m, null_mask, sharp), delta_inv_m)
         x0 = self.to_state(rendered, sharp)
         return (x0 + residual if self.defocus_residual else x0), delta_inv_m
+
+    def _heads(self, out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The UNet output split into (residual state [B,3,H,W] or None, defocus map [B,1,H,W] (1/m) or None)."""
+        s = self.space_to_depth
+        residual = None
+        if self.defocus_residual:
+            residual = F.pixel_shuffle(out[:, :3 * s * s], s) if s > 1 else out[:, :3]
+        return residual, (self._defocus_from_out(out) if self.head == "layered" else None)
 
     def _defocus_from_out(self, out: torch.Tensor) -> torch.Tensor:
         """The UNet output's last channel (a logit at 1/s resolution) -> defocus map [B,1,H,W] in 1/m."""

@@ -96,6 +96,14 @@ class BokehGenerator(nn.Module):
         self.resolution = resolution
         # asked K -> K the backbone is run at (bokeh.generation.calibration); None = run at the asked K
         self.k_calibration: KCalibration | None = None
+        # sampling default of generate_stack's flip_average (a tool's --flip-average sets it once)
+        self.flip_average = False
+
+    def use_flip_average(self, enabled: bool = True) -> None:
+        """Make ``flip_average`` the sampling default (ValueError for a backbone that does not implement it)."""
+        if enabled and not self.supports_flip_average:
+            raise ValueError(f"flip averaging is implemented for the compact generator, not {type(self).__name__}")
+        self.flip_average = bool(enabled)
 
     def k_run_bounds(self) -> tuple[float, float]:
         """The K (px*m, working width) the backbone may be run at under a calibration: the trained range for a network
@@ -114,9 +122,13 @@ class BokehGenerator(nn.Module):
         raise NotImplementedError
 
     def predict_x0_and_defocus(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any], K: torch.Tensor,
-                               null_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x0 and, for backbones that predict one, the defocus map delta [B,1,h,w] (1/m) it was rendered from."""
+                               null_mask: torch.Tensor, flip_average: bool = False
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x0 and, for backbones that predict one, the defocus map delta [B,1,h,w] (1/m) it was rendered from.
+        ``flip_average``: average with the mirrored input's prediction (backbones with ``supports_flip_average``)."""
         return self.predict_x0(x_t, sigma, cond, K, null_mask), None
+
+    supports_flip_average = False
 
     def render_defocus(self, image: torch.Tensor, K_px_m: torch.Tensor, defocus_inv_m: torch.Tensor) -> torch.Tensor:
         """Physics render of ``image`` [B,3,H,W] at K [B] (px*m at this width) with a predicted defocus map."""
@@ -144,7 +156,7 @@ class BokehGenerator(nn.Module):
                        guidance: GuidanceConfig | None = None, color_transfer: bool = False,
                        seed: int | None = 0, noise: torch.Tensor | None = None,
                        residual_upsample: bool = True, render_full_resolution: bool = True,
-                       calibrated: bool = True) -> StackResult:
+                       calibrated: bool = True, flip_average: bool | None = None) -> StackResult:
         """image [3,H,W] | [B,3,H,W] sRGB [0,1]; K_px_m [N] for the input width -> StackResult (frames [B,N,3,H,W]).
 
         All B*N frames go through the network in one batch per step, and every frame of an image starts from the
@@ -154,7 +166,12 @@ class BokehGenerator(nn.Module):
         at the input size from its upsampled map (crisp disks at any size); ``info["defocus_inv_m"]`` holds the map
         [B,N,1,h,w] (1/m, working size). With a ``k_calibration`` (and ``calibrated``), the backbone runs at the
         calibrated strength of each asked K (after the range policy; ``info["K_run_px_m"]``, working width).
+        ``flip_average`` (compact generator; None = the generator's ``flip_average`` attribute): every step also reads
+        the mirrored image and averages the two readings (twice the network's cost; :meth:`CompactBokehUNet.predict`).
         """
+        flip_average = self.flip_average if flip_average is None else bool(flip_average)
+        if flip_average and not self.supports_flip_average:
+            raise ValueError(f"flip averaging is implemented for the compact generator, not {type(self).__name__}")
         image = check_image_batch(image)
         device = next(self.parameters()).device
         image = image.to(device)
@@ -187,14 +204,14 @@ class BokehGenerator(nn.Module):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             if cfg_scale == 1.0:
                 x0, defocus[0] = self.predict_x0_and_defocus(x, sigma, flat_cond, K_flat,
-                                                             torch.zeros_like(K_flat, dtype=torch.bool))
+                                                             torch.zeros_like(K_flat, dtype=torch.bool), flip_average)
                 return x0
             both = self.expand_cond(flat_cond, 1)
             both = {k: (torch.cat([v, v]) if torch.is_tensor(v) and k in self.batched_keys else v)
                     for k, v in both.items()}
             null = torch.cat([torch.zeros_like(K_flat, dtype=torch.bool), torch.ones_like(K_flat, dtype=torch.bool)])
             x0, delta = self.predict_x0_and_defocus(torch.cat([x, x]), torch.cat([sigma, sigma]), both,
-                                                    torch.cat([K_flat, K_flat]), null)
+                                                    torch.cat([K_flat, K_flat]), null, flip_average)
             defocus[0] = None if delta is None else delta.chunk(2)[0]
             cond_x0, null_x0 = x0.chunk(2)
             return null_x0 + cfg_scale * (cond_x0 - null_x0)
@@ -229,6 +246,7 @@ class BokehGenerator(nn.Module):
             else:
                 frames = resize(frames, (H, W)).clamp(0, 1)
         info = {"num_steps": steps, "cfg_scale": cfg_scale, "guidance": guidance.to_dict() if guidance else None,
+                "flip_average": flip_average,
                 "color_transfer": color_transfer, "rendered_at_input_size": rerendered,
                 "K_run_px_m": K_run.cpu(), "k_calibration": calibration.to_dict() if calibration else None}
         if delta is not None:
@@ -256,8 +274,10 @@ class CompactBokehGenerator(BokehGenerator):
     def predict_x0(self, x_t, sigma, cond, K, null_mask):
         return self.net(x_t, sigma, cond["sharp"], K, null_mask)
 
-    def predict_x0_and_defocus(self, x_t, sigma, cond, K, null_mask):
-        return self.net.predict(x_t, sigma, cond["sharp"], K, null_mask)
+    supports_flip_average = True
+
+    def predict_x0_and_defocus(self, x_t, sigma, cond, K, null_mask, flip_average=False):
+        return self.net.predict(x_t, sigma, cond["sharp"], K, null_mask, flip_average)
 
     def render_defocus(self, image, K_px_m, defocus_inv_m):
         return self.net.render_defocus(image, K_px_m, defocus_inv_m)
