@@ -170,8 +170,8 @@ class TrainableEMA(L.Callback):
         named = self._trainable(pl_module)
         self._names = [name for name, _ in named]
         params = [p for _, p in named]
-        # after a restore the module holds the checkpoint's averaged weights: they seed the average, then the raw
-        # training weights go back into the module
+        # after a restore the module holds the checkpoint's averaged weights; the averaging state and the raw
+        # training weights come back from the checkpoint's trainable_ema, and training continues from the raw ones
         self.ema = EMAModel(params, decay=self.decay)
         if self._resume is not None:
             self.ema.load_state_dict(self._resume["ema"])
@@ -220,7 +220,7 @@ class TrainableEMA(L.Callback):
         if self.ema is None:
             return
         state = checkpoint["state_dict"]
-        # the raw weights are the module's unless validation has the average swapped in right now
+        # the raw weights are the module's unless the average is swapped in (during validation, after the fit)
         raw_params = self.ema.temp_stored_params if self._swapped else [p for _, p in self._trainable(pl_module)]
         ema_state = dict(self.ema.state_dict(), shadow_params=[s.detach().cpu().clone() for s in self.ema.shadow_params])
         checkpoint["trainable_ema"] = {
