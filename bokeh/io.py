@@ -131,6 +131,9 @@ def check_output_dir(path: str | Path, overwrite: bool) -> bool:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output path {path} exists and is a file; expected a folder (or a new path)")
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():  # mkdir would fail later with a bare NotADirectoryError
+            raise FileExistsError(f"output path {path}: {parent} is a file, not a folder")
     previous = path.is_dir() and any(path.iterdir())
     if previous and not overwrite:
         raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite to replace it")
@@ -155,8 +158,9 @@ def output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     Checked before anything is touched: a file at ``path``, or a non-empty folder without ``overwrite``, is a
     FileExistsError. With ``overwrite`` the previous contents are moved aside (a hidden sibling, one rename), restored
     if the body raises (any exception, SystemExit and KeyboardInterrupt included) and deleted once it returns. A
-    folder the body fails in is removed (or left empty if it existed empty). The body writes into ``path`` itself, so
-    paths recorded in the outputs are the final ones.
+    folder the body fails in is removed (or left empty if it existed empty), with the parent folders made for it.
+    A parent that is a file is a FileExistsError before anything is touched. The body writes into ``path`` itself,
+    so paths recorded in the outputs are the final ones.
     """
     path = Path(path)
     existed = path.is_dir()
@@ -164,11 +168,20 @@ def output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if check_output_dir(path, overwrite):
         previous = path.with_name(f".{path.name}.previous-{uuid.uuid4().hex[:8]}")
         path.rename(previous)
-    path.mkdir(parents=True, exist_ok=True)
+    # the outermost folder this call creates: a failed body removes it, with any parents made for the output
+    created = path
+    while not created.parent.exists():
+        created = created.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # no permission, a read-only disk: the same error type, saying what could not be made
+        if previous is not None:
+            previous.rename(path)
+        raise type(error)(f"cannot create output folder {path}: {error.strerror or error}") from error
     try:
         yield path
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path if existed or previous is not None else created, ignore_errors=True)
         if previous is not None:
             previous.rename(path)
         elif existed:

@@ -31,8 +31,9 @@ def check_calibration_settings(k_min: float, k_max: float, knots: Sequence[float
     """The knots to use (sorted; default :func:`default_knots`) after checking every setting; ValueError naming the
     bad one. Called by :func:`calibrate_generator` and, before a fit starts, by the Stage-1 build."""
     knots = sorted(float(k) for k in (knots or default_knots(k_min, k_max)))
-    if knots[0] < k_min - 1e-9 or knots[-1] > k_max + 1e-9:
-        raise ValueError(f"calibration knots {knots} must lie in the trained range [{k_min:g}, {k_max:g}] px*m")
+    if not all(math.isfinite(k) for k in knots) or knots[0] < k_min - 1e-9 or knots[-1] > k_max + 1e-9:
+        raise ValueError(f"calibration knots {knots} must be finite and lie in the trained range [{k_min:g}, "
+                         f"{k_max:g}] px*m")
     if num_scenes < 1 or iterations < 0 or min_scenes < 1:
         raise ValueError(f"calibration needs num_scenes >= 1, iterations >= 0 and min_scenes >= 1, got {num_scenes}, "
                          f"{iterations} and {min_scenes}")

@@ -361,6 +361,24 @@ def export_generator(module: Stage1Module, run_dir: str | Path) -> Path:
     return path
 
 
+def _read_generator_meta(meta_path: Path) -> dict[str, Any]:
+    """generator.json as a dict with what :func:`load_generator` needs (ValueError naming the file otherwise)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read generator config {meta_path} ({type(error).__name__}: {error})") from None
+    expected = "the generator.json a Stage-1 fit writes: {model, k: {min, max}, resolution, ...}"
+    if not isinstance(meta, dict):
+        raise ValueError(f"generator config {meta_path} is a JSON {type(meta).__name__}; expected {expected}")
+    missing = [key for key in ("model", "k", "resolution") if key not in meta]
+    k = meta.get("k")
+    if not missing and not (isinstance(k, dict) and all(isinstance(k.get(b), (int, float)) for b in ("min", "max"))):
+        missing = ["k.min", "k.max"]
+    if missing:
+        raise ValueError(f"generator config {meta_path} lacks {missing}; expected {expected}")
+    return meta
+
+
 def load_generator(path: str | Path, *, k_policy: str | None = None, map_location: str = "cpu"):
     """A generator from an exported ``generator.safetensors`` (with ``generator.json`` beside it), a run directory,
     or a Lightning ``.ckpt`` of this module. Returns (generator in eval mode, meta dict)."""
@@ -370,8 +388,11 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
     if not path.exists():
         raise FileNotFoundError(f"no Stage-1 generator at {path}")
     if path.suffix == ".ckpt":
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        cfg = ckpt["hyper_parameters"]["cfg"]
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=False)
+            cfg = ckpt["hyper_parameters"]["cfg"]
+        except Exception as error:  # noqa: BLE001 - pickle, zip and key errors alike: not a Stage-1 checkpoint
+            raise ValueError(f"cannot read Stage-1 checkpoint {path} ({type(error).__name__}: {error})") from None
         if k_policy:
             cfg["k"]["policy"] = k_policy
         module = Stage1Module(cfg)
@@ -381,7 +402,7 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} (the generator's config) is missing beside {path}")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_generator_meta(meta_path)
     k = dict(meta["k"])
     if k_policy:
         k["policy"] = k_policy
@@ -397,7 +418,10 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
         from safetensors.torch import load_file
 
         gen = build_generator(model_cfg, k_range, int(meta["resolution"]))
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error type for a corrupt file
+            raise ValueError(f"cannot read generator weights {path} ({type(error).__name__}: {error})") from None
         expected = gen.net.state_dict()
         bad = sorted(set(state) ^ set(expected)) + sorted(k for k in set(state) & set(expected)
                                                           if state[k].shape != expected[k].shape)

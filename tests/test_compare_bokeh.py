@@ -211,6 +211,11 @@ def _rgbd(folder, depth, image_hw=(16, 16)):
     ("negative_k", "--K values must be finite strengths > 0 px*m; got -2 (in --K 2 -2)"),
     ("missing_pairs", "--aperture-pairs folder not found"),
     ("non_empty_out", "exists and is not empty; pass --overwrite"),
+    ("zero_pair_width", "--pair-width must be a width in px >= 8, got 0"),
+    ("nothing_to_compare", "nothing to compare: --num-scenes is 0 and neither --rgbd nor --aperture-pairs is given"),
+    ("pairs_without_inputs", "has no f16_input/ folder; expected vabd/f16_input/ with the sharp inputs"),
+    ("generator_config_without_k", "lacks ['k']; expected the generator.json a Stage-1 fit writes"),
+    ("corrupt_generator_weights", "cannot read generator weights "),
 ])
 def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, generator_dir, capsys, case, expected):
     gen, out, extra = generator_dir, tmp_path / "out", []
@@ -231,6 +236,25 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, generator_dir, cap
     elif case == "non_empty_out":
         out.mkdir()
         (out / "results.json").write_text("previous")
+    elif case == "zero_pair_width":
+        (tmp_path / "pairs" / "vabd" / "f16_input").mkdir(parents=True)
+        extra = ["--aperture-pairs", str(tmp_path / "pairs"), "--pair-width", "0"]
+    elif case == "nothing_to_compare":
+        extra = ["--num-scenes", "0"]
+    elif case == "pairs_without_inputs":
+        (tmp_path / "pairs" / "vabd" / "f2.8").mkdir(parents=True)
+        extra = ["--aperture-pairs", str(tmp_path / "pairs")]
+    elif case in ("generator_config_without_k", "corrupt_generator_weights"):
+        gen = tmp_path / "broken"
+        gen.mkdir()
+        meta = json.loads((generator_dir / "generator.json").read_text())
+        weights = (generator_dir / "generator.safetensors").read_bytes()
+        if case == "generator_config_without_k":
+            meta.pop("k")
+        else:
+            weights = weights[:40]
+        (gen / "generator.json").write_text(json.dumps(meta))
+        (gen / "generator.safetensors").write_bytes(weights)
     code = compare.cli(["--generator", str(gen), "--out", str(out), "--num-scenes", "1", "--steps", "1", *extra])
     assert code == 2
     line = error_line(capsys)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from lightning_modules.config import ConfigError
-from _tools import load_tool
+from _tools import error_line, load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny Depth Anything V2 with DSFA on the last two taps. initializer_range 0.1 for the decoder: with the default
@@ -365,3 +365,37 @@ def test_invalid_ground_truth_pixels_are_counted(tmp_path, model_yaml, capsys):
     section = result["datasets"][0]
     assert section["gt_pixels"] == {"total": 2 * 28 * 42, "invalid": 15, "samples": 2}
     assert "15 of 2352 ground-truth pixels are invalid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--K-at-width", "0"], "error: --K-at-width must be a width in px > 0, got 0"),
+    (["--K", "2", "5", "--K-at-width", "-112"], "error: --K-at-width must be a width in px > 0, got -112"),
+    (["--K", "2", "0"], "error: --K values must be finite strengths > 0 px*m; got 0"),
+    (["--K", "nan"], "error: --K values must be finite strengths > 0 px*m; got nan"),
+])
+def test_bad_strength_options_exit_2_before_any_model_is_loaded(tmp_path, capsys, monkeypatch, option, message):
+    tool, out = load_tool("eval"), tmp_path / "out"
+    monkeypatch.setattr(tool, "load_models", lambda args: pytest.fail("models loaded before the check"))
+    assert tool.cli(["--checkpoint", str(tmp_path / "never_loaded.ckpt"), *option, "--out", str(out)]) == 2
+    assert error_line(capsys).startswith(message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_threads_below_1_is_a_usage_error(tmp_path, capsys, threads):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        load_tool("eval").cli(["--checkpoint", str(tmp_path / "never_loaded.ckpt"), "--threads", threads,
+                               "--out", str(out)])
+    assert stop.value.code == 2
+    assert f"argument --threads: expected a whole number >= 1, got {threads}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused_before_any_model_is_loaded(tmp_path, capsys, monkeypatch):
+    tool, out = load_tool("eval"), tmp_path / "out.txt"
+    out.write_text("not a folder")
+    monkeypatch.setattr(tool, "load_models", lambda args: pytest.fail("models loaded before the check"))
+    assert tool.cli(["--checkpoint", str(tmp_path / "never_loaded.ckpt"), "--out", str(out)]) == 2
+    assert error_line(capsys) == f"error: output path {out} exists and is a file; expected a folder (or a new path)"
+    assert out.read_text() == "not a folder"

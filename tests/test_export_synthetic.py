@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from _tools import load_tool
+from _tools import TOOLS_DIR, error_line, load_tool
 
 
 def _tool(name: str):
@@ -143,3 +146,46 @@ def test_failure_while_writing_restores_the_previous_output(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="disk full"):
         tool.main(["--out", str(old), "--num", "1", "--overwrite"])
     assert [p.name for p in old.iterdir()] == ["export.json"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"num_objects": 3}', r"--scene-options: num_objects: 'int' object is not subscriptable \(given "
+                           r"\{\"num_objects\": 3\}; make_scene's default \{\"num_objects\": \[2, 7\]\}\)"),
+    ('{"appearance_cues": 1.0, "depth_range_m": [5, 1]}', r"--scene-options: depth_range_m: .*\[5, 1\]"),
+])
+def test_scene_option_values_make_scene_cannot_use_are_refused_naming_the_key(tmp_path, text, message):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=message):
+        _tool("export_synthetic")(["--out", str(out), "--num", "1", "--size", "16", "16", "--scene-options", text])
+    assert not out.exists()
+
+
+def _run_as_script(monkeypatch, *argv: str) -> int:
+    """Run tools/export_synthetic.py as ``__main__`` in this process; returns its exit code (0 if none)."""
+    load_tool("export_synthetic")  # puts tools/ on sys.path for `import _bootstrap`
+    monkeypatch.setattr(sys, "argv", ["export_synthetic.py", *argv])
+    try:
+        runpy.run_path(str(TOOLS_DIR / "export_synthetic.py"), run_name="__main__")
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def test_script_reports_bad_scene_options_and_unusable_out_as_one_line(tmp_path, monkeypatch, capsys):
+    assert _run_as_script(monkeypatch, "--out", str(tmp_path / "a"), "--num", "1", "--size", "16", "16",
+                          "--scene-options", '{"num_objects": 3}') == 2
+    assert error_line(capsys).startswith("error: --scene-options: num_objects: ")
+    (tmp_path / "blocker.png").write_bytes(b"a file")
+    assert _run_as_script(monkeypatch, "--out", str(tmp_path / "blocker.png" / "sub"), "--num", "1") == 2
+    assert str(tmp_path / "blocker.png") in error_line(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["blocker.png"]
+
+
+def test_output_folder_that_cannot_be_made_is_an_error_line(tmp_path, monkeypatch, capsys):
+    def refuse(self, *args, **kwargs):  # a read-only place: bokeh.io.output_dir's mkdir fails
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    out = tmp_path / "out"
+    assert _run_as_script(monkeypatch, "--out", str(out), "--num", "1", "--size", "16", "16") == 2
+    assert error_line(capsys) == f"error: cannot create output folder {out}: Permission denied"

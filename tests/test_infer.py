@@ -378,3 +378,66 @@ def test_nan_stack_depth_is_warned_about_with_its_count(infer, tmp_path: Path, c
     assert f"has 7 of {H * W} pixels without a valid depth (0, NaN or inf)" in capsys.readouterr().err
     record = json.loads((out / "summary.json").read_text())["images"][0]
     assert record["stack"]["depth_invalid_pixels"] == 7
+
+
+# ------------------------------------------------------------------------- malformed manifests, files and options
+
+_BAD_INPUTS = {  # case: (file name, its content, the options after the photo / manifest, the expected line)
+    "row not an object": ("rows.jsonl", "5\n", [],
+                          "{file}:1: expected a JSON object {{image, ...}}, got int"),
+    "K_px_m not a list": ("rows.jsonl", '{"image": "a.png"}\n\n{"image": "a.png", "stack": ["a.png"], "K_px_m": 3}\n',
+                          ["--stack", "real"],
+                          "{file}:3: 'K_px_m' must be a list of numbers (px*m, one per stack frame), got 3"),
+    "bad JSONL line": ("rows.jsonl", '{"image": "a.png"}\n{bad\n', [],
+                       "{file}:2: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+                       "(char 1))"),
+    "bad JSON manifest": ("rows.json", "[{bad", [],
+                          "{file}: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 3 "
+                          "(char 2))"),
+    "bad --intrinsics JSON": ("cam.json", "{not json", ["--intrinsics", "{file}"],
+                              "{file}: not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+                              "column 2 (char 1))"),
+    "--device cuda without CUDA": (None, None, ["--device", "cuda"],
+                                   "--device cuda is not available here (torch.cuda.is_available() is False); use "
+                                   "--device cpu"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_INPUTS))
+def test_malformed_inputs_are_one_error_line_naming_the_file(infer, tmp_path: Path, capsys, monkeypatch,
+                                                             case: str) -> None:
+    """A manifest row that is not an object, a K_px_m that is not a list, invalid JSON (named with its file, and
+    line for JSONL), CUDA asked for where there is none: exit 2, one line, no output folder."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    name, content, extra, expected = _BAD_INPUTS[case]
+    photo = _photo(tmp_path / "a.png")
+    file = tmp_path / name if name else None
+    if file is not None:
+        file.write_text(content)
+    source = photo if file is None or "--intrinsics" in extra else file
+    out = tmp_path / "out"
+    options = [a.format(file=file) for a in extra]  # after --stack none: a case's own --stack wins
+    assert infer.main([str(source), "--stack", "none", "--no-cloud", *options, "--out", str(out), *FAST]) == 2
+    assert _one_error_line(capsys) == "error: " + expected.format(file=file)
+    assert not out.exists()
+
+
+def test_intrinsics_file_with_a_list_is_one_camera(infer, tmp_path: Path) -> None:
+    """--intrinsics holding [fx, fy, cx, cy] (what Intrinsics.from_any reads) is the camera of every photo."""
+    photo = _photo(tmp_path / "a.png")
+    (tmp_path / "cam.json").write_text("[40, 41, 22, 14.5]")
+    out = tmp_path / "out"
+    assert infer.main([str(photo), "--intrinsics", str(tmp_path / "cam.json"), "--stack", "none", "--no-cloud",
+                       "--out", str(out), *FAST]) == 0
+    record = json.loads((out / "summary.json").read_text())["images"][0]
+    assert record["intrinsics_source"] == "user (--intrinsics)"
+    assert [record["intrinsics"][k] for k in ("fx", "fy", "cx", "cy")] == [40, 41, 22, 14.5]
+
+
+def test_zero_steps_is_a_usage_error(infer, tmp_path: Path, capsys) -> None:
+    photo = _photo(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as stop:
+        infer.main([str(photo), "--steps", "0", "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "argument --steps: expected a whole number >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -117,7 +117,25 @@ def test_output_dir_keeps_the_previous_output_until_the_new_one_is_complete(tmp_
     with pytest.raises(ValueError):
         with output_dir(tmp_path / "fresh" / "deep"):
             raise ValueError("bad K")
-    assert not (tmp_path / "fresh" / "deep").exists()
+    assert not (tmp_path / "fresh").exists()  # nor the parent made for it
+
+
+def test_a_folder_that_cannot_be_made_is_an_error_of_its_type_naming_it(tmp_path: Path, monkeypatch) -> None:
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(PermissionError, match=r"cannot create output folder .*out: Permission denied"):
+        with output_dir(tmp_path / "out"):
+            pass
+
+
+def test_an_output_under_a_file_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    (tmp_path / "photo.png").write_bytes(b"not a folder")
+    with pytest.raises(FileExistsError, match=r"photo\.png is a file, not a folder"):
+        with output_dir(tmp_path / "photo.png" / "a" / "b"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
 
 
 def test_list_images_errors_on_empty_folder(tmp_path: Path) -> None:

@@ -198,7 +198,7 @@ def test_corrupt_generator_is_a_one_line_error_with_exit_2(tmp_path, capsys):
     gen = tmp_path / "gen"
     (gen / "generator.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
     err = _fails(capsys, ["--generator", str(gen)])
-    assert f"cannot read generator {gen / 'generator.safetensors'} (SafetensorError" in err
+    assert f"cannot read generator weights {gen / 'generator.safetensors'} (SafetensorError" in err
     (gen / "generator.json").write_text('{"k": {"min": 1')  # truncated
     for extra in ([], ["--remove"]):
         err = _fails(capsys, ["--generator", str(gen), *extra])
@@ -225,5 +225,7 @@ def test_a_bad_out_is_refused_before_the_generator_is_loaded(tmp_path, capsys):
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     assert "holds the generator" in _fails(capsys, ["--generator", str(gen), "--out", str(gen), "--overwrite"])
     assert "trained range" in _fails(capsys, ["--generator", str(gen), "--knots", "0.5"])
+    # NaN passes every range comparison: it is refused by name, not found later by the renderer
+    assert "knots [nan] must be finite" in _fails(capsys, ["--generator", str(gen), "--knots", "nan"])
     assert "cannot read generator" in _fails(capsys, ["--generator", str(gen), "--out", str(busy), "--overwrite"])
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]

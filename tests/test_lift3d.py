@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from _tools import load_tool
+from _tools import error_line, load_tool
 
 H, W = 24, 32
 CAMERA = ["--fx", "40", "--fy", "40", "--cx", "15.5", "--cy", "11.5"]
@@ -142,3 +142,41 @@ def test_bad_render_size_exits_2(lift3d, inputs, tmp_path: Path, capsys, size, m
     assert lift3d.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --render-size") and message in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_bad_outlier_std_is_refused_before_writing(lift3d, inputs, tmp_path: Path, capsys, value) -> None:
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(tmp_path / "out"), "--backend", "splat",
+            "--render-size", "32x24", "--outlier-std", value]
+    assert lift3d.main(argv) == 2
+    assert error_line(capsys) == f"error: --outlier-std must be a finite number >= 0 (0 disables), got {float(value)}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_intrinsics_json_is_named(lift3d, inputs, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "intr.json"
+    bad.write_text('{fx: 40}')
+    argv = ["--depth", str(inputs["pred"]), "--intrinsics", str(bad), "--out", str(tmp_path / "out")]
+    assert lift3d.main(argv) == 2
+    assert error_line(capsys).startswith(f"error: {bad}: not valid JSON (Expecting property name")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_under_a_file_is_an_error_line(lift3d, inputs, tmp_path: Path, capsys) -> None:
+    (tmp_path / "blocker.png").write_bytes(b"not a folder")
+    out = tmp_path / "blocker.png" / "sub"
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(out), "--backend", "splat"]
+    assert lift3d.main(argv) == 2
+    assert str(tmp_path / "blocker.png") in error_line(capsys)
+
+
+def test_output_folder_that_cannot_be_made_is_an_error_line(lift3d, inputs, tmp_path: Path, capsys,
+                                                             monkeypatch) -> None:
+    def refuse(self, *args, **kwargs):  # a read-only place: bokeh.io.output_dir's mkdir fails
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    out = tmp_path / "out"
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(out), "--backend", "splat"]
+    assert lift3d.main(argv) == 2
+    assert error_line(capsys) == f"error: cannot create output folder {out}: Permission denied"

@@ -6,12 +6,14 @@ import base64
 import io
 import json
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from _tools import load_tool
+from _tools import error_line, load_tool
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +125,50 @@ def test_a_file_given_as_run_directory_is_named_as_a_file(report, run_dir: Path,
     assert report.main([str(run_dir / "metrics.json")]) == 2
     err = capsys.readouterr().err
     assert "is a file; expected a run folder" in err and "not found" not in err
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb to PIL)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data[12:29]  # chunk type + 13 data bytes, CRC after
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def test_decompression_bomb_picture_is_a_warning_not_fatal(report, run_dir: Path) -> None:
+    (run_dir / "samples" / "big.png").write_bytes(_png_claiming(30000, 30000))
+    assert report.main([str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "samples/big.png: unreadable picture (Image size (900000000 pixels) exceeds limit" in page
+    assert "grid_000.png" in page and "abs_rel" in page
+
+
+def test_csv_that_is_not_utf8_is_a_warning_naming_it(report, run_dir: Path) -> None:
+    (run_dir / "log.csv").write_bytes(b"step,loss\n1,\xff\xfe\n")
+    assert report.main([str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "log.csv: not UTF-8 text (&#x27;utf-8&#x27; codec can&#x27;t decode byte 0xff" in page
+    assert "<h3>log.csv</h3>" not in page and "<h3>metrics.csv</h3>" in page
+
+
+def test_page_under_a_file_is_an_error_line(report, run_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "blocker").write_text("a file")
+    page = tmp_path / "blocker" / "sub" / "r.html"
+    assert report.main([str(run_dir), "--out", str(page)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: cannot create output {page}: ") and not page.parent.exists()
+
+
+def test_page_that_cannot_be_written_is_an_error_line(report, run_dir: Path, capsys, monkeypatch) -> None:
+    import bokeh.io
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bokeh.io, "write_text", refuse)
+    assert report.main([str(run_dir)]) == 2
+    assert error_line(capsys) == f"error: cannot create output {run_dir / 'report.html'}: Permission denied"

@@ -504,7 +504,7 @@ def test_defocus_weight_is_refused_where_there_is_no_map_or_no_depth():
     with pytest.raises(ConfigError, match=r"train\.defocus_weight > 0 needs depth"):
         tiny_module(extra=["model.compact.head=layered", "train.defocus_weight=0.1", "data.kind=pairs",
                            "data.manifest.train=x.jsonl", "calibration.enabled=false"])
-    with pytest.raises(ConfigError, match=r"calibration section: calibration knots \[0\.1, 1\.0\] must lie in the "
+    with pytest.raises(ConfigError, match=r"calibration section: calibration knots \[0\.1, 1\.0\] must be finite and lie in the "
                                           r"trained range \[0\.5, 2\]"):  # refused at build, before any fit
         tiny_module(extra=["calibration.enabled=true", "calibration.knots=[1.0, 0.1]"])
     with pytest.raises(ConfigError, match=r"calibration section: .*num_scenes >= 1"):

@@ -257,6 +257,11 @@ def _error_line(capsys) -> str:
     ("negative_k", "--K values must be finite strengths > 0 px*m; got -3 (in --K 1 -3)"),
     ("k_out_of_range", "outside the trained range"),
     ("non_empty_out", "exists and is not empty; pass --overwrite"),
+    ("row_with_two_intrinsics", "m.jsonl:1: intrinsics: intrinsics must be [fx, fy, cx, cy] or a 3x3 matrix"),
+    ("row_with_focus_in_words", "m.jsonl:1: focus_m must be a distance in metres, finite and > 0; got 'far'"),
+    ("cfg_nan", "--cfg must be a finite guidance scale (1 = off); got nan"),
+    ("generator_config_not_an_object", "is a JSON list; expected the generator.json a Stage-1 fit writes"),
+    ("out_under_a_file", "rgb.png is a file, not a folder"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, generator_dir, capsys, case, expected):
     _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
@@ -278,6 +283,19 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, generator_dir, capsys,
     elif case == "non_empty_out":
         out.mkdir()
         (out / "keep.txt").write_text("previous")
+    elif case in ("row_with_two_intrinsics", "row_with_focus_in_words"):
+        src = tmp_path / "m.jsonl"
+        field = '"intrinsics": [1, 2]' if case == "row_with_two_intrinsics" else '"focus_m": "far"'
+        src.write_text('{"image": "rgb.png", ' + field + '}\n')
+    elif case == "cfg_nan":
+        extra = ["--cfg", "nan"]
+    elif case == "generator_config_not_an_object":
+        gen = tmp_path / "broken"
+        gen.mkdir()
+        (gen / "generator.json").write_text("[1, 2]")
+        (gen / "generator.safetensors").write_bytes((generator_dir / "generator.safetensors").read_bytes())
+    elif case == "out_under_a_file":
+        out = tmp_path / "rgb.png" / "out"
     assert make_stack.main(_args(gen, src, out, *extra)) == 2
     assert expected in _error_line(capsys)
     if case == "non_empty_out":

@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     weights = meta_path.with_suffix(".safetensors")
     try:
         gen, meta = load_generator(weights)
-    except Exception as error:  # noqa: BLE001 - safetensors, JSON, config and shape errors: all a bad generator
+    except ValueError as error:  # load_generator's own message names the file and what is wrong
+        fail(str(error))
+    except Exception as error:  # noqa: BLE001 - anything else while building it: still a bad generator
         fail(f"cannot read generator {weights} ({type(error).__name__}: {error})")
     if meta.get("trained_on", "synthetic") != "synthetic":
         tqdm.write(f"warning: {meta_path} was trained on {meta.get('trained_on')!r} data; it is calibrated on synthetic "

@@ -190,6 +190,10 @@ def aperture_pair_samples(root: Path, width: int, assumed_focus_m: float) -> lis
         folder = root / name
         if not folder.is_dir():
             continue
+        if not (folder / cam["input"]).is_dir():
+            raise FileNotFoundError(f"{folder} has no {cam['input']}/ folder; expected {name}/{cam['input']}/ with the "
+                                    f"sharp inputs beside {' or '.join(f'{t}/' for t in cam['targets'])} with the "
+                                    f"photos of the same names")
         for path in sorted((folder / cam["input"]).iterdir()):
             image = read_image(path)
             h0, w0 = image.shape[-2:]
@@ -437,6 +441,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_strengths(args.K)
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size must be a width in px >= 1, got {args.size}")
+    if args.aperture_pairs and args.pair_width < 8:
+        raise ValueError(f"--pair-width must be a width in px >= 8, got {args.pair_width}")
+    if args.num_scenes < 0:
+        raise ValueError(f"--num-scenes must be >= 0, got {args.num_scenes}")
+    if args.num_scenes == 0 and not args.rgbd and not args.aperture_pairs:
+        raise ValueError("nothing to compare: --num-scenes is 0 and neither --rgbd nor --aperture-pairs is given")
     gen, meta = load_generator(args.generator)
     if args.uncalibrated:
         gen.k_calibration = None

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
-from _cli import run_reporting_errors  # noqa: E402
+from _cli import check_strengths, positive_int, run_reporting_errors  # noqa: E402
 
 import torch
 from omegaconf import OmegaConf
@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--generator-steps", type=int, default=None, help="sampling steps (default: the generator's)")
     s.add_argument("--seed", type=int, default=0, help="Stage-1 sampling seed (sample i uses seed + i)")
     s.add_argument("--K", type=float, nargs="+", default=None, help="stack strengths, px*m (see --K-at-width)")
-    s.add_argument("--K-at-width", type=float, default=None, help="width the --K values refer to (default: each "
-                                                                   "image's)")
+    s.add_argument("--K-at-width", type=float, default=None, help="width in px > 0 the --K values refer to (default: "
+                                                                   "each image's)")
     s.add_argument("--no-stack", action="store_true", help="only the image-only rows: base and each BokehDepth "
                                                            "model's control (DSFA on the reference alone)")
     s.add_argument("--no-dfd", action="store_true", help="leave out the closed-form depth-from-bokeh rows")
@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="grids and colour maps for the first N samples of each dataset")
     p.add_argument("--out", help="output folder (default: <run>/eval_<datasets> or runs/eval/<stamp>)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is best on a busy machine)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch intra-op threads, >= 1 (default: torch's; 1 is best on a busy machine)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the data configs, e.g. data.synthetic.num_test=5")
     return p.parse_args(argv)
 
@@ -108,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Refuse missing paths and bad numbers before anything is loaded or written (errors name the option)."""
+    from bokeh.io import check_output_dir
+
     for kind, value in args.datasets:
         if kind == "folder" and not Path(value).exists():
             raise FileNotFoundError(f"--folder {value} does not exist (expected an NYU / KITTI / generic RGB-D / "
@@ -120,12 +123,15 @@ def check_inputs(args: argparse.Namespace) -> None:
                                 "generator.safetensors or a Stage-1 .ckpt)")
     if args.run and not Path(args.run).is_dir():
         raise FileNotFoundError(f"--run {args.run} is not a directory")
-    if args.K is not None and not all(math.isfinite(k) and k >= 0 for k in args.K):
-        raise ValueError(f"--K must be finite strengths >= 0 (px*m), got {args.K}")
+    check_strengths(args.K)
+    if args.K_at_width is not None and not (math.isfinite(args.K_at_width) and args.K_at_width > 0):
+        raise ValueError(f"--K-at-width must be a width in px > 0, got {args.K_at_width:g}")
     if args.size and min(args.size) < 8:
         raise ValueError(f"--size must be at least 8 8, got {args.size}")
     if args.overrides and not any(kind == "config" for kind, _ in args.datasets) and args.datasets:
         raise ConfigError(f"overrides {args.overrides} apply to data configs, but only --folder datasets are given")
+    if args.out:  # a file, or a non-empty folder without --overwrite (the default --out is checked once named)
+        check_output_dir(args.out, args.overwrite)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -362,11 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from bokeh.io import output_dir
 
     args = parse_args(argv)
+    check_inputs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    check_inputs(args)
-    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()) and not args.overwrite:
-        raise FileExistsError(f"output folder {args.out} exists and is not empty; pass --overwrite or another --out")
     specs = load_models(args)
     datasets = build_datasets(args, specs)
     generator, gen_meta = None, None

@@ -79,6 +79,8 @@ def check_settings(*, num: int, height: int, width: int, physics_K: list[float] 
         raise ValueError(f"--batch-size must be >= 1 scene, got {batch_size}")
     if not (math.isfinite(layer_ratio) and layer_ratio > 1):
         raise ValueError(f"--layer-ratio must be a finite number > 1, got {layer_ratio}")
+    if scene_options:
+        check_scene_options(scene_options, height, width)
     if physics_K is None:
         return
     if not physics_K or any(not (math.isfinite(k) and k > 0) for k in physics_K):
@@ -94,6 +96,27 @@ def check_settings(*, num: int, height: int, width: int, physics_K: list[float] 
                          f"got {depth_range!r}")
     for k in physics_K:  # nearest-subject focus (focus_m None) lies at or beyond `near`: the widest case is `near`
         check_blur_radius(k, focus_m if focus_m is not None else near, near, far, height, width, name="--physics-K")
+
+
+def check_scene_options(scene_options: dict[str, Any], height: int, width: int) -> None:
+    """Make one scene with ``scene_options`` so that a value make_scene cannot use (``{"num_objects": 3}`` where it
+    expects [lo, hi]) is a ValueError naming --scene-options and the key, before anything is written."""
+    from physics.scenes import make_scene
+
+    def failure(options: dict[str, Any]) -> Exception | None:
+        try:
+            make_scene(0, height, width, **options)
+        except (TypeError, ValueError, IndexError) as error:
+            return error
+        return None
+
+    error = failure(scene_options)
+    if error is None:
+        return
+    keys = [k for k in scene_options if failure({k: scene_options[k]})] or list(scene_options)
+    given = json.dumps({k: scene_options[k] for k in keys})
+    defaults = json.dumps({k: inspect.signature(make_scene).parameters[k].default for k in keys})
+    raise ValueError(f"--scene-options: {', '.join(keys)}: {error} (given {given}; make_scene's default {defaults})")
 
 
 def export(out: Path, *, num: int, split: str = "train", seed: int = 0, height: int = 112, width: int = 112,
@@ -181,6 +204,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main()
-    except (FileExistsError, ValueError) as error:
+    except (OSError, ValueError) as error:  # OSError: FileExistsError, cannot create --out, ...
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

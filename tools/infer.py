@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
+from _cli import positive_int  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -71,6 +72,8 @@ FULL_FRAME_DIAGONAL_MM = 43.2666
 FALLBACK_TRAIN_K = ([2.0, 5.0, 12.0], 112)
 DEFAULT_STAGE2_CONFIG = "model/stage2_tiny.yaml"
 DEFAULT_STAGE1_CONFIG = "stage1.yaml"
+#: Keys of an --intrinsics JSON object that make it one camera (Intrinsics.from_any) rather than name -> camera.
+ONE_CAMERA_KEYS = ("fx", "cam_in", "intrinsics", "K", "camera_matrix")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stack", default="stage1", choices=("stage1", "physics", "real", "none"))
     p.add_argument("--generator", help="Stage-1 generator: generator.safetensors, its run folder, or a .ckpt")
     p.add_argument("--K", help="comma-separated strengths in px*m at the photo's width (default: see above)")
-    p.add_argument("--steps", type=int, help="Stage-1 sampling steps (default: the generator's)")
+    p.add_argument("--steps", type=positive_int, help="Stage-1 sampling steps, >= 1 (default: the generator's)")
     p.add_argument("--seed", type=int, default=0, help="Stage-1 noise seed")
     p.add_argument("--frames", help="--stack real: comma-separated frame paths (single-image input)")
     p.add_argument("--frame-K", help="--stack real: comma-separated K of the frames, px*m at the photo's width")
@@ -135,6 +138,23 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     return values
 
 
+def _parse_json(text: str, where: str) -> Any:
+    """``json.loads`` whose syntax error names ``where`` (the file, or file:line of a JSONL row)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{where}: not valid JSON ({error})") from None
+
+
+def _row_numbers(row: dict[str, Any], key: str, where: str) -> list[float]:
+    """A manifest row's list of numbers (``K_px_m``), refused with the row named otherwise."""
+    value = row[key]
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise DatasetError(f"{where}: '{key}' must be a list of numbers (px*m, one per stack frame), got "
+                           f"{json.dumps(value)}")
+    return [float(v) for v in value]
+
+
 def collect_inputs(spec: str, args: argparse.Namespace) -> list[Item]:
     """Items from an image, a folder or a manifest; an empty folder or manifest is an error."""
     path = Path(spec)
@@ -151,13 +171,16 @@ def collect_inputs(spec: str, args: argparse.Namespace) -> list[Item]:
         return [Item(path.stem, path, frames=frames, frame_K=_floats(args.frame_K, "--frame-K"), depth=depth,
                      focus_m=args.focus_m)]
     base = path.parent
+    wheres: list[str] | None = None  # where each row is, for messages: file:line (JSONL) or file row n
     if path.suffix.lower() == ".txt":
         rows: list[Any] = [{"image": line.strip()} for line in path.read_text().splitlines()
                            if line.strip() and not line.startswith("#")]
     elif path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        wheres = [f"{path}:{n}" for n, _ in lines]
+        rows = [_parse_json(line, where) for (_, line), where in zip(lines, wheres)]
     elif path.suffix.lower() == ".json":
-        content = json.loads(path.read_text())
+        content = _parse_json(path.read_text(), str(path))
         rows = content.get("images", content.get("files")) if isinstance(content, dict) else content
     else:
         raise ValueError(f"input {path}: expected an image ({', '.join(IMAGE_SUFFIXES)}), a folder, or a manifest "
@@ -166,15 +189,21 @@ def collect_inputs(spec: str, args: argparse.Namespace) -> list[Item]:
         raise DatasetError(f"manifest {path} lists no images")
     items = []
     for i, row in enumerate(rows):
+        where = wheres[i] if wheres else f"manifest {path} row {i + 1}"
         if isinstance(row, str):
             row = {"image": row}
-        if "image" not in row:
-            raise DatasetError(f"manifest {path} row {i}: missing 'image'")
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: expected a JSON object {{image, ...}}, got {type(row).__name__}")
+        if not isinstance(row.get("image"), str):
+            raise DatasetError(f"{where}: missing 'image'" if "image" not in row else
+                               f"{where}: 'image' must be a path (a string), got {json.dumps(row['image'])}")
+        if not isinstance(row.get("stack", []), list):
+            raise DatasetError(f"{where}: 'stack' must be a list of frame paths, got {json.dumps(row['stack'])}")
         image = base / row["image"]
         camera = row.get("intrinsics") or ({k: row[k] for k in ("fx", "fy", "cx", "cy")} if "fx" in row else None)
         items.append(Item(str(row.get("name") or image.stem), image, camera=camera,
                           frames=[base / f for f in row.get("stack", [])],
-                          frame_K=[float(k) for k in row["K_px_m"]] if "K_px_m" in row else None,
+                          frame_K=_row_numbers(row, "K_px_m", where) if "K_px_m" in row else None,
                           depth=base / row["depth"] if row.get("depth") else None,
                           focus_m=float(row["focus_m"]) if row.get("focus_m") is not None else None))
     return items
@@ -235,8 +264,8 @@ def resolve_intrinsics(args: argparse.Namespace, item: Item, width: int, height:
             raise DatasetError("give all four of --fx --fy --cx --cy (pixels), or --intrinsics JSON")
         camera, source = Intrinsics(*map(float, given)), "user (--fx --fy --cx --cy)"
     elif file_cameras is not None:
-        entry = file_cameras.get(item.name, file_cameras.get(item.image.name)) if "fx" not in file_cameras and \
-            "cam_in" not in file_cameras and "K" not in file_cameras else file_cameras
+        one_camera = not isinstance(file_cameras, dict) or any(k in file_cameras for k in ONE_CAMERA_KEYS)
+        entry = file_cameras if one_camera else file_cameras.get(item.name, file_cameras.get(item.image.name))
         if entry is None:
             raise DatasetError(f"--intrinsics {args.intrinsics} has no camera for {item.name}")
         camera, source = Intrinsics.from_any(entry, f"--intrinsics {args.intrinsics}"), "user (--intrinsics)"
@@ -435,6 +464,7 @@ def _stack_picture(image: torch.Tensor, stack: torch.Tensor | None, K: torch.Ten
 @torch.no_grad()
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Process every input; returns the summary (also written as summary.json)."""
+    check_device(args.device)
     items = collect_inputs(args.input, args)
     _unique_names(items)
     file_cameras = None
@@ -442,7 +472,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.intrinsics)
         if not path.is_file():
             raise FileNotFoundError(f"--intrinsics file not found: {path}")
-        file_cameras = json.loads(path.read_text())
+        file_cameras = _parse_json(path.read_text(), str(path))
     if args.resolution < 14:
         raise ValueError(f"--resolution must be >= 14 px, got {args.resolution}")
     user_K = _floats(args.K, "--K")
@@ -461,6 +491,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with output_dir(args.out, overwrite=args.overwrite) as out:
         return _process(args, items, out, file_cameras, user_K, model, stage2_info, generator, stage1_info,
                         base_model, base_info)
+
+
+def check_device(device: str) -> None:
+    """Refuse a --device torch does not know, or CUDA where there is none, before anything is read or loaded."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: {error}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} is not available here (torch.cuda.is_available() is False); "
+                         "use --device cpu")
 
 
 def check_options(args: argparse.Namespace, items: list[Item]) -> None:

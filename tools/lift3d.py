@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,11 @@ def resolve_intrinsics(args: argparse.Namespace, fallback: Intrinsics | None = N
         path = Path(args.intrinsics)
         if not path.is_file():
             raise DatasetError(f"intrinsics file not found: {path}")
-        return Intrinsics.from_any(json.loads(path.read_text()), str(path))
+        try:
+            content = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DatasetError(f"{path}: not valid JSON ({error})") from None
+        return Intrinsics.from_any(content, str(path))
     if fallback is not None:
         return fallback
     raise DatasetError("intrinsics missing: give --fx --fy --cx --cy (pixels), --intrinsics JSON, or --dataset")
@@ -109,6 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          f"{list(DEFAULT_VIEWS)}")
     if args.point_size < 1:
         raise ValueError(f"--point-size must be >= 1 pixel, got {args.point_size}")
+    if not (math.isfinite(args.outlier_std) and args.outlier_std >= 0):
+        raise ValueError(f"--outlier-std must be a finite number >= 0 (0 disables), got {args.outlier_std}")
     image, gt, camera, sample_info = None, None, None, {}
     if args.dataset:
         dataset = open_dataset(args.dataset)
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (DatasetError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, OSError, ValueError) as error:  # OSError: FileExistsError, cannot create --out, ...
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary["renderer"])

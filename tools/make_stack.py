@@ -81,6 +81,8 @@ def check_k_options(args: argparse.Namespace) -> None:
     check_strengths(args.K)
     if args.K_at_width is not None and not (math.isfinite(args.K_at_width) and args.K_at_width > 0):
         raise ValueError(f"--K-at-width must be an image width in px, finite and > 0; got {args.K_at_width:g}")
+    if not math.isfinite(args.cfg):
+        raise ValueError(f"--cfg must be a finite guidance scale (1 = off); got {args.cfg:g}")
 
 
 def collect_inputs(path: Path) -> list[dict[str, Any]]:
@@ -112,11 +114,26 @@ def collect_inputs(path: Path) -> list[dict[str, Any]]:
             for key in ("intrinsics", "focus_m", "depth_scale"):
                 if key in rec:
                     row[key] = rec[key]
+            check_row_fields(row, f"{path}:{n}")
             rows.append(row)
         if not rows:
             raise ValueError(f"manifest {path} lists no image")
         return rows
     return [{"image": path, "name": path.stem}]
+
+
+def check_row_fields(row: dict[str, Any], where: str) -> None:
+    """A manifest row's camera fields, copied into stacks.jsonl for Stage-2, checked here rather than there:
+    intrinsics as Stage-2 reads them ([fx, fy, cx, cy] or 3x3), focus_m a distance in metres (ValueError naming the
+    row otherwise)."""
+    from lightning_modules.data import parse_intrinsics
+
+    if row.get("intrinsics") is not None:
+        parse_intrinsics(row["intrinsics"], name=f"{where}: intrinsics")  # Stage-2's reader: its DataError names it
+    focus = row.get("focus_m")
+    if focus is not None and (isinstance(focus, bool) or not isinstance(focus, (int, float))
+                              or not math.isfinite(focus) or focus <= 0):
+        raise ValueError(f"{where}: focus_m must be a distance in metres, finite and > 0; got {focus!r}")
 
 
 def check_depth(row: dict[str, Any], image_hw: tuple[int, int]) -> None:

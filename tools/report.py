@@ -165,7 +165,7 @@ def _image_html(path: Path, page_dir: Path, link: bool, max_side: int) -> str:
 
 
 def _csv_html(path: Path) -> str:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if not rows:
         return "<p class='meta'>(empty)</p>"
@@ -233,7 +233,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
             else:
                 long_json.append(f"<details><summary>{html.escape(path.name)}</summary>{tables}</details>")
         for path in [p for p in paths if p.suffix.lower() == ".csv"]:
-            body.append(f"<h3>{html.escape(path.name)}</h3>{_csv_html(path)}")
+            try:
+                body.append(f"<h3>{html.escape(path.name)}</h3>{_csv_html(path)}")
+            except UnicodeDecodeError as error:
+                problems.append(f"{path.relative_to(run)}: not UTF-8 text ({error})")
         figures = []
         pictures = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
         # Comparison pictures first: grids and side-by-side views summarise the rest.
@@ -245,7 +248,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
             try:
                 figures.append(_image_html(path, page.parent, link_images, max_image_side))
                 images_shown += 1
-            except OSError as error:
+            except (OSError, Image.DecompressionBombError) as error:  # a bomb: a header claiming a huge size
                 problems.append(f"{path.relative_to(run)}: unreadable picture ({error})")
         if figures:
             body.append("<div>" + "".join(figures) + "</div>")
@@ -273,7 +276,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
                 f"<style>{STYLE}</style></head><body><h1>{name}</h1><p class='meta'>{html.escape(str(run))} - "
                 f"report made {stamp} by tools/report.py - {len(files)} files, {images_shown} pictures</p>"
                 f"{warnings_html}{''.join(sections)}</body></html>\n")
-    write_text(page, document)
+    try:
+        write_text(page, document)
+    except OSError as error:  # a parent that is a file, no permission
+        raise type(error)(f"cannot create output {page}: {error.strerror or error}") from error
     return page
 
 
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         page = build_report(args.run_dir, args.out, title=args.title, link_images=args.link_images,
                             max_image_side=args.max_image_side, max_images=args.max_images, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (OSError, ValueError) as error:  # OSError: FileNotFoundError, FileExistsError, cannot create --out
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {page} ({page.stat().st_size / 1e6:.2f} MB)")
