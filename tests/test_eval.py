@@ -381,14 +381,14 @@ def test_bad_strength_options_exit_2_before_any_model_is_loaded(tmp_path, capsys
     assert not out.exists()
 
 
-@pytest.mark.parametrize("threads", ["0", "-1"])
-def test_threads_below_1_is_a_usage_error(tmp_path, capsys, threads):
+@pytest.mark.parametrize("option, value", [("--threads", "0"), ("--threads", "-1"), ("--generator-steps", "0")])
+def test_counts_below_1_are_usage_errors(tmp_path, capsys, option, value):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
-        load_tool("eval").cli(["--checkpoint", str(tmp_path / "never_loaded.ckpt"), "--threads", threads,
+        load_tool("eval").cli(["--checkpoint", str(tmp_path / "never_loaded.ckpt"), option, value,
                                "--out", str(out)])
     assert stop.value.code == 2
-    assert f"argument --threads: expected a whole number >= 1, got {threads}" in capsys.readouterr().err
+    assert f"argument {option}: expected a whole number >= 1, got {value}" in capsys.readouterr().err
     assert not out.exists()
 
 

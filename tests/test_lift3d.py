@@ -153,6 +153,15 @@ def test_bad_outlier_std_is_refused_before_writing(lift3d, inputs, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["nan", "0", "-0.01"])
+def test_bad_voxel_size_is_refused_before_writing(lift3d, inputs, tmp_path: Path, capsys, value) -> None:
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(tmp_path / "out"), "--voxel-size", value]
+    assert lift3d.main(argv) == 2
+    assert error_line(capsys) == (f"error: --voxel-size must be a finite size in metres > 0 (or left out), "
+                                  f"got {float(value)}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_invalid_intrinsics_json_is_named(lift3d, inputs, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "intr.json"
     bad.write_text('{fx: 40}')

@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="f-number of an aperture-pair reference photo (its own blur, for the closed-form baseline)")
     s = p.add_argument_group("stacks")
     s.add_argument("--generator", help="Stage-1 generator: run dir, generator.safetensors or a Stage-1 .ckpt")
-    s.add_argument("--generator-steps", type=int, default=None, help="sampling steps (default: the generator's)")
+    s.add_argument("--generator-steps", type=positive_int, default=None,
+                   help="sampling steps, >= 1 (default: the generator's)")
     s.add_argument("--seed", type=int, default=0, help="Stage-1 sampling seed (sample i uses seed + i)")
     s.add_argument("--K", type=float, nargs="+", default=None, help="stack strengths, px*m (see --K-at-width)")
     s.add_argument("--K-at-width", type=float, default=None, help="width in px > 0 the --K values refer to (default: "

@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--point-size must be >= 1 pixel, got {args.point_size}")
     if not (math.isfinite(args.outlier_std) and args.outlier_std >= 0):
         raise ValueError(f"--outlier-std must be a finite number >= 0 (0 disables), got {args.outlier_std}")
+    if args.voxel_size is not None and not (math.isfinite(args.voxel_size) and args.voxel_size > 0):
+        raise ValueError(f"--voxel-size must be a finite size in metres > 0 (or left out), got {args.voxel_size}")
     image, gt, camera, sample_info = None, None, None, {}
     if args.dataset:
         dataset = open_dataset(args.dataset)
