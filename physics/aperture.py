@@ -54,7 +54,12 @@ def kernel_half_size(radius_px: float) -> int:
     of at most max(r, 1) px and its soft rim reaches up to 1 px beyond that (at a triangle's corners; 0.5 px for a
     disk), so the square reaches every pixel centre closer than r + 1.
     """
-    r = abs(float(radius_px))
+    try:
+        r = abs(float(radius_px))
+    except (TypeError, ValueError):
+        raise ValueError(f"radius_px must be a number (px); got {radius_px!r}") from None
+    if not math.isfinite(r):
+        raise ValueError(f"radius_px must be finite (px); got {radius_px!r}")
     if r == 0.0:
         return 0
     return max(1, int(math.ceil(r + 1.0)) - 1)
@@ -154,6 +159,8 @@ class Aperture:
 
     def raster_radius(self, radius_px: torch.Tensor | float) -> torch.Tensor:
         """Signed raster radius (px) whose kernel has the continuous spot's second moment c r^2; differentiable."""
+        if not torch.is_tensor(radius_px) and not math.isfinite(float(radius_px)):
+            raise ValueError(f"radius_px must be finite (px); got {radius_px!r}")
         r = radius_px if torch.is_tensor(radius_px) else torch.tensor(float(radius_px), dtype=torch.float64)
         return self._moments().raster_radius(r)
 
@@ -173,6 +180,10 @@ class Aperture:
         The kernel is the spread of one pixel's light onto the image (scatter form); its centre is the source pixel.
         """
         h = self.half_size(radius_px) if half_size is None else int(half_size)
+        if h < 0:
+            raise ValueError(f"half_size must be >= 0 (the kernel is [2*half_size+1]^2); got {half_size!r}")
+        if not math.isfinite(float(radius_px)):
+            raise ValueError(f"radius_px must be finite (px); got {radius_px!r}")
         offs = torch.arange(-h, h + 1, dtype=dtype, device=device)
         dy, dx = torch.meshgrid(offs, offs, indexing="ij")
         w = self.weights(dx, dy, torch.tensor(float(radius_px), dtype=dtype, device=device))
@@ -272,6 +283,8 @@ class ImageAperture(Aperture):
             raise ValueError(f"{name} contains negative values; expected an aperture transmission >= 0")
         if not float(t.max()) > 0:
             raise ValueError(f"{name} is all zero: an aperture needs some open (> 0) pixels")
+        if isinstance(oversample, bool) or int(oversample) != oversample or oversample < 1:
+            raise ValueError(f"oversample must be an int >= 1 (sub-pixel samples per axis); got {oversample!r}")
         self.image = (t / t.max()).to(torch.float32)
         self.oversample = int(oversample)
 

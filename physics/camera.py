@@ -285,6 +285,13 @@ def inverse_depth_range(depth_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return 1.0 / flat.amax(dim=1), 1.0 / flat.amin(dim=1)
 
 
+def _check_per_image(value: Number, batch: int, name: str) -> None:
+    """A float or a tensor of 1 or B values (one per image of depth_m)."""
+    if _is_tensor(value) and value.numel() not in (1, batch):
+        raise ValueError(f"{name} has {value.numel()} values (shape {tuple(value.shape)}) but depth_m has {batch} "
+                         f"images; give a float or a tensor [B]")
+
+
 def k_metric_to_bokehme(K_px_m: Number, depth_m: torch.Tensor) -> torch.Tensor:
     """Metric K (px*m) -> BokehMe-style K (px per unit of per-image min-max normalised disparity).
 
@@ -293,6 +300,7 @@ def k_metric_to_bokehme(K_px_m: Number, depth_m: torch.Tensor) -> torch.Tensor:
     """
     check_k(K_px_m)
     inv_far, inv_near = inverse_depth_range(depth_m)
+    _check_per_image(K_px_m, inv_far.numel(), "K_px_m")
     if (inv_near - inv_far <= 0).any():
         raise ValueError("depth_m is constant in an image: the normalised-disparity K is undefined")
     return torch.as_tensor(K_px_m, dtype=inv_far.dtype, device=inv_far.device) * (inv_near - inv_far)
@@ -302,6 +310,7 @@ def k_bokehme_to_metric(K_bm: Number, depth_m: torch.Tensor) -> torch.Tensor:
     """BokehMe-style K (px per normalised disparity) -> metric K (px*m): ``K = K_BM / (1/z_min - 1/z_max)``."""
     check_k(K_bm, "K_bm")
     inv_far, inv_near = inverse_depth_range(depth_m)
+    _check_per_image(K_bm, inv_far.numel(), "K_bm")
     span = inv_near - inv_far
     if (span <= 0).any():
         raise ValueError("depth_m is constant in an image: the normalised-disparity K is undefined")
@@ -440,8 +449,12 @@ def camera_from_exif(exif: Mapping[str, Any], *, focus_m: float | None = None, s
     f35_mm = _exif_number(f35, "FocalLengthIn35mmFilm") if f35 is not None else None
     if sensor_width_mm is None and f35_mm is None:
         raise ValueError("sensor size unknown: EXIF FocalLengthIn35mmFilm is missing; pass sensor_width_mm")
-    return ThinLensCamera(f_mm=f_mm, f_number=f_number, focus_m=float(focus_m), image_width_px=int(w),
-                          image_height_px=int(h), sensor_width_mm=sensor_width_mm,
+    w_px, h_px = _exif_number(w, "ImageWidth"), _exif_number(h, "ImageLength")
+    for value, name in ((w_px, "ImageWidth"), (h_px, "ImageLength")):
+        if not (math.isfinite(value) and value >= 1 and value == int(value)):
+            raise ValueError(f"EXIF field {name} must be a whole number of pixels >= 1; got {value!r}")
+    return ThinLensCamera(f_mm=f_mm, f_number=f_number, focus_m=float(focus_m), image_width_px=int(w_px),
+                          image_height_px=int(h_px), sensor_width_mm=sensor_width_mm,
                           f35_mm=None if sensor_width_mm is not None else f35_mm, focus_breathing=focus_breathing)
 
 

@@ -30,6 +30,42 @@ from physics.aperture import Aperture, make_aperture
 from physics.camera import check_focus, check_k
 
 
+def _check_tensor(x: torch.Tensor, name: str, shape: str, dims: int, channels_dim: int | None = None,
+                  channels: int = 3) -> None:
+    """x: a finite floating-point tensor with ``dims`` dimensions (``channels`` at ``channels_dim``)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {shape}; got {type(x).__name__}")
+    if x.dim() != dims or (channels_dim is not None and x.shape[channels_dim] != channels):
+        raise ValueError(f"{name} must be {shape}; got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor; got {x.dtype}")
+    if not torch.isfinite(x.detach()).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_srgb_range(x: torch.Tensor, name: str, color_space: str) -> None:
+    """sRGB inputs are clipped to [0, 1] before matching: refuse values far outside (0..255, [-1, 1] images)."""
+    if color_space != "srgb":
+        return
+    from physics.render import SRGB_TOLERANCE
+
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo < -SRGB_TOLERANCE or hi > 1.0 + SRGB_TOLERANCE:
+        raise ValueError(f"{name} values span [{lo:.4g}, {hi:.4g}]; expected sRGB in [0, 1] (a 0..255 image? divide "
+                         f"by 255; linear light? pass color_space='linear')")
+
+
+def _check_positive_float(value: float, name: str, *, allow_zero: bool = False) -> None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and (f >= 0 if allow_zero else f > 0)):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+
+
 def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor,
               aperture: str | Aperture = "disk") -> torch.Tensor:
     """Blur ``image`` [B,C,H,W] by aperture spots of every radius in ``radii_px`` (C_r radii) -> [C_r,B,C,H,W].
@@ -37,8 +73,11 @@ def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor,
     Kernels are :mod:`physics.aperture`'s (soft rim, unit area). One FFT of the reflect-padded image, one product
     per radius (exact linear convolution inside the frame).
     """
+    _check_tensor(image, "image", "[B,C,H,W]", 4)
     ap = make_aperture(aperture)
-    radii = [float(r) for r in (radii_px.tolist() if isinstance(radii_px, torch.Tensor) else radii_px)]
+    radii = [float(r) for r in (radii_px.reshape(-1).tolist() if isinstance(radii_px, torch.Tensor) else radii_px)]
+    if not radii or not all(math.isfinite(r) for r in radii):
+        raise ValueError(f"radii_px must be one or more finite radii (px); got {radii}")
     pad = int(math.ceil(max(radii) + 1)) + 1
     b, c, h, w = image.shape
     mode = "reflect" if pad < min(h, w) else "replicate"
@@ -66,6 +105,9 @@ def blur_to_radius_map(image: torch.Tensor, radius_px: torch.Tensor, *, step_px:
     convolution per candidate radius, no occlusion (physics.render draws occlusion); linear light is the caller's
     choice (pass linear values for physically correct blends).
     """
+    _check_tensor(image, "image", "[B,C,H,W]", 4)
+    if not isinstance(radius_px, torch.Tensor):
+        raise ValueError(f"radius_px must be a torch.Tensor [B,N,1,H,W]; got {type(radius_px).__name__}")
     if radius_px.dim() != 5 or radius_px.shape[0] != image.shape[0] or radius_px.shape[2] != 1 \
             or radius_px.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"radius_px must be [B,N,1,H,W] matching image {tuple(image.shape)}; "
@@ -134,15 +176,23 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     """
     if confidence not in ("contrast", "curvature", "both"):
         raise ValueError(f"confidence must be 'contrast' or 'curvature'; got {confidence!r}")
-    if reference.dim() != 4 or reference.shape[1] != 3:
-        raise ValueError(f"reference must be [B,3,H,W]; got {tuple(reference.shape)}")
+    _check_tensor(reference, "reference", "[B,3,H,W]", 4, 1)
+    if not isinstance(frames, torch.Tensor):
+        raise ValueError(f"frames must be a torch.Tensor [B,N,3,H,W]; got {type(frames).__name__}")
     if frames.dim() != 5 or frames.shape[0] != reference.shape[0] or frames.shape[2:] != reference.shape[1:]:
         raise ValueError(f"frames must be [B,N,3,H,W] matching reference {tuple(reference.shape)}; "
                          f"got {tuple(frames.shape)}")
+    _check_tensor(frames, "frames", "[B,N,3,H,W] with N >= 1", 5, 2)
     if not (max_radius_px > 0 and step_px > 0 and math.isfinite(max_radius_px)):
         raise ValueError(f"max_radius_px and step_px must be > 0; got {max_radius_px}, {step_px}")
-    if window_px < 1 or window_px % 2 == 0:
-        raise ValueError(f"window_px must be a positive odd integer; got {window_px}")
+    _check_positive_float(step_px, "step_px")
+    if isinstance(window_px, bool) or not float(window_px) == int(window_px) or window_px < 1 or window_px % 2 == 0:
+        raise ValueError(f"window_px must be a positive odd integer; got {window_px!r}")
+    _check_positive_float(noise_floor, "noise_floor", allow_zero=True)
+    if color_space not in ("srgb", "linear"):
+        raise ValueError(f"color_space must be 'srgb' or 'linear', got {color_space!r}")
+    _check_srgb_range(reference, "reference", color_space)
+    _check_srgb_range(frames, "frames", color_space)
     b, n = frames.shape[:2]
     ratios = torch.as_tensor(reference_blur_ratio, dtype=torch.float64).reshape(-1)
     if ratios.numel() == 1:
@@ -247,8 +297,8 @@ def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_
         inv_depth_offset [B,1,H,W] (1/m): ``Delta_hat = sum w K r / sum w K^2``;
         depth_m [B,1,H,W]: ``1 / (1/s1 - Delta_hat)``, clamped to (0, max_depth_m].
     """
-    if radius_px.dim() != 5 or radius_px.shape[2] != 1:
-        raise ValueError(f"radius_px must be [B,N,1,H,W]; got {tuple(radius_px.shape)}")
+    _check_tensor(radius_px, "radius_px", "[B,N,1,H,W] with N >= 1", 5, 2, channels=1)
+    _check_positive_float(max_depth_m, "max_depth_m")
     b, n = radius_px.shape[:2]
     K = torch.as_tensor(K_px_m, dtype=radius_px.dtype, device=radius_px.device)
     if K.dim() == 1:
@@ -266,9 +316,15 @@ def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_
     check_focus(s1)
     if weights is None:
         weights = torch.ones_like(radius_px)
-    elif weights.shape != radius_px.shape:
+    elif not isinstance(weights, torch.Tensor) or weights.shape != radius_px.shape:
         raise ValueError(f"weights must have the shape of radius_px {tuple(radius_px.shape)}; got "
-                         f"{tuple(weights.shape)}")
+                         f"{tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__}")
+    else:
+        w = weights.detach()
+        if not torch.isfinite(w).all():
+            raise ValueError("weights contains NaN or infinite values; expected finite weights >= 0")
+        if (w < 0).any():
+            raise ValueError(f"weights contains negative values (min {float(w.min()):.4g}); expected weights >= 0")
     if behind_focus is None:
         r = radius_px
     else:
@@ -297,7 +353,11 @@ def depth_from_stack(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torc
     Returns dict(radius_px [B,N,1,H,W], confidence [B,1,H,W] (mean contrast over frames), weight [B,N,1,H,W],
     inv_depth_offset [B,1,H,W], depth_m [B,1,H,W]).
     """
+    _check_tensor(reference, "reference", "[B,3,H,W]", 4, 1)
     K = torch.as_tensor(K_px_m, dtype=reference.dtype)
+    check_k(K)
+    check_focus(focus_m if isinstance(focus_m, torch.Tensor) else torch.as_tensor(focus_m, dtype=torch.float64))
+    _check_positive_float(max_depth_m, "max_depth_m")
     if max_radius_px is None:
         s1_min = float(torch.as_tensor(focus_m).min())
         if not s1_min > 0:
@@ -344,6 +404,10 @@ def depth_from_aperture_pair(sharp: torch.Tensor, wide: torch.Tensor, K_sharp_px
     """
     check_k(K_sharp_px_m, "K_sharp_px_m")
     check_k(K_wide_px_m, "K_wide_px_m")
+    _check_tensor(sharp, "sharp", "[B,3,H,W]", 4, 1)
+    if not isinstance(wide, torch.Tensor) or wide.shape != sharp.shape:
+        raise ValueError(f"wide must be a tensor [B,3,H,W] of the shape of sharp {tuple(sharp.shape)}; got "
+                         f"{tuple(wide.shape) if isinstance(wide, torch.Tensor) else type(wide).__name__}")
     if not K_wide_px_m > K_sharp_px_m:
         raise ValueError(f"K_wide_px_m ({K_wide_px_m}) must be larger than K_sharp_px_m ({K_sharp_px_m})")
     radius, conf = estimate_blur_radius(sharp, wide[:, None], max_radius_px=max_radius_px, step_px=step_px,

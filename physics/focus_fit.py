@@ -23,7 +23,45 @@ import torch
 import torch.nn.functional as F
 
 from physics.camera import check_depth_m, check_k
-from physics.render import render_bokeh
+from physics.render import SRGB_TOLERANCE, render_bokeh
+
+
+def _check_images(x: torch.Tensor, name: str, shapes: str = "[B,C,H,W]", dims: tuple[int, ...] = (4,)) -> None:
+    """A finite floating-point image tensor of one of ``dims`` dimensions (ValueError naming ``name``)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {shapes}; got {type(x).__name__}")
+    if x.dim() not in dims or x.numel() == 0:
+        raise ValueError(f"{name} must have shape {shapes} (non-empty); got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor; got {x.dtype}")
+    if not torch.isfinite(x.detach()).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_srgb(x: torch.Tensor, name: str) -> None:
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo < -SRGB_TOLERANCE or hi > 1.0 + SRGB_TOLERANCE:
+        raise ValueError(f"{name} values span [{lo:.4g}, {hi:.4g}]; expected sRGB in [0, 1] (a 0..255 image? divide "
+                         f"by 255)")
+
+
+def _check_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{b_name} {tuple(b.shape)} must have the shape of {a_name} {tuple(a.shape)}")
+
+
+def _check_int(value: int, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+
+
+def _check_pair(pair: tuple[float, float], name: str, what: str) -> None:
+    try:
+        lo, hi = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair ({what}) of numbers; got {pair!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise ValueError(f"{name} must be ({what}) with 0 < lo < hi, both finite; got {pair!r}")
 
 RenderFn = Callable[..., torch.Tensor]
 
@@ -43,6 +81,11 @@ def phase_correlation(reference: torch.Tensor, moving: torch.Tensor, *, refine_s
     through its neighbours, then ``refine_steps`` Gauss-Newton (Lucas-Kanade) updates of the global translation on
     image gradients: a symmetric blur difference between the two images does not move either estimate.
     """
+    _check_images(reference, "reference", "[B,C,H,W] or [C,H,W]", (3, 4))
+    _check_images(moving, "moving", "[B,C,H,W] or [C,H,W]", (3, 4))
+    if reference.dim() != moving.dim():
+        raise ValueError(f"reference {tuple(reference.shape)} and moving {tuple(moving.shape)} must have the same "
+                         f"number of dimensions")
     squeeze = reference.dim() == 3
     a = _gray(reference if not squeeze else reference[None]).to(torch.float64)
     b = _gray(moving if not squeeze else moving[None]).to(torch.float64)
@@ -105,6 +148,11 @@ def shift_image(image: torch.Tensor, dy: float | torch.Tensor, dx: float | torch
     Fourier shift of the reflect-padded image: exact for band-limited content, no interpolation blur (bilinear
     resampling would add up to a quarter pixel^2 of blur, comparable with the defocus being measured).
     """
+    _check_images(image, "image", "[B,C,H,W]")
+    for value, name in ((dy, "dy"), (dx, "dx")):
+        v = torch.as_tensor(value).detach() if not isinstance(value, torch.Tensor) else value.detach()
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{name} must be a finite shift (px); got {value!r}")
     b, c, h, w = image.shape
     p = min(pad, h - 1, w - 1)
     x = F.pad(image, (p, p, p, p), mode="reflect")
@@ -122,6 +170,9 @@ def exposure_gain(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
     """Least-squares scalar gain g per image, in linear light, minimising ``||g * lin(pred) - lin(target)||^2``.
 
     prediction, target: [B,3,H,W] sRGB. Returns [B]."""
+    _check_images(prediction, "prediction", "[B,3,H,W]")
+    _check_images(target, "target", "[B,3,H,W]")
+    _check_same_shape(prediction, target, "prediction", "target")
     lp = kornia.color.rgb_to_linear_rgb(prediction.clamp(0, 1))
     lt = kornia.color.rgb_to_linear_rgb(target.clamp(0, 1))
     m = torch.ones_like(lp[:, :1]) if mask is None else mask
@@ -130,12 +181,26 @@ def exposure_gain(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
 def apply_gain(image: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """Multiply sRGB images [B,3,H,W] by gains [B] in linear light; result clamped to [0, 1] sRGB."""
+    _check_images(image, "image", "[B,3,H,W]")
+    if not isinstance(gain, torch.Tensor) or gain.numel() != image.shape[0]:
+        shape = tuple(gain.shape) if isinstance(gain, torch.Tensor) else type(gain).__name__
+        raise ValueError(f"gain must be a tensor [B] with B={image.shape[0]} (one gain per image); got {shape}")
     lin = kornia.color.rgb_to_linear_rgb(image.clamp(0, 1)) * gain.reshape(-1, 1, 1, 1)
     return kornia.color.linear_rgb_to_rgb(lin.clamp(0, 1))
 
 
+def _check_crop(a: torch.Tensor, b: torch.Tensor, crop_px: int) -> None:
+    _check_images(a, "a", "[B,3,H,W]")
+    _check_images(b, "b", "[B,3,H,W]")
+    _check_same_shape(a, b, "a", "b")
+    _check_int(crop_px, "crop_px", 0)
+    if 2 * crop_px >= min(a.shape[-2:]):
+        raise ValueError(f"crop_px={crop_px} leaves nothing of a {a.shape[-2]}x{a.shape[-1]} image")
+
+
 def psnr_db(a: torch.Tensor, b: torch.Tensor, crop_px: int = 0) -> float:
     """PSNR (dB, peak 1) between two sRGB images [B,3,H,W] over the interior (``crop_px`` border dropped)."""
+    _check_crop(a, b, crop_px)
     if crop_px > 0:
         a, b = a[..., crop_px:-crop_px, crop_px:-crop_px], b[..., crop_px:-crop_px, crop_px:-crop_px]
     return float(kornia.metrics.psnr(a.clamp(0, 1), b.clamp(0, 1), 1.0))
@@ -143,6 +208,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor, crop_px: int = 0) -> float:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, crop_px: int = 0) -> float:
     """Mean SSIM (kornia, 11 px Gaussian window) over the interior."""
+    _check_crop(a, b, crop_px)
     if crop_px > 0:
         a, b = a[..., crop_px:-crop_px, crop_px:-crop_px], b[..., crop_px:-crop_px, crop_px:-crop_px]
     return float(kornia.metrics.ssim(a.clamp(0, 1), b.clamp(0, 1), 11).mean())
@@ -208,6 +274,13 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
     Returns: :class:`FocusFit`.
     """
     render = render_fn or render_bokeh
+    _check_images(sharp, "sharp", "[1,3,H,W] or [3,H,W]", (3, 4))
+    _check_images(observed, "observed", "[1,3,H,W] or [3,H,W]", (3, 4))
+    if not isinstance(depth_m, torch.Tensor) or depth_m.dim() != sharp.dim():
+        shape = tuple(depth_m.shape) if isinstance(depth_m, torch.Tensor) else type(depth_m).__name__
+        raise ValueError(f"depth_m must have shape {'[1,1,H,W]' if sharp.dim() == 4 else '[1,H,W]'} to match sharp "
+                         f"{tuple(sharp.shape)}; got {shape}")
+    _check_srgb(observed, "observed")
     sharp = sharp[None] if sharp.dim() == 3 else sharp
     observed = observed[None] if observed.dim() == 3 else observed
     depth_m = depth_m[None] if depth_m.dim() == 3 else depth_m
@@ -220,10 +293,17 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
         check_k(K_px_m)
         if K_px_m == 0:
             raise ValueError("K_px_m must be > 0 to fit a focus distance (K = 0 renders no blur)")
-    if not (0 < focus_range_m[0] < focus_range_m[1]):
-        raise ValueError(f"focus_range_m must be (near, far) with 0 < near < far; got {focus_range_m}")
-    if not (0 < K_range[0] < K_range[1]):
-        raise ValueError(f"K_range must be (lo, hi) with 0 < lo < hi; got {K_range}")
+    _check_pair(focus_range_m, "focus_range_m", "near, far")
+    _check_pair(K_range, "K_range", "lo, hi")
+    for value, name in ((grid_focus, "grid_focus"), (grid_k, "grid_k"), (grid_batch, "grid_batch")):
+        _check_int(value, name, 1)
+    _check_int(steps, "steps", 0)
+    _check_int(crop_px, "crop_px", 0)
+    for value, name in ((grid_scale, "grid_scale"), (lr, "lr")):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    if not (isinstance(max_radius_px, (int, float)) and max_radius_px > 0):  # inf: keep every grid candidate
+        raise ValueError(f"max_radius_px must be a number > 0 (px); got {max_radius_px!r}")
     h, w = sharp.shape[-2:]
     if 2 * crop_px >= min(h, w):
         raise ValueError(f"crop_px={crop_px} leaves nothing of a {h}x{w} image")

@@ -13,12 +13,50 @@ import math
 
 import torch
 
-from physics.render import render_bokeh
+from physics.camera import check_focus, check_k
+from physics.render import render_bokeh, validate_render_inputs
+
+
+def _check_k_range(k_lo: float, k_hi: float, lo_name: str = "k_lo", hi_name: str = "k_hi") -> None:
+    for value, name in ((k_lo, lo_name), (k_hi, hi_name)):
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            f = math.nan
+        if not (math.isfinite(f) and f > 0):
+            raise ValueError(f"{name} must be a finite strength > 0 (px*m; the grid is over log K); got {value!r}")
+
+
+def _check_scene(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float,
+                 observed: torch.Tensor | None = None, color_space: str = "srgb") -> None:
+    """One scene, unbatched: sharp [3,H,W] sRGB, depth_m [1,H,W] (m), observed [3,H,W] like sharp."""
+    if not isinstance(sharp, torch.Tensor) or sharp.dim() != 3:
+        shape = tuple(sharp.shape) if isinstance(sharp, torch.Tensor) else type(sharp).__name__
+        raise ValueError(f"sharp must be one image [3,H,W] (unbatched); got {shape}")
+    if not isinstance(depth_m, torch.Tensor) or depth_m.dim() != 3:
+        shape = tuple(depth_m.shape) if isinstance(depth_m, torch.Tensor) else type(depth_m).__name__
+        raise ValueError(f"depth_m must be one depth map [1,H,W] (unbatched, m); got {shape}")
+    validate_render_inputs(sharp, depth_m, 0.0, 1.0, color_space=color_space)
+    check_focus(focus_m)
+    if observed is not None:
+        if not isinstance(observed, torch.Tensor) or observed.shape != sharp.shape:
+            shape = tuple(observed.shape) if isinstance(observed, torch.Tensor) else type(observed).__name__
+            raise ValueError(f"observed must have the shape of sharp {tuple(sharp.shape)}; got {shape}")
+        try:
+            validate_render_inputs(observed, depth_m, 0.0, 1.0, color_space=color_space)
+        except ValueError as error:
+            raise ValueError(f"observed: {error}") from None
+
+
+def _check_count(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1 (grid points); got {value!r}")
 
 
 def fit_range(k_min: float, k_max: float) -> tuple[float, float]:
     """The K search range (px*m) for a generator trained on [k_min, k_max]: 0.1 k_min to 2 k_max, wide enough that
     a frame far off its asked strength is measured, not clipped to the trained range."""
+    _check_k_range(k_min, k_max, "k_min", "k_max")
     return 0.1 * k_min, 2.0 * k_max
 
 
@@ -51,6 +89,10 @@ def fit_k(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: 
     the best one's neighbours and a parabola through the best three: a coarse grid alone leaves errors of the order
     of the 15% being measured.
     """
+    _check_scene(sharp, depth_m, focus_m, observed, (render_options or {}).get("color_space", "srgb"))
+    _check_k_range(k_lo, k_hi)
+    _check_count(n, "n")
+    _check_count(n_fine, "n_fine")
 
     def errors(logk: torch.Tensor) -> torch.Tensor:
         renders = _renders(sharp, depth_m, logk.exp(), focus_m, **(render_options or {}))
@@ -70,6 +112,10 @@ def k_sensitivity_rms(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float
     where the radii are a small fraction of a pixel (a sub-pixel blur has variance r^2/4: its effect is second order
     in r). Such rows are kept out of the headline K-calibration error (``k_cal_err_measurable``) and counted.
     """
+    _check_scene(sharp, depth_m, focus_m)
+    check_k(K, "K")
+    if not (isinstance(rel, (int, float)) and 0 < rel < 1):
+        raise ValueError(f"rel must be a relative step in (0, 1); got {rel!r}")
     r = _renders(sharp, depth_m, torch.tensor([K * (1 + rel), K * (1 - rel)]), focus_m)
     return float((r[0] - r[1]).pow(2).mean().sqrt())
 
@@ -87,6 +133,10 @@ def k_measurability(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, 
 def fit_k_focus(sharp: torch.Tensor, depth_m: torch.Tensor, focus_m: float, observed: torch.Tensor, k_lo: float,
                 k_hi: float, n_k: int = 10, n_focus: int = 5) -> tuple[float, float]:
     """2-D K-calibration: grid over inverse focus (around the true one, +-40%) x log K; returns (K, focus_m)."""
+    _check_scene(sharp, depth_m, focus_m, observed)
+    _check_k_range(k_lo, k_hi)
+    _check_count(n_k, "n_k")
+    _check_count(n_focus, "n_focus")
     inv = torch.linspace(0.6 / focus_m, 1.4 / focus_m, n_focus)
     logk = torch.linspace(math.log(k_lo), math.log(k_hi), n_k)
     grid_inv, grid_logk = torch.meshgrid(inv, logk, indexing="ij")

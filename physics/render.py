@@ -38,6 +38,10 @@ RENDERER_VERSION = 2
 #: a K in the wrong units (e.g. px*m at another width, mm for m) would otherwise ask for gigabytes of layers.
 MAX_RADIUS_IMAGE_SIDES = 2.0
 
+#: an sRGB image with values outside [-SRGB_TOLERANCE, 1 + SRGB_TOLERANCE] is refused: the renderers clip sRGB to
+#: [0, 1], so a 0..255 or a [-1, 1] image would otherwise come out saturated without a word.
+SRGB_TOLERANCE = 0.5
+
 __all__ = [
     "render_bokeh",
     "render_radius_map",
@@ -62,6 +66,13 @@ def check_blur_radius(K: float, focus_m: float, depth_min_m: float, depth_max_m:
     """The largest CoC radius (px) of strength ``K`` focused at ``focus_m`` over depths in [min, max] m; a ValueError
     naming ``name`` (the option K came from), K, that radius and the limit when it exceeds MAX_RADIUS_IMAGE_SIDES x the
     image's larger side -- the renderer's own refusal, checked before any rendering."""
+    camera.check_k(K, name)
+    camera.check_focus(focus_m)
+    camera._check_positive(depth_min_m, "depth_min_m")
+    camera._check_positive(depth_max_m, "depth_max_m")
+    for value, dim in ((height, "height"), (width, "width")):
+        if not (_is_int(value) and value >= 1):
+            raise ValueError(f"{dim} must be an image size in px (an int >= 1); got {value!r}")
     spread = max(abs(1.0 / focus_m - 1.0 / depth_min_m), abs(1.0 / focus_m - 1.0 / depth_max_m))
     radius = K * spread
     limit = MAX_RADIUS_IMAGE_SIDES * max(height, width)
@@ -88,6 +99,40 @@ def _check_image(image: torch.Tensor, color_space: str, batched_only: bool = Fal
         raise ValueError("image contains NaN or infinite values")
     if color_space not in ("srgb", "linear"):
         raise ValueError(f"color_space must be 'srgb' or 'linear'; got {color_space!r}")
+    if color_space == "srgb":
+        lo, hi = torch.aminmax(image.detach())
+        lo, hi = float(lo), float(hi)
+        if lo < -SRGB_TOLERANCE or hi > 1.0 + SRGB_TOLERANCE:
+            raise ValueError(f"image values span [{lo:.4g}, {hi:.4g}]; expected sRGB in [0, 1] (a 0..255 image? divide "
+                             f"by 255; a [-1, 1] image? map it with (x + 1) / 2; HDR linear light? pass "
+                             f"color_space='linear')")
+
+
+def _check_layer_options(layer_ratio: float, pyramid_radius_px: float) -> None:
+    """The layered renderer's knobs: ``layer_ratio`` finite > 1, ``pyramid_radius_px`` finite >= 0."""
+    if not _finite_float(layer_ratio) > 1.0:
+        raise ValueError(f"layer_ratio must be a finite number > 1; got {layer_ratio!r}")
+    if not _finite_float(pyramid_radius_px) >= 0:
+        raise ValueError(f"pyramid_radius_px must be a finite number >= 0 (0 disables the pyramid); got "
+                         f"{pyramid_radius_px!r}")
+
+
+def _finite_float(x) -> float:
+    """float(x), or NaN when x is not a finite number (so that every comparison with it fails)."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return f if math.isfinite(f) else math.nan
+
+
+def _is_int(x) -> bool:
+    return not isinstance(x, bool) and _finite_float(x) == _finite_float(x) and float(x) == int(float(x))
+
+
+def _check_offsets_per_chunk(offsets_per_chunk: int) -> None:
+    if not (_is_int(offsets_per_chunk) and offsets_per_chunk >= 1):
+        raise ValueError(f"offsets_per_chunk must be an int >= 1; got {offsets_per_chunk!r}")
 
 
 def validate_render_inputs(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, focus_m: Number, *,
@@ -123,6 +168,9 @@ def highlight_boost(linear_rgb: torch.Tensor, gain: float, threshold: float = 0.
     """
     if gain < 0 or not math.isfinite(gain):
         raise ValueError(f"highlight_gain must be a finite number >= 0; got {gain}")
+    if not torch.is_tensor(linear_rgb) or linear_rgb.dim() != 4 or linear_rgb.shape[1] != 3:
+        shape = tuple(linear_rgb.shape) if torch.is_tensor(linear_rgb) else type(linear_rgb).__name__
+        raise ValueError(f"linear_rgb must be a tensor [B,3,H,W] of linear-light RGB; got {shape}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"highlight_threshold must be in [0, 1); got {threshold}")
     if gain == 0:
@@ -183,8 +231,10 @@ def layer_radii(max_radius_px: float, ratio: float = 1.2) -> list[float]:
     and relative beyond 1.5 px (factor ``ratio``), because blending two neighbouring spot sizes costs an error
     proportional to their difference relative to the radius.
     """
-    if not ratio > 1.0:
-        raise ValueError(f"layer_ratio must be > 1; got {ratio}")
+    if not ratio > 1.0 or not math.isfinite(ratio):
+        raise ValueError(f"layer_ratio must be a finite number > 1; got {ratio}")
+    if not (math.isfinite(max_radius_px) and max_radius_px >= 0):
+        raise ValueError(f"max_radius_px must be a finite number >= 0 (px); got {max_radius_px}")
     radii = [0.0, *_SMALL_LAYERS]
     while radii[-1] < max_radius_px:
         radii.append(radii[-1] * ratio)
@@ -260,6 +310,7 @@ def render_bokeh(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: Number, foc
     light (their soft rim stays above display white): raise ``pyramid_radius_px`` (4-8) or set it to 0 for crisp
     HDR bokeh balls, at a higher cost.
     """
+    _check_layer_options(layer_ratio, pyramid_radius_px)
     prep = _prepare(image, depth_m, K_px_m, focus_m, color_space, f_mm, highlight_gain, highlight_threshold)
     ap = make_aperture(aperture)
     out = _render_layers(prep.linear, prep.radius, ap, layer_ratio=float(layer_ratio),
@@ -285,6 +336,7 @@ def render_radius_map(image: torch.Tensor, radius_px: torch.Tensor, *, aperture:
     Returns: [B,3,H,W] in ``color_space``.
     """
     _check_image(image, color_space, batched_only=True)
+    _check_layer_options(layer_ratio, pyramid_radius_px)
     b, _, h, w = image.shape
     if not torch.is_tensor(radius_px) or tuple(radius_px.shape) != (b, 1, h, w):
         raise ValueError(f"radius_px must be a tensor [B,1,H,W] = {(b, 1, h, w)} matching image; got "
@@ -505,6 +557,7 @@ def render_exact_reference(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: N
     (chunks of offsets are recomputed in the backward pass). Exact where no surface occludes another (smooth depth);
     NOT occlusion-aware. Same arguments and return as :func:`render_bokeh`; differentiable.
     """
+    _check_offsets_per_chunk(offsets_per_chunk)
     prep = _prepare(image, depth_m, K_px_m, focus_m, color_space, f_mm, highlight_gain, highlight_threshold)
     ap = make_aperture(aperture)
     lin, r = prep.linear, prep.radius
@@ -556,6 +609,7 @@ def render_scatter_bokehme(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: N
     """
     if not (gamma > 0 and math.isfinite(gamma)):
         raise ValueError(f"gamma must be a finite number > 0; got {gamma}")
+    _check_offsets_per_chunk(offsets_per_chunk)
     prep = _prepare(image, depth_m, K_px_m, focus_m, color_space, f_mm, to_linear=False)
     img = prep.linear  # still in the input colour space
     if color_space == "linear":

@@ -39,6 +39,7 @@ Everything is vectorised torch on one ``torch.Generator``; a 128x128 scene takes
 from __future__ import annotations
 
 import math
+import operator
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,6 +241,34 @@ def _plane_inv_depth(rng: _Rng, X: torch.Tensor, Y: torch.Tensor, inv0: float, c
 # ------------------------------------------------------------------------------------------------ scene
 
 
+def _number(value: Any) -> float:
+    """float(value), NaN when it is not a number (every comparison with it then fails)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (int, numpy or 0-d torch integer), not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _pair(value: Any, name: str, what: str) -> tuple[float, float]:
+    """A (lo, hi) pair of numbers -> two floats; ValueError naming ``name`` otherwise."""
+    try:
+        lo, hi = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair ({what}), got {value!r}") from None
+    return _number(lo), _number(hi)
+
+
 def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float, float] = (0.5, 10.0),
                num_objects: tuple[int, int] = (2, 7), p_textureless: float = 0.25, p_slanted: float = 0.5,
                highlights_per_mpx: float = 300.0, hfov_deg: tuple[float, float] = (45.0, 75.0),
@@ -263,13 +292,29 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
             ``a * depth_m / far`` (see the module docstring); the geometry is that of the a = 0 scene.
     Returns: :class:`Scene`.
     """
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    for value, name in ((height, "height"), (width, "width")):
+        if not _is_int(value):
+            raise ValueError(f"{name} must be an int number of px (>= 8), got {type(value).__name__} {value!r}")
     if height < 8 or width < 8:
         raise ValueError(f"height and width must be >= 8 px, got {height}x{width}")
-    near, far = float(depth_range_m[0]), float(depth_range_m[1])
+    near, far = _pair(depth_range_m, "depth_range_m", "near, far")
     if not (math.isfinite(near) and math.isfinite(far) and 0 < near < far):
         raise ValueError(f"depth_range_m must be (near, far) with 0 < near < far, got {depth_range_m}")
+    _pair(num_objects, "num_objects", "lo, hi")
+    if not all(_is_int(v) for v in num_objects):
+        raise ValueError(f"num_objects must be (lo, hi) of ints, got {num_objects!r}")
     if num_objects[0] < 0 or num_objects[1] < num_objects[0]:
         raise ValueError(f"num_objects must be (lo, hi) with 0 <= lo <= hi, got {num_objects}")
+    for value, name in ((p_textureless, "p_textureless"), (p_slanted, "p_slanted")):
+        if not _number(value) <= 1.0 or not _number(value) >= 0.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    if not (math.isfinite(_number(highlights_per_mpx)) and highlights_per_mpx >= 0):
+        raise ValueError(f"highlights_per_mpx must be a finite number >= 0, got {highlights_per_mpx!r}")
+    fov_lo, fov_hi = _pair(hfov_deg, "hfov_deg", "lo, hi")
+    if not (0 < fov_lo < 180 and 0 < fov_hi < 180):
+        raise ValueError(f"hfov_deg must be (lo, hi) degrees, each in (0, 180), got {hfov_deg}")
     if focus_policy not in ("nearest", "none"):
         raise ValueError(f"focus_policy must be 'nearest' or 'none', got {focus_policy!r}")
     try:

@@ -48,10 +48,33 @@ def _check_image(image: torch.Tensor) -> None:
         raise ValueError("image contains NaN or infinite values")
 
 
+def _check_depth(depth_m: torch.Tensor, image: torch.Tensor) -> None:
+    """depth_m: a tensor [B,1,H,W] (m, > 0) matching image [B,3,H,W]."""
+    if isinstance(depth_m, torch.Tensor) and depth_m.dim() != 4:
+        raise ValueError(f"depth_m must have shape [B,1,H,W] to match image {tuple(image.shape)}; got "
+                         f"{tuple(depth_m.shape)}")
+    check_depth_m(depth_m, like=image)
+
+
+def _check_sequence(values: Any, name: str, what: str) -> None:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(f"{name} must be a sequence of {what} (e.g. a list); got {type(values).__name__} "
+                         f"{values!r}")
+
+
+def _as_tensor(value: KLike, name: str, ref: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device=ref.device, dtype=ref.dtype)
+    try:
+        return torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be numbers (a float, a sequence or a tensor); got {type(value).__name__} "
+                         f"{value!r}") from None
+
+
 def _per_frame(value: KLike, batch: int, name: str, ref: torch.Tensor) -> torch.Tensor:
     """Sequence[float] | Tensor[N] | Tensor[B,N] -> Tensor[B,N] (float, on ref's device)."""
-    t = torch.as_tensor(value, dtype=ref.dtype, device=ref.device) if not isinstance(value, torch.Tensor) \
-        else value.to(device=ref.device, dtype=ref.dtype)
+    t = _as_tensor(value, name, ref)
     if t.dim() == 0:
         t = t.reshape(1)
     if t.dim() == 1:
@@ -64,9 +87,7 @@ def _per_frame(value: KLike, batch: int, name: str, ref: torch.Tensor) -> torch.
 
 def _per_image(value: KLike, batch: int, name: str, ref: torch.Tensor) -> torch.Tensor:
     """float | Tensor[] | Tensor[B] -> Tensor[B]."""
-    t = torch.as_tensor(value, dtype=ref.dtype, device=ref.device) if not isinstance(value, torch.Tensor) \
-        else value.to(device=ref.device, dtype=ref.dtype)
-    t = t.reshape(-1)
+    t = _as_tensor(value, name, ref).reshape(-1)
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -81,6 +102,14 @@ def render_frames(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: torch.Tens
     Args: image [B,3,H,W], depth_m [B,1,H,W], K_px_m [B,N], focus_m [B,N].
     Returns (frames [B,N,3,H,W], coc_radius_px [B,N,1,H,W]). A frame with K = 0 is the input image itself.
     """
+    _check_image(image)
+    _check_depth(depth_m, image)
+    for value, name in ((K_px_m, "K_px_m"), (focus_m, "focus_m")):
+        if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != image.shape[0]:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a tensor [B,N] with B={image.shape[0]} (the image batch); got {shape}")
+    if focus_m.shape != K_px_m.shape:
+        raise ValueError(f"focus_m {tuple(focus_m.shape)} and K_px_m {tuple(K_px_m.shape)} must both be [B,N]")
     b, n = K_px_m.shape
     h, w = image.shape[-2:]
     flat_img = image[:, None].expand(b, n, 3, h, w).reshape(b * n, 3, h, w)
@@ -114,7 +143,7 @@ def bokeh_stack(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: KLike, focus
     Returns: :class:`BokehStack` (frames [B,N,3,H,W], coc_radius_px [B,N,1,H,W], K_px_m [B,N], focus_m [B]).
     """
     _check_image(image)
-    check_depth_m(depth_m, like=image)
+    _check_depth(depth_m, image)
     b = image.shape[0]
     K = _per_frame(K_px_m, b, "K_px_m", image)
     check_k(K)
@@ -142,7 +171,7 @@ def focal_stack(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: KLike, focus
     Returns: :class:`FocalStack` (frames [B,N,3,H,W], coc_radius_px [B,N,1,H,W], focus_m [B,N], K_px_m [B,N]).
     """
     _check_image(image)
-    check_depth_m(depth_m, like=image)
+    _check_depth(depth_m, image)
     b = image.shape[0]
     s1 = _per_frame(focus_m, b, "focus_m", image)
     check_focus(s1)
@@ -167,6 +196,9 @@ def bokeh_stack_from_camera(image: torch.Tensor, depth_m: torch.Tensor, camera: 
 
     ``camera.image_width_px`` must equal the image width (K is in pixels of that width).
     """
+    _check_image(image)
+    _check_depth(depth_m, image)
+    _check_sequence(f_numbers, "f_numbers", "f-numbers")
     if camera.image_width_px != image.shape[-1]:
         raise ValueError(f"camera.image_width_px ({camera.image_width_px}) must equal the image width "
                          f"({image.shape[-1]}): K is measured in pixels of the image")
@@ -183,6 +215,9 @@ def focal_stack_from_camera(image: torch.Tensor, depth_m: torch.Tensor, camera: 
                             focus_m: Sequence[float], **render_kwargs: Any) -> FocalStack:
     """A focal stack of a thin-lens camera: with focus breathing K changes with the focus distance (exact
     ``s1/(s1-f)`` factor), without it K stays fixed."""
+    _check_image(image)
+    _check_depth(depth_m, image)
+    _check_sequence(focus_m, "focus_m", "focus distances (m)")
     if camera.image_width_px != image.shape[-1]:
         raise ValueError(f"camera.image_width_px ({camera.image_width_px}) must equal the image width "
                          f"({image.shape[-1]}): K is measured in pixels of the image")
@@ -192,8 +227,6 @@ def focal_stack_from_camera(image: torch.Tensor, depth_m: torch.Tensor, camera: 
     base = {k: fields[k] for k in ("f_mm", "f_number", "image_width_px", "image_height_px", "sensor_width_mm",
                                    "f35_mm", "focus_breathing", "fx_px")}
     ks = [ThinLensCamera(**{**base, "focus_m": float(s)}).K_px_m for s in focus_m]
-    _check_image(image)
-    check_depth_m(depth_m, like=image)
     b = image.shape[0]
     s1 = _per_frame(list(map(float, focus_m)), b, "focus_m", image)
     K = _per_frame(ks, b, "K_px_m", image)

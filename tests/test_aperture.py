@@ -157,3 +157,23 @@ def test_make_aperture_specs():
         make_aperture("star")
     with pytest.raises(ValueError, match="blades"):
         PolygonAperture(2)
+
+
+@pytest.mark.parametrize("radius", [math.nan, math.inf])
+def test_kernels_refuse_a_non_finite_radius(radius):
+    with pytest.raises(ValueError, match="radius_px must be finite"):
+        disk_kernel(radius)
+    with pytest.raises(ValueError, match="radius_px must be finite"):
+        kernel_half_size(radius)
+    with pytest.raises(ValueError, match="radius_px must be finite"):
+        DiskAperture().raster_radius(radius)
+
+
+def test_kernel_refuses_a_negative_half_size():
+    with pytest.raises(ValueError, match=r"half_size must be >= 0.*got -1"):
+        disk_kernel(3.0, half_size=-1)
+
+
+def test_image_aperture_refuses_zero_oversampling():
+    with pytest.raises(ValueError, match="oversample must be an int >= 1.*got 0"):
+        ImageAperture(torch.ones(8, 8), oversample=0)

@@ -45,3 +45,15 @@ def test_radii_outside_the_benchable_range_are_refused(tmp_path):
         bench.parse_args(["--out", str(tmp_path / "b"), "--radii", "0", "1"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--out", str(tmp_path / "b"), "--size", "64", "--radii", "9"])
+
+
+@pytest.mark.parametrize("out", ["full", "file/sub"])
+def test_an_unusable_out_is_a_usage_error_before_any_scene(tmp_path, capsys, out):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("previous")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--out", str(tmp_path / out), "--size", "32", "--supersample", "2", "--radii", "1", "--scenes", "1"])
+    assert stop.value.code == 2
+    assert "error: output" in capsys.readouterr().err
+    assert (tmp_path / "full" / "keep.txt").read_text() == "previous"

@@ -210,3 +210,24 @@ def test_k_from_lens_rejects_nonpositive_f_number():
 def test_signed_coc_rejects_batch_mismatch():
     with pytest.raises(ValueError, match="K_px_m has 3 values"):
         signed_coc_radius_px(torch.ones(2, 1, 2, 2), torch.ones(3), 1.0)
+
+
+@pytest.mark.parametrize("convert", ["to_bokehme", "to_metric"])
+def test_bokehme_conversions_refuse_a_k_per_image_of_the_wrong_length(convert):
+    from physics.camera import k_bokehme_to_metric, k_metric_to_bokehme
+
+    depth = torch.linspace(1.0, 4.0, 32).reshape(2, 1, 4, 4)
+    fn, name = (k_metric_to_bokehme, "K_px_m") if convert == "to_bokehme" else (k_bokehme_to_metric, "K_bm")
+    with pytest.raises(ValueError, match=rf"{name} has 3 values \(shape \(3,\)\) but depth_m has 2 images"):
+        fn(torch.ones(3), depth)
+
+
+def test_camera_from_exif_names_a_bad_image_width():
+    from physics.camera import camera_from_exif
+
+    exif = {"FocalLength": 50, "FNumber": 2, "SubjectDistance": 2, "ImageWidth": "abc", "ImageLength": 10,
+            "FocalLengthIn35mmFilm": 50}
+    with pytest.raises(ValueError, match="EXIF field ImageWidth is not a number: 'abc'"):
+        camera_from_exif(exif)
+    with pytest.raises(ValueError, match="EXIF field ImageLength must be a whole number of pixels"):
+        camera_from_exif({**exif, "ImageWidth": 10, "ImageLength": 10.5})

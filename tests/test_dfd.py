@@ -260,3 +260,71 @@ def test_depth_from_stack_in_front_of_a_far_focus():
     assert d.median().item() == pytest.approx(depth, rel=0.05)
     with pytest.raises(ValueError, match="min_depth_m"):
         depth_from_stack(tex, frames, K, focus, behind_focus=False, min_depth_m=200.0)
+
+
+# ---------------------------------------------------------------------------------------------- input validation
+
+
+@pytest.mark.parametrize("which", ["reference", "frames"])
+def test_estimate_blur_radius_refuses_nan_images(which):
+    ref, frames = torch.rand(1, 3, 16, 16), torch.rand(1, 2, 3, 16, 16)
+    if which == "reference":
+        ref[0, 0, 3, 3] = math.nan
+    else:
+        frames[0, 1, 0, 3, 3] = math.nan
+    with pytest.raises(ValueError, match=f"{which} contains NaN or infinite values"):
+        estimate_blur_radius(ref, frames, max_radius_px=2.0)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"step_px": math.inf}, "step_px must be a finite number > 0; got inf"),
+    ({"window_px": 4}, "window_px must be a positive odd integer; got 4"),
+    ({"noise_floor": -1.0}, "noise_floor must be a finite number >= 0; got -1.0"),
+])
+def test_estimate_blur_radius_refuses_bad_options(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        estimate_blur_radius(torch.rand(1, 3, 16, 16), torch.rand(1, 2, 3, 16, 16), max_radius_px=2.0, **kwargs)
+
+
+def test_estimate_blur_radius_refuses_an_empty_stack_and_0_255_images():
+    ref = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"frames is empty \(shape \(1, 0, 3, 16, 16\)\)"):
+        estimate_blur_radius(ref, torch.rand(1, 0, 3, 16, 16), max_radius_px=2.0)
+    with pytest.raises(ValueError, match=r"reference values span .*expected sRGB in \[0, 1\]"):
+        estimate_blur_radius(ref * 255, torch.rand(1, 2, 3, 16, 16) * 255, max_radius_px=2.0)
+    with pytest.raises(ValueError, match="reference must be a torch.Tensor"):
+        estimate_blur_radius(ref.numpy(), torch.rand(1, 2, 3, 16, 16), max_radius_px=2.0)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"radius_px": torch.full((1, 2, 1, 4, 4), math.nan)}, "radius_px contains NaN or infinite values"),
+    ({"weights": -torch.ones(1, 2, 1, 4, 4)}, "weights contains negative values"),
+    ({"weights": torch.full((1, 2, 1, 4, 4), math.nan)}, "weights contains NaN or infinite values"),
+    ({"max_depth_m": 0.0}, "max_depth_m must be a finite number > 0; got 0.0"),
+    ({"max_depth_m": math.nan}, "max_depth_m must be a finite number > 0; got nan"),
+])
+def test_depth_from_bokeh_sweep_refuses_bad_inputs(kwargs, words):
+    args = {"radius_px": torch.ones(1, 2, 1, 4, 4), "K_px_m": torch.ones(2), "focus_m": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=words):
+        depth_from_bokeh_sweep(args.pop("radius_px"), args.pop("K_px_m"), args.pop("focus_m"), **args)
+
+
+def test_depth_from_stack_names_a_nan_strength_not_the_candidate_range():
+    with pytest.raises(ValueError, match="K_px_m contains NaN or infinite values"):
+        depth_from_stack(torch.rand(1, 3, 16, 16), torch.rand(1, 2, 3, 16, 16), torch.tensor([1.0, math.nan]), 1.0)
+
+
+def test_depth_from_aperture_pair_refuses_a_wide_frame_of_another_shape():
+    from physics.dfd import depth_from_aperture_pair
+
+    with pytest.raises(ValueError, match=r"wide must be a tensor \[B,3,H,W\] of the shape of sharp"):
+        depth_from_aperture_pair(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 8, 8), 1.0, 2.0, 1.0, max_radius_px=2.0)
+
+
+def test_blur_bank_refuses_no_radii_and_non_finite_radii():
+    with pytest.raises(ValueError, match="radii_px must be one or more finite radii"):
+        blur_bank(torch.rand(1, 3, 8, 8), [])
+    with pytest.raises(ValueError, match="radii_px must be one or more finite radii"):
+        blur_bank(torch.rand(1, 3, 8, 8), [math.nan])
+    with pytest.raises(ValueError, match=r"image must be \[B,C,H,W\]; got \(3, 8, 8\)"):
+        blur_bank(torch.rand(3, 8, 8), [1.0])

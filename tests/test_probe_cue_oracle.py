@@ -117,3 +117,12 @@ def test_surface_targets_are_the_log_mean_inverse_depth_of_each_visible_surface(
             assert math.isnan(value)
         else:
             assert value == pytest.approx(math.log(float((1 / scene.depth_m[0][mask].double()).mean())))
+
+
+def test_an_out_under_a_file_is_a_usage_error_before_any_scene(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        oracle.main(["--out", str(tmp_path / "file" / "o"), "--num-train", "16", "--sizes", "1", "--num-test", "4",
+                     "--kcal-scenes", "0"])
+    assert exit_info.value.code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

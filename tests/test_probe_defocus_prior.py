@@ -70,3 +70,14 @@ def test_a_tiny_probe_writes_its_figures_and_picture(tmp_path):
     assert all(math.isfinite(saved["final"][k]) for k in ("mae_inv_m", "scale_log_err", "mean_ratio", "corr"))
     assert (out / "probe.png").stat().st_size > 0
     assert not list(out.glob("*.tmp*"))
+
+
+def test_a_non_empty_out_is_a_usage_error_before_the_config_is_read(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "keep.txt").write_text("previous")
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--config", "missing.yaml", "--out", str(tmp_path / "p")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: output folder" in err and "--overwrite" in err and "Traceback" not in err
+    assert (tmp_path / "p" / "keep.txt").read_text() == "previous"

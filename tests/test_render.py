@@ -378,3 +378,80 @@ def test_check_blur_radius_is_the_thin_lens_maximum_over_the_depth_range():
     assert check_blur_radius(8.0, 0.5, 0.5, 10.0, 8, 8) == pytest.approx(8.0 * (2 - 0.1))  # the far end wins
     with pytest.raises(ValueError, match=r"--K 20 px\*m gives a blur radius of 20 px .* limit of 16 px"):
         check_blur_radius(20.0, 1.0, 0.5, 10.0, 8, 8, name="--K")
+
+
+# ---------------------------------------------------------------------------------------------- input validation
+
+
+def _small(b: int = 1, h: int = 8):
+    return torch.rand(b, 3, h, h), torch.full((b, 1, h, h), 2.0)
+
+
+@pytest.mark.parametrize("scale, shift, span", [(255.0, 0.0, "0..255"), (2.0, -1.0, "[-1, 1]")])
+@pytest.mark.parametrize("renderer", ["bokeh", "exact", "radius_map"])
+def test_srgb_image_far_outside_0_1_is_refused(scale, shift, span, renderer):
+    from physics.render import render_radius_map
+
+    img, d = _small()
+    bad = img * scale + shift
+    call = {"bokeh": lambda: render_bokeh(bad, d, 2.0, 1.0),
+            "exact": lambda: render_exact_reference(bad, d, 2.0, 1.0),
+            "radius_map": lambda: render_radius_map(bad, torch.ones(1, 1, 8, 8))}[renderer]
+    with pytest.raises(ValueError, match=r"image values span .*expected sRGB in \[0, 1\]") as info:
+        call()
+    assert span in str(info.value)
+
+
+def test_linear_image_above_one_and_srgb_slightly_outside_are_accepted():
+    img, d = _small()
+    assert torch.isfinite(render_bokeh(img * 20.0, d, 2.0, 1.0, color_space="linear")).all()  # HDR linear light
+    assert torch.isfinite(render_bokeh(img * 1.1 - 0.05, d, 2.0, 1.0)).all()  # resampling overshoot
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"layer_ratio": math.inf}, "layer_ratio must be a finite number > 1; got inf"),
+    ({"layer_ratio": 1.0}, "layer_ratio must be a finite number > 1"),
+    ({"pyramid_radius_px": math.nan}, "pyramid_radius_px must be a finite number >= 0"),
+    ({"pyramid_radius_px": -1.0}, "pyramid_radius_px must be a finite number >= 0"),
+])
+def test_render_bokeh_refuses_bad_layer_options(kwargs, words):
+    from physics.render import render_radius_map
+
+    img, d = _small()
+    with pytest.raises(ValueError, match=words):
+        render_bokeh(img, d, 20.0, 1.0, **kwargs)
+    with pytest.raises(ValueError, match=words):
+        render_radius_map(img, torch.full((1, 1, 8, 8), 4.0), **kwargs)
+
+
+@pytest.mark.parametrize("renderer", [render_exact_reference, render_scatter_bokehme])
+def test_scatter_renderers_refuse_zero_offsets_per_chunk(renderer):
+    img, d = _small()
+    with pytest.raises(ValueError, match="offsets_per_chunk must be an int >= 1; got 0"):
+        renderer(img, d, 2.0, 1.0, offsets_per_chunk=0)
+
+
+@pytest.mark.parametrize("args, words", [
+    ((-2.0, 1.0, 0.5, 10.0, 8, 8), "--K must be >= 0, got -2"),
+    ((math.nan, 1.0, 0.5, 10.0, 8, 8), "--K is not finite"),
+    ((2.0, 0.0, 0.5, 10.0, 8, 8), "focus_m must be > 0, got 0"),
+    ((2.0, 1.0, 0.0, 10.0, 8, 8), "depth_min_m must be > 0, got 0"),
+    ((2.0, 1.0, 0.5, -1.0, 8, 8), "depth_max_m must be > 0, got -1"),
+    ((2.0, 1.0, 0.5, 10.0, 0, 8), "height must be an image size in px"),
+])
+def test_check_blur_radius_refuses_bad_inputs(args, words):
+    from physics.render import check_blur_radius
+
+    with pytest.raises(ValueError, match=words):
+        check_blur_radius(*args)
+
+
+@pytest.mark.parametrize("radius", [math.nan, math.inf, -1.0])
+def test_layer_radii_refuses_a_non_finite_or_negative_radius(radius):
+    with pytest.raises(ValueError, match="max_radius_px must be a finite number >= 0"):
+        layer_radii(radius)
+
+
+def test_highlight_boost_refuses_an_unbatched_image():
+    with pytest.raises(ValueError, match=r"linear_rgb must be a tensor \[B,3,H,W\].*got \(3, 8, 8\)"):
+        highlight_boost(torch.rand(3, 8, 8), 1.0)

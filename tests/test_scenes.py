@@ -276,3 +276,22 @@ def test_recorded_period_is_the_drawn_period_times_the_perspective_scale():
             assert c["period_px"] == pytest.approx(max(p["period_px"] * c["texture_scale"], 2.0))
             checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"height": math.nan}, "height must be an int number of px"),
+    ({"height": 16.5}, "height must be an int number of px"),
+    ({"seed": 0.5}, "seed must be an int"),
+    ({"p_textureless": 2.0}, r"p_textureless must be a probability in \[0, 1\], got 2.0"),
+    ({"p_slanted": math.nan}, r"p_slanted must be a probability in \[0, 1\]"),
+    ({"highlights_per_mpx": -5.0}, "highlights_per_mpx must be a finite number >= 0, got -5.0"),
+    ({"hfov_deg": (0.0, 0.0)}, r"hfov_deg must be \(lo, hi\) degrees, each in \(0, 180\)"),
+    ({"hfov_deg": (170.0, 200.0)}, r"hfov_deg must be \(lo, hi\) degrees, each in \(0, 180\)"),
+    ({"num_objects": 3}, r"num_objects must be a pair \(lo, hi\), got 3"),
+    ({"num_objects": (1.5, 3)}, r"num_objects must be \(lo, hi\) of ints"),
+    ({"depth_range_m": (1.0,)}, r"depth_range_m must be a pair \(near, far\)"),
+])
+def test_make_scene_refuses_bad_options(kwargs, words):
+    args = {"seed": 0, "height": 16, "width": 16, **kwargs}
+    with pytest.raises(ValueError, match=words):
+        make_scene(**args)

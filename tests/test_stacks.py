@@ -103,3 +103,51 @@ def test_stack_bad_inputs(batch):
         cam = ThinLensCamera(f_mm=35, f_number=2.8, focus_m=1.0, image_width_px=99, image_height_px=16,
                              sensor_width_mm=23.6)
         bokeh_stack_from_camera(image, depth, cam, [2.8])
+
+
+def _small_stack_inputs():
+    return torch.rand(1, 3, 8, 8), torch.full((1, 1, 8, 8), 2.0)
+
+
+@pytest.mark.parametrize("maker", ["bokeh", "focal", "focal_camera"])
+@pytest.mark.parametrize("shape", [(8, 8), (1, 8, 8)])
+def test_stacks_refuse_an_unbatched_depth_map(maker, shape):
+    image, depth = _small_stack_inputs()
+    depth = depth.reshape(shape)
+    cam = ThinLensCamera(50.0, 2.0, 2.0, 8, 8, sensor_width_mm=36.0)
+    call = {"bokeh": lambda: bokeh_stack(image, depth, [1.0, 2.0], 1.0),
+            "focal": lambda: focal_stack(image, depth, 1.0, [1.0, 2.0]),
+            "focal_camera": lambda: focal_stack_from_camera(image, depth, cam, [2.0])}[maker]
+    with pytest.raises(ValueError, match=r"depth_m must have shape \[B,1,H,W\] to match image"):
+        call()
+
+
+def test_bokeh_stack_refuses_non_numeric_strengths():
+    image, depth = _small_stack_inputs()
+    with pytest.raises(ValueError, match="K_px_m must be numbers.*got str 'ab'"):
+        bokeh_stack(image, depth, "ab", 1.0)
+
+
+def test_stacks_from_camera_refuse_a_single_number_for_a_sequence():
+    image, depth = _small_stack_inputs()
+    cam = ThinLensCamera(50.0, 2.0, 2.0, 8, 8, sensor_width_mm=36.0)
+    with pytest.raises(ValueError, match="f_numbers must be a sequence of f-numbers.*got float 2.0"):
+        bokeh_stack_from_camera(image, depth, cam, 2.0)
+    with pytest.raises(ValueError, match=r"focus_m must be a sequence of focus distances \(m\).*got float 2.0"):
+        focal_stack_from_camera(image, depth, cam, 2.0)
+
+
+def test_render_frames_refuses_strengths_that_are_not_b_by_n():
+    from physics.stacks import render_frames
+
+    image, depth = _small_stack_inputs()
+    with pytest.raises(ValueError, match=r"K_px_m must be a tensor \[B,N\] with B=1.*got \(2,\)"):
+        render_frames(image, depth, torch.ones(2), torch.ones(2))
+    with pytest.raises(ValueError, match=r"focus_m \(1, 3\) and K_px_m \(1, 2\) must both be \[B,N\]"):
+        render_frames(image, depth, torch.ones(1, 2), torch.ones(1, 3))
+
+
+def test_bokeh_stack_refuses_a_0_255_image():
+    image, depth = _small_stack_inputs()
+    with pytest.raises(ValueError, match=r"image values span .*expected sRGB in \[0, 1\]"):
+        bokeh_stack(image * 255, depth, [1.0, 2.0], 1.0)

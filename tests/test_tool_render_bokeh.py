@@ -71,6 +71,8 @@ def test_lens_fields_give_thin_lens_k(tool, inputs):
         (["--K", "1", "--f-number", "2"], "either --K or a lens"),
         (["--f-mm", "50", "--f-number", "2"], "sensor_width_mm"),
         (["--K", "1", "--focus-m", "0"], "focus distances must be > 0"),
+        (["--K", "1", "--depth-scale", "0"], "--depth-scale must be finite and > 0"),  # was ignored for .npy
+        (["--K", "1", "--depth-scale", "nan"], "--depth-scale must be finite and > 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_message(tool, inputs, capsys, extra, message):

@@ -298,12 +298,22 @@ def main(argv=None) -> int:
         return 0
     if args.quick and args.full_reference:
         p.error("--quick and --full-reference exclude each other")
-    if args.max_radius <= 0 or any(n < 32 for n in args.sizes):
-        p.error("--max-radius must be > 0 and --sizes >= 32")
+    if not args.max_radius > 0 or args.max_radius == float("inf") or any(n < 32 for n in args.sizes):
+        p.error(f"--max-radius must be finite and > 0 and --sizes >= 32; got --max-radius {args.max_radius:g}, "
+                f"--sizes {' '.join(map(str, args.sizes))}")
+    if args.runs < 1 or args.threads < 1:
+        p.error(f"--runs and --threads must be >= 1; got --runs {args.runs}, --threads {args.threads}")
     try:
         args.ours_kwargs = json.loads(args.ours)
     except json.JSONDecodeError as e:
         p.error(f"--ours must be a JSON object: {e}")
+    if not isinstance(args.ours_kwargs, dict):
+        p.error(f"--ours must be a JSON object of render_bokeh keyword arguments; got {args.ours!r}")
+    if args.blender_dir and not (Path(args.blender_dir) / "scenes.json").is_file():
+        p.error(f"--blender-dir {args.blender_dir}: no scenes.json there")
+    out = Path(args.out)  # checked before the benchmark, not after it
+    if out.is_dir() or any(parent.exists() and not parent.is_dir() for parent in out.absolute().parents):
+        p.error(f"--out {args.out}: expected a JSON file path (not a folder, not under a file)")
 
     from bokehdepth_guard import require_bokehdepth
 

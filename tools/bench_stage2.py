@@ -132,8 +132,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--defocus-cue", action="store_true", help="with the pixel defocus cue (dsfa.defocus_cue)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (written atomically)")
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.frames) or args.repeats < 1:
-        parser.error("--frames must be >= 1 and --repeats >= 1")
+    if any(n < 1 for n in args.frames) or args.repeats < 1 or args.threads < 1 or args.warmup < 0:
+        parser.error(f"--frames, --repeats and --threads must be >= 1 and --warmup >= 0; got --frames "
+                     f"{' '.join(map(str, args.frames))}, --repeats {args.repeats}, --threads {args.threads}, "
+                     f"--warmup {args.warmup}")
+    for name in ("mlp_ratio", "attn_ratio"):
+        value = getattr(args, name)
+        if not (0 < value < float("inf")):
+            parser.error(f"--{name.replace('_', '-')} must be finite and > 0; got {value:g}")
+    out = args.out  # checked before the benchmark, not after it
+    if out is not None and (out.is_dir() or any(p.exists() and not p.is_dir() for p in out.absolute().parents)):
+        parser.error(f"--out {out}: expected a JSON file path (not a folder, not under a file)")
     if args.family == "dpt" and not set(args.sizes) <= set(DPT_SIZES):
         parser.error(f"--family dpt has sizes {sorted(DPT_SIZES)}")
     torch.set_num_threads(args.threads)

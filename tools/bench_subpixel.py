@@ -31,6 +31,8 @@ import _bootstrap  # noqa: F401
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bokeh.io import check_output_dir, output_dir  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
@@ -47,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need --size >= 16, --supersample >= 2, --scenes >= 1")
     if any(not (0 < r <= args.size / 8) for r in args.radii):
         p.error(f"radii must lie in (0, size / 8 = {args.size / 8}] px; got {args.radii}")
+    try:  # refused here, before any scene is drawn
+        check_output_dir(args.out, args.overwrite)
+    except FileExistsError as error:
+        p.error(str(error))
     return args
 
 
@@ -81,15 +87,15 @@ def bandlimited_disk(image: torch.Tensor, radius_px: float) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(image.double()) * mtf).real
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, out: Any) -> dict[str, Any]:
+    """The bench, writing into ``out`` (main's bokeh.io.output_dir: a failure leaves no half-written folder)."""
     from tqdm import tqdm
 
-    from bokeh.io import prepare_output_dir, write_json
+    from bokeh.io import write_json
     from bokeh.metrics import psnr
     from physics.dfd import blur_bank
     from physics.render import render_radius_map
 
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
     start, s, border = time.time(), args.supersample, 4
     interior = (slice(None), slice(border, -border), slice(border, -border))
     scenes = [supersampled_scene(args.size, s, seed) for seed in range(args.scenes)]
@@ -151,7 +157,9 @@ def _plot(rows: list[dict[str, Any]], path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        return run(args, out)
 
 
 if __name__ == "__main__":

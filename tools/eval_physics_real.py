@@ -45,7 +45,8 @@ from bokeh.io import (  # noqa: E402
     ImageReadError,
     colorize_depth,
     image_grid,
-    prepare_output_dir,
+    check_output_dir,
+    output_dir,
     read_depth,
     read_image,
     write_image,
@@ -199,18 +200,35 @@ def evaluate_scene(row: dict[str, str], data: Path, args: argparse.Namespace) ->
     return result, pictures
 
 
-def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def check_options(args: argparse.Namespace) -> None:
+    """The numeric options, before any scene is read (a ValueError naming the option, the value and the range)."""
+    for name in ("f_mm", "sensor_width_mm", "f_sharp", "f_wide", "focus_prior_m", "depth_scale"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be finite and > 0; got {value:g}")
     if not 0 < args.fit_scale <= 1:
         raise ValueError(f"--fit-scale must be in (0, 1]; got {args.fit_scale}")
+    for name, low in (("crop_px", 0), ("steps", 0), ("grid_focus", 1), ("grid_rows", 0), ("threads", 0),
+                      ("limit", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}; got {value}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    check_options(args)
+    check_output_dir(args.out, args.overwrite)  # refused before any scene is read
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = Path(args.data)
     rows = _read_index(data)
     if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1; got {args.limit}")
         rows = rows[:args.limit]
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    with output_dir(args.out, overwrite=args.overwrite) as out:  # a failure leaves no half-written folder
+        return _evaluate_all(args, data, rows, out)
+
+
+def _evaluate_all(args: argparse.Namespace, data: Path, rows: list[dict], out: Path) -> dict:
     results, grid_rows = [], []
     failed = []
     for row in tqdm(rows, desc="scenes", unit="scene"):

@@ -47,6 +47,8 @@ from _cli import config_errors_exit
 
 import torch  # noqa: E402
 
+from bokeh.io import check_output_dir, output_dir  # noqa: E402
+
 SURFACE_SLOTS = 10  # labels 0..9: wall, floor, subject and up to 7 objects (physics.scenes num_objects <= 7)
 SLOT_FEATURES = 24
 HIGHLIGHT_FEATURES = 10
@@ -78,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_train >> (args.sizes - 1) < 16:
         p.error(f"--num-train {args.num_train} with --sizes {args.sizes} leaves fewer than 16 scenes at the smallest "
                 f"size; lower --sizes or raise --num-train")
+    try:  # refused here, before any config, scene or training work
+        check_output_dir(args.out, args.overwrite)
+    except FileExistsError as error:
+        p.error(str(error))
     return args
 
 
@@ -369,8 +375,9 @@ def k_cal_section(args: argparse.Namespace, scale_net: torch.nn.Module, x_train:
             "surface_mean_abs_log_inv_depth_err": float(surface_err.mean())}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from bokeh.io import prepare_output_dir, write_json
+def run(args: argparse.Namespace, out: Any) -> dict[str, Any]:
+    """The oracle, writing into ``out`` (main's bokeh.io.output_dir: a failure leaves no half-written folder)."""
+    from bokeh.io import write_json
     from lightning_modules.config import load_config
     from lightning_modules.stage1_data import config_synthetic_splits
 
@@ -381,7 +388,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits = config_synthetic_splits(cfg, {"train": 1, "val": 1, "test": 1}, "the cue oracle")
     train, val, test = splits["train"], splits["val"], splits["test"]
     h, w, options, focus = test.height, test.width, test.options, cfg.data.synthetic.get("focus_m")
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
     start = time.time()
     x_train, y_train, s_train = draw_split(train.base, args.num_train, h, w, options, train.focus_m, args.workers,
                                            "train")
@@ -429,8 +435,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    with config_errors_exit():
-        return run(args)
+    with config_errors_exit(), output_dir(args.out, overwrite=args.overwrite) as out:
+        return run(args, out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from _cli import config_errors_exit
 
 import torch  # noqa: E402
 
+from bokeh.io import check_output_dir, output_dir  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
@@ -53,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("num_train", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:  # refused here, before any config, scene or training work
+        check_output_dir(args.out, args.overwrite)
+    except FileExistsError as error:
+        p.error(str(error))
     return args
 
 
@@ -105,11 +111,12 @@ class _Cached(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, out: Any) -> dict[str, Any]:
+    """The probe, writing into ``out`` (main's bokeh.io.output_dir: a failure leaves no half-written folder)."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from bokeh.io import image_grid, prepare_output_dir, write_image, write_json
+    from bokeh.io import image_grid, write_image, write_json
     from lightning_modules.config import ConfigError, load_config
     from lightning_modules.schedules import warmup_cosine
     from lightning_modules.stage1_data import config_synthetic_splits
@@ -125,7 +132,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if num_train < batch_size:  # whole batches only: fewer scenes than one batch would never yield a step
         raise ConfigError(f"the probe needs at least one batch of training scenes: --num-train {num_train} < batch "
                           f"size {batch_size} (--batch-size or data.batch_size)")
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
     test_batch = next(iter(DataLoader(test, batch_size=args.num_test)))
     test_true = target(test_batch)
 
@@ -192,8 +198,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    with config_errors_exit():
-        return run(args)
+    with config_errors_exit(), output_dir(args.out, overwrite=args.overwrite) as out:
+        return run(args, out)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("give --focus-m or --focus-stack, not both")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1; got {args.batch}")
+    if args.depth_scale is not None and not (math.isfinite(args.depth_scale) and args.depth_scale > 0):
+        raise ValueError(f"--depth-scale must be finite and > 0 (depth PNG units per metre); got {args.depth_scale:g}")
     image, depth = _load(args)
     h, w = image.shape[-2:]
     if args.focus_stack is not None:
