@@ -33,8 +33,8 @@ def test_eval_physics_real_names_a_bad_option_before_reading_data(tmp_path, caps
     (["--max-radius", "nan"], "--max-radius must be finite and > 0"),
     (["--ours", "[1]"], "--ours must be a JSON object"),
     (["--blender-dir", "missing"], "--blender-dir missing: no scenes.json there"),
-    (["--out", "{file}/x.json"], "expected a JSON file path"),
-    (["--out", "{dir}"], "expected a JSON file path"),
+    (["--out", "{file}/x.json"], "expected a file path (not a folder, not under a file)"),
+    (["--out", "{dir}"], "expected a file path (not a folder, not under a file)"),
 ])
 def test_bench_physics_refuses_bad_options_before_benchmarking(tmp_path, capsys, extra, message):
     (tmp_path / "file").write_text("x")
@@ -50,7 +50,7 @@ def test_bench_physics_refuses_bad_options_before_benchmarking(tmp_path, capsys,
     (["--warmup", "-1"], "--warmup -1"),
     (["--mlp-ratio", "nan"], "--mlp-ratio must be finite and > 0; got nan"),
     (["--attn-ratio", "0"], "--attn-ratio must be finite and > 0; got 0"),
-    (["--out", "{file}/x.json"], "expected a JSON file path"),
+    (["--out", "{file}/x.json"], "expected a file path (not a folder, not under a file)"),
 ])
 def test_bench_stage2_refuses_bad_options_before_benchmarking(tmp_path, capsys, extra, message):
     (tmp_path / "file").write_text("x")

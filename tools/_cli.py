@@ -9,7 +9,8 @@ still raise the ConfigError itself.
 :func:`add_guidance_arguments` / :func:`guidance_from_args` -- the Stage-1 physics-guidance options of
 make_stack.py and compare_bokeh.py (bokeh.generation.guidance), a bad value being an argparse usage error;
 :func:`positive_int` (an argparse type) and :func:`check_strengths` (typed --K values) -- shared by the same two;
-:func:`run_reporting_errors` -- eval.py's and compare_bokeh.py's ``cli()``: bad input as ``error: ...``, exit 2.
+:func:`run_reporting_errors` -- eval.py's and compare_bokeh.py's ``cli()``: bad input as ``error: ...``, exit 2;
+:func:`check_out_folder` / :func:`check_out_file` -- an unusable --out as a usage error before any work.
 """
 
 from __future__ import annotations
@@ -69,6 +70,26 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
+
+
+def check_out_folder(parser: argparse.ArgumentParser, path: Any, overwrite: bool) -> None:
+    """A usage error, before any work, for an output folder :func:`bokeh.io.output_dir` would refuse (a file, a
+    non-empty folder without --overwrite, a path under a file)."""
+    from bokeh.io import check_output_dir
+
+    try:
+        check_output_dir(path, overwrite)
+    except FileExistsError as error:
+        parser.error(str(error))
+
+
+def check_out_file(parser: argparse.ArgumentParser, path: Any, option: str = "--out") -> None:
+    """A usage error, before any work, for an output file path that is a folder or lies under a file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir() or any(parent.exists() and not parent.is_dir() for parent in path.absolute().parents):
+        parser.error(f"{option} {path}: expected a file path (not a folder, not under a file)")
 
 
 def check_strengths(Ks: Sequence[float] | None) -> None:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from _bootstrap import REPO_ROOT
+from _cli import check_out_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,9 +312,7 @@ def main(argv=None) -> int:
         p.error(f"--ours must be a JSON object of render_bokeh keyword arguments; got {args.ours!r}")
     if args.blender_dir and not (Path(args.blender_dir) / "scenes.json").is_file():
         p.error(f"--blender-dir {args.blender_dir}: no scenes.json there")
-    out = Path(args.out)  # checked before the benchmark, not after it
-    if out.is_dir() or any(parent.exists() and not parent.is_dir() for parent in out.absolute().parents):
-        p.error(f"--out {args.out}: expected a JSON file path (not a folder, not under a file)")
+    check_out_file(p, args.out)  # before the benchmark, not after it
 
     from bokehdepth_guard import require_bokehdepth
 

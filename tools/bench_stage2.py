@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import _bootstrap  # noqa: F401
+from _cli import check_out_file  # noqa: E402
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -140,9 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         value = getattr(args, name)
         if not (0 < value < float("inf")):
             parser.error(f"--{name.replace('_', '-')} must be finite and > 0; got {value:g}")
-    out = args.out  # checked before the benchmark, not after it
-    if out is not None and (out.is_dir() or any(p.exists() and not p.is_dir() for p in out.absolute().parents)):
-        parser.error(f"--out {out}: expected a JSON file path (not a folder, not under a file)")
+    if args.out is not None:
+        check_out_file(parser, args.out)  # before the benchmark, not after it
     if args.family == "dpt" and not set(args.sizes) <= set(DPT_SIZES):
         parser.error(f"--family dpt has sizes {sorted(DPT_SIZES)}")
     torch.set_num_threads(args.threads)

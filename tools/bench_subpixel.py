@@ -27,11 +27,12 @@ import time
 from typing import Any
 
 import _bootstrap  # noqa: F401
+from _cli import check_out_folder  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bokeh.io import check_output_dir, output_dir  # noqa: E402
+from bokeh.io import output_dir  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,10 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need --size >= 16, --supersample >= 2, --scenes >= 1")
     if any(not (0 < r <= args.size / 8) for r in args.radii):
         p.error(f"radii must lie in (0, size / 8 = {args.size / 8}] px; got {args.radii}")
-    try:  # refused here, before any scene is drawn
-        check_output_dir(args.out, args.overwrite)
-    except FileExistsError as error:
-        p.error(str(error))
+    check_out_folder(p, args.out, args.overwrite)  # before any scene is drawn
     return args
 
 

@@ -43,11 +43,11 @@ import time
 from typing import Any
 
 import _bootstrap  # noqa: F401
-from _cli import config_errors_exit
+from _cli import check_out_folder, config_errors_exit
 
 import torch  # noqa: E402
 
-from bokeh.io import check_output_dir, output_dir  # noqa: E402
+from bokeh.io import output_dir  # noqa: E402
 
 SURFACE_SLOTS = 10  # labels 0..9: wall, floor, subject and up to 7 objects (physics.scenes num_objects <= 7)
 SLOT_FEATURES = 24
@@ -80,10 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_train >> (args.sizes - 1) < 16:
         p.error(f"--num-train {args.num_train} with --sizes {args.sizes} leaves fewer than 16 scenes at the smallest "
                 f"size; lower --sizes or raise --num-train")
-    try:  # refused here, before any config, scene or training work
-        check_output_dir(args.out, args.overwrite)
-    except FileExistsError as error:
-        p.error(str(error))
+    check_out_folder(p, args.out, args.overwrite)  # before any config, scene or training work
     return args
 
 

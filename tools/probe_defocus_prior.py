@@ -28,11 +28,11 @@ import time
 from typing import Any
 
 import _bootstrap  # noqa: F401
-from _cli import config_errors_exit
+from _cli import check_out_folder, config_errors_exit
 
 import torch  # noqa: E402
 
-from bokeh.io import check_output_dir, output_dir  # noqa: E402
+from bokeh.io import output_dir  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,10 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("num_train", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    try:  # refused here, before any config, scene or training work
-        check_output_dir(args.out, args.overwrite)
-    except FileExistsError as error:
-        p.error(str(error))
+    check_out_folder(p, args.out, args.overwrite)  # before any config, scene or training work
     return args
 
 
