@@ -42,7 +42,7 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def _check_positive(value: Number, name: str, *, allow_zero: bool = False) -> None:
+def check_positive(value: Number, name: str, *, allow_zero: bool = False) -> None:
     """Finite and > 0 (or >= 0); works on floats and tensors."""
     if value is None:
         raise ValueError(f"{name} is required (got None)")
@@ -100,15 +100,15 @@ def check_depth_m(depth_m: torch.Tensor, name: str = "depth_m", *, like: torch.T
 
 def check_k(K_px_m: Number, name: str = "K_px_m") -> Number:
     """Check a blur strength K (px*m): finite and >= 0 (0 = pinhole, no blur). Returns it unchanged."""
-    _check_positive(K_px_m, name, allow_zero=True)
+    check_positive(K_px_m, name, allow_zero=True)
     return K_px_m
 
 
 def check_focus(focus_m: Number, name: str = "focus_m", *, f_mm: Number | None = None) -> Number:
     """Check a focus distance (m): finite, > 0 and, when ``f_mm`` is given, beyond the focal length."""
-    _check_positive(focus_m, name)
+    check_positive(focus_m, name)
     if f_mm is not None:
-        _check_positive(f_mm, "f_mm")
+        check_positive(f_mm, "f_mm")
         f_m = f_mm / 1000.0
         bad = (focus_m <= f_m)
         if bool(bad.any() if _is_tensor(bad) else bad):
@@ -135,9 +135,9 @@ def sensor_width_from_f35(f_mm: Number, f35_mm: Number, aspect_ratio: Number) ->
     The crop factor f35/f scales the full-frame diagonal (43.27 mm); the width follows from the image aspect
     ratio ``W/H`` (of the sensor area the image covers): ``width = diag * a / sqrt(1 + a^2)``.
     """
-    _check_positive(f_mm, "f_mm")
-    _check_positive(f35_mm, "f35_mm")
-    _check_positive(aspect_ratio, "aspect_ratio")
+    check_positive(f_mm, "f_mm")
+    check_positive(f35_mm, "f35_mm")
+    check_positive(aspect_ratio, "aspect_ratio")
     diagonal_mm = FULL_FRAME_DIAGONAL_MM * f_mm / f35_mm
     return diagonal_mm * aspect_ratio / (1.0 + aspect_ratio**2) ** 0.5
 
@@ -145,7 +145,7 @@ def sensor_width_from_f35(f_mm: Number, f35_mm: Number, aspect_ratio: Number) ->
 def _sensor_width_mm(f_mm: Number, sensor_width_mm: Number | None, f35_mm: Number | None,
                      aspect_ratio: Number | None) -> Number:
     if sensor_width_mm is not None:
-        _check_positive(sensor_width_mm, "sensor_width_mm")
+        check_positive(sensor_width_mm, "sensor_width_mm")
         return sensor_width_mm
     if f35_mm is not None:
         if aspect_ratio is None:
@@ -162,9 +162,9 @@ def focal_px(f_mm: Number, image_width_px: Number, sensor_width_mm: Number, *, f
     Pinhole (``focus_m=None``): ``fx = f * W_px / W_sensor``. With ``focus_m`` the lens-to-sensor distance grows to
     ``f * s1 / (s1 - f)`` (focus breathing) and ``fx`` with it.
     """
-    _check_positive(f_mm, "f_mm")
-    _check_positive(image_width_px, "image_width_px")
-    _check_positive(sensor_width_mm, "sensor_width_mm")
+    check_positive(f_mm, "f_mm")
+    check_positive(image_width_px, "image_width_px")
+    check_positive(sensor_width_mm, "sensor_width_mm")
     fx = f_mm / sensor_width_mm * image_width_px
     if focus_m is not None:
         check_focus(focus_m, f_mm=f_mm)
@@ -184,9 +184,9 @@ def k_from_intrinsics(f_mm: Number, f_number: Number, fx_px: Number) -> Number:
     Valid for every camera model once ``fx_px`` is the focal length of the image as formed: pinhole intrinsics
     (Blender, no focus breathing) or a real lens' ``fx`` measured at its focus setting.
     """
-    _check_positive(f_mm, "f_mm")
-    _check_positive(f_number, "f_number")
-    _check_positive(fx_px, "fx_px")
+    check_positive(f_mm, "f_mm")
+    check_positive(f_number, "f_number")
+    check_positive(fx_px, "fx_px")
     return (f_mm / 1000.0) / (2.0 * f_number) * fx_px
 
 
@@ -204,7 +204,7 @@ def k_from_lens(f_mm: Number, f_number: Number, focus_m: Number, image_width_px:
         sensor_width_mm: sensor width (mm); or ``f35_mm`` (35 mm-equivalent focal) with ``aspect_ratio`` (W/H).
     Floats in, float out; tensors broadcast and stay differentiable.
     """
-    _check_positive(f_number, "f_number")
+    check_positive(f_number, "f_number")
     check_focus(focus_m, f_mm=f_mm)
     width_mm = _sensor_width_mm(f_mm, sensor_width_mm, f35_mm, aspect_ratio)
     fx = focal_px(f_mm, image_width_px, width_mm, focus_m=focus_m if focus_breathing else None)
@@ -215,7 +215,7 @@ def f_number_from_k(K_px_m: Number, f_mm: Number, focus_m: Number, image_width_p
                     sensor_width_mm: Number | None = None, f35_mm: Number | None = None,
                     aspect_ratio: Number | None = None, focus_breathing: bool = True) -> Number:
     """The f-number that gives strength ``K_px_m`` with this lens and image (inverse of :func:`k_from_lens`)."""
-    _check_positive(K_px_m, "K_px_m")  # K = 0 would need an infinite f-number
+    check_positive(K_px_m, "K_px_m")  # K = 0 would need an infinite f-number
     k_at_n1 = k_from_lens(f_mm, 1.0, focus_m, image_width_px, sensor_width_mm=sensor_width_mm, f35_mm=f35_mm,
                           aspect_ratio=aspect_ratio, focus_breathing=focus_breathing)
     return k_at_n1 / K_px_m
@@ -223,7 +223,7 @@ def f_number_from_k(K_px_m: Number, f_mm: Number, focus_m: Number, image_width_p
 
 def f_number_from_k_intrinsics(K_px_m: Number, f_mm: Number, fx_px: Number) -> Number:
     """The f-number that gives ``K_px_m`` for a camera with focal length ``f_mm`` and intrinsics ``fx_px``."""
-    _check_positive(K_px_m, "K_px_m")
+    check_positive(K_px_m, "K_px_m")
     return k_from_intrinsics(f_mm, 1.0, fx_px) / K_px_m
 
 
@@ -234,12 +234,12 @@ def coc_diameter_sensor_mm(f_mm: Number, f_number: Number, focus_m: Number, dept
     relative defocus of the image plane. Half of it over the pixel pitch is ``|r|`` of :func:`k_from_lens`.
     (METHOD.md writes the prefactor without ``s1``; that is not consistent with its own K formula.)
     """
-    _check_positive(f_number, "f_number")
+    check_positive(f_number, "f_number")
     check_focus(focus_m, f_mm=f_mm)
     if _is_tensor(depth_m):
         check_depth_m(depth_m if depth_m.dim() >= 2 else depth_m.reshape(1, -1))
     else:
-        _check_positive(depth_m, "depth_m")
+        check_positive(depth_m, "depth_m")
     f_m = f_mm / 1000.0
     delta = 1.0 / focus_m - 1.0 / depth_m
     mag = delta.abs() if _is_tensor(delta) else abs(delta)
@@ -341,15 +341,15 @@ class ThinLensCamera:
     fx_px: float | None = None
 
     def __post_init__(self) -> None:
-        _check_positive(self.f_mm, "f_mm")
-        _check_positive(self.f_number, "f_number")
+        check_positive(self.f_mm, "f_mm")
+        check_positive(self.f_number, "f_number")
         check_focus(self.focus_m, f_mm=self.f_mm)
-        _check_positive(self.image_width_px, "image_width_px")
-        _check_positive(self.image_height_px, "image_height_px")
+        check_positive(self.image_width_px, "image_width_px")
+        check_positive(self.image_height_px, "image_height_px")
         if self.fx_px is None and self.sensor_width_mm is None and self.f35_mm is None:
             raise ValueError("ThinLensCamera needs sensor_width_mm, f35_mm or fx_px to relate mm to pixels")
         if self.fx_px is not None:
-            _check_positive(self.fx_px, "fx_px")
+            check_positive(self.fx_px, "fx_px")
 
     @property
     def aspect_ratio(self) -> float:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from physics.aperture import Aperture, make_aperture
 from physics.camera import check_focus, check_k
+from physics.checks import check_positive_float, check_srgb_range
 
 
 def _check_tensor(x: torch.Tensor, name: str, shape: str, dims: int, channels_dim: int | None = None,
@@ -43,27 +44,6 @@ def _check_tensor(x: torch.Tensor, name: str, shape: str, dims: int, channels_di
         raise ValueError(f"{name} must be a floating-point tensor; got {x.dtype}")
     if not torch.isfinite(x.detach()).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def _check_srgb_range(x: torch.Tensor, name: str, color_space: str) -> None:
-    """sRGB inputs are clipped to [0, 1] before matching: refuse values far outside (0..255, [-1, 1] images)."""
-    if color_space != "srgb":
-        return
-    from physics.render import SRGB_TOLERANCE
-
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-    if lo < -SRGB_TOLERANCE or hi > 1.0 + SRGB_TOLERANCE:
-        raise ValueError(f"{name} values span [{lo:.4g}, {hi:.4g}]; expected sRGB in [0, 1] (a 0..255 image? divide "
-                         f"by 255; linear light? pass color_space='linear')")
-
-
-def _check_positive_float(value: float, name: str, *, allow_zero: bool = False) -> None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        f = math.nan
-    if not (math.isfinite(f) and (f >= 0 if allow_zero else f > 0)):
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}; got {value!r}")
 
 
 def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor,
@@ -185,14 +165,15 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     _check_tensor(frames, "frames", "[B,N,3,H,W] with N >= 1", 5, 2)
     if not (max_radius_px > 0 and step_px > 0 and math.isfinite(max_radius_px)):
         raise ValueError(f"max_radius_px and step_px must be > 0; got {max_radius_px}, {step_px}")
-    _check_positive_float(step_px, "step_px")
+    check_positive_float(step_px, "step_px")
     if isinstance(window_px, bool) or not float(window_px) == int(window_px) or window_px < 1 or window_px % 2 == 0:
         raise ValueError(f"window_px must be a positive odd integer; got {window_px!r}")
-    _check_positive_float(noise_floor, "noise_floor", allow_zero=True)
+    check_positive_float(noise_floor, "noise_floor", allow_zero=True)
     if color_space not in ("srgb", "linear"):
         raise ValueError(f"color_space must be 'srgb' or 'linear', got {color_space!r}")
-    _check_srgb_range(reference, "reference", color_space)
-    _check_srgb_range(frames, "frames", color_space)
+    if color_space == "srgb":
+        check_srgb_range(reference, "reference")
+        check_srgb_range(frames, "frames")
     b, n = frames.shape[:2]
     ratios = torch.as_tensor(reference_blur_ratio, dtype=torch.float64).reshape(-1)
     if ratios.numel() == 1:
@@ -298,7 +279,7 @@ def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_
         depth_m [B,1,H,W]: ``1 / (1/s1 - Delta_hat)``, clamped to (0, max_depth_m].
     """
     _check_tensor(radius_px, "radius_px", "[B,N,1,H,W] with N >= 1", 5, 2, channels=1)
-    _check_positive_float(max_depth_m, "max_depth_m")
+    check_positive_float(max_depth_m, "max_depth_m")
     b, n = radius_px.shape[:2]
     K = torch.as_tensor(K_px_m, dtype=radius_px.dtype, device=radius_px.device)
     if K.dim() == 1:
@@ -357,7 +338,7 @@ def depth_from_stack(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torc
     K = torch.as_tensor(K_px_m, dtype=reference.dtype)
     check_k(K)
     check_focus(focus_m if isinstance(focus_m, torch.Tensor) else torch.as_tensor(focus_m, dtype=torch.float64))
-    _check_positive_float(max_depth_m, "max_depth_m")
+    check_positive_float(max_depth_m, "max_depth_m")
     if max_radius_px is None:
         s1_min = float(torch.as_tensor(focus_m).min())
         if not s1_min > 0:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from physics.camera import check_depth_m, check_k
-from physics.render import SRGB_TOLERANCE, render_bokeh
+from physics.checks import check_srgb_range
+from physics.render import render_bokeh
 
 
 def _check_images(x: torch.Tensor, name: str, shapes: str = "[B,C,H,W]", dims: tuple[int, ...] = (4,)) -> None:
@@ -36,13 +37,6 @@ def _check_images(x: torch.Tensor, name: str, shapes: str = "[B,C,H,W]", dims: t
         raise ValueError(f"{name} must be a floating-point tensor; got {x.dtype}")
     if not torch.isfinite(x.detach()).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def _check_srgb(x: torch.Tensor, name: str) -> None:
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-    if lo < -SRGB_TOLERANCE or hi > 1.0 + SRGB_TOLERANCE:
-        raise ValueError(f"{name} values span [{lo:.4g}, {hi:.4g}]; expected sRGB in [0, 1] (a 0..255 image? divide "
-                         f"by 255)")
 
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
@@ -280,7 +274,7 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
         shape = tuple(depth_m.shape) if isinstance(depth_m, torch.Tensor) else type(depth_m).__name__
         raise ValueError(f"depth_m must have shape {'[1,1,H,W]' if sharp.dim() == 4 else '[1,H,W]'} to match sharp "
                          f"{tuple(sharp.shape)}; got {shape}")
-    _check_srgb(observed, "observed")
+    check_srgb_range(observed, "observed")
     sharp = sharp[None] if sharp.dim() == 3 else sharp
     observed = observed[None] if observed.dim() == 3 else observed
     depth_m = depth_m[None] if depth_m.dim() == 3 else depth_m

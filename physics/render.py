@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import camera
+from .checks import check_srgb_range, finite_float, is_int
 from .aperture import Aperture, ImageAperture, kernel_half_size, make_aperture
 
 #: bumped whenever a render of the same inputs changes (caches of rendered data key on it). 2: spots are drawn with
@@ -38,9 +39,6 @@ RENDERER_VERSION = 2
 #: a K in the wrong units (e.g. px*m at another width, mm for m) would otherwise ask for gigabytes of layers.
 MAX_RADIUS_IMAGE_SIDES = 2.0
 
-#: an sRGB image with values outside [-SRGB_TOLERANCE, 1 + SRGB_TOLERANCE] is refused: the renderers clip sRGB to
-#: [0, 1], so a 0..255 or a [-1, 1] image would otherwise come out saturated without a word.
-SRGB_TOLERANCE = 0.5
 
 __all__ = [
     "render_bokeh",
@@ -68,10 +66,10 @@ def check_blur_radius(K: float, focus_m: float, depth_min_m: float, depth_max_m:
     image's larger side -- the renderer's own refusal, checked before any rendering."""
     camera.check_k(K, name)
     camera.check_focus(focus_m)
-    camera._check_positive(depth_min_m, "depth_min_m")
-    camera._check_positive(depth_max_m, "depth_max_m")
+    camera.check_positive(depth_min_m, "depth_min_m")
+    camera.check_positive(depth_max_m, "depth_max_m")
     for value, dim in ((height, "height"), (width, "width")):
-        if not (_is_int(value) and value >= 1):
+        if not (is_int(value) and value >= 1):
             raise ValueError(f"{dim} must be an image size in px (an int >= 1); got {value!r}")
     spread = max(abs(1.0 / focus_m - 1.0 / depth_min_m), abs(1.0 / focus_m - 1.0 / depth_max_m))
     radius = K * spread
@@ -100,38 +98,20 @@ def _check_image(image: torch.Tensor, color_space: str, batched_only: bool = Fal
     if color_space not in ("srgb", "linear"):
         raise ValueError(f"color_space must be 'srgb' or 'linear'; got {color_space!r}")
     if color_space == "srgb":
-        lo, hi = torch.aminmax(image.detach())
-        lo, hi = float(lo), float(hi)
-        if lo < -SRGB_TOLERANCE or hi > 1.0 + SRGB_TOLERANCE:
-            raise ValueError(f"image values span [{lo:.4g}, {hi:.4g}]; expected sRGB in [0, 1] (a 0..255 image? divide "
-                             f"by 255; a [-1, 1] image? map it with (x + 1) / 2; HDR linear light? pass "
-                             f"color_space='linear')")
+        check_srgb_range(image, "image")
 
 
 def _check_layer_options(layer_ratio: float, pyramid_radius_px: float) -> None:
     """The layered renderer's knobs: ``layer_ratio`` finite > 1, ``pyramid_radius_px`` finite >= 0."""
-    if not _finite_float(layer_ratio) > 1.0:
+    if not finite_float(layer_ratio) > 1.0:
         raise ValueError(f"layer_ratio must be a finite number > 1; got {layer_ratio!r}")
-    if not _finite_float(pyramid_radius_px) >= 0:
+    if not finite_float(pyramid_radius_px) >= 0:
         raise ValueError(f"pyramid_radius_px must be a finite number >= 0 (0 disables the pyramid); got "
                          f"{pyramid_radius_px!r}")
 
 
-def _finite_float(x) -> float:
-    """float(x), or NaN when x is not a finite number (so that every comparison with it fails)."""
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return f if math.isfinite(f) else math.nan
-
-
-def _is_int(x) -> bool:
-    return not isinstance(x, bool) and _finite_float(x) == _finite_float(x) and float(x) == int(float(x))
-
-
 def _check_offsets_per_chunk(offsets_per_chunk: int) -> None:
-    if not (_is_int(offsets_per_chunk) and offsets_per_chunk >= 1):
+    if not (is_int(offsets_per_chunk) and offsets_per_chunk >= 1):
         raise ValueError(f"offsets_per_chunk must be an int >= 1; got {offsets_per_chunk!r}")
 
 

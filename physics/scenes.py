@@ -39,7 +39,6 @@ Everything is vectorised torch on one ``torch.Generator``; a 128x128 scene takes
 from __future__ import annotations
 
 import math
-import operator
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +47,8 @@ import kornia
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from physics.checks import is_int
 
 TEXTURES = ("flat", "noise", "stripes", "checker", "speckle")
 HAZE_LINEAR = (0.70, 0.75, 0.80)  # linear RGB airlight of appearance_cues > 0: a light grey-blue sky
@@ -249,17 +250,6 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def _is_int(value: Any) -> bool:
-    """An integer (int, numpy or 0-d torch integer), not a bool."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
 def _pair(value: Any, name: str, what: str) -> tuple[float, float]:
     """A (lo, hi) pair of numbers -> two floats; ValueError naming ``name`` otherwise."""
     try:
@@ -292,10 +282,10 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
             ``a * depth_m / far`` (see the module docstring); the geometry is that of the a = 0 scene.
     Returns: :class:`Scene`.
     """
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     for value, name in ((height, "height"), (width, "width")):
-        if not _is_int(value):
+        if not is_int(value):
             raise ValueError(f"{name} must be an int number of px (>= 8), got {type(value).__name__} {value!r}")
     if height < 8 or width < 8:
         raise ValueError(f"height and width must be >= 8 px, got {height}x{width}")
@@ -303,7 +293,7 @@ def make_scene(seed: int, height: int, width: int, *, depth_range_m: tuple[float
     if not (math.isfinite(near) and math.isfinite(far) and 0 < near < far):
         raise ValueError(f"depth_range_m must be (near, far) with 0 < near < far, got {depth_range_m}")
     _pair(num_objects, "num_objects", "lo, hi")
-    if not all(_is_int(v) for v in num_objects):
+    if not all(is_int(v) for v in num_objects):
         raise ValueError(f"num_objects must be (lo, hi) of ints, got {num_objects!r}")
     if num_objects[0] < 0 or num_objects[1] < num_objects[0]:
         raise ValueError(f"num_objects must be (lo, hi) with 0 <= lo <= hi, got {num_objects}")

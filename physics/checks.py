@@ -1,0 +1,54 @@
+"""Input checks shared by the physics modules: one wording for each kind of bad argument.
+
+Hand-written because they guard this package's own conventions (sRGB in [0, 1], sizes as ints); each raises a
+ValueError naming the argument, what was given and what is expected.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+
+#: an sRGB image with values outside [-SRGB_TOLERANCE, 1 + SRGB_TOLERANCE] is refused: the renderers clip sRGB to
+#: [0, 1], so a 0..255 or a [-1, 1] image would otherwise come out saturated without a word.
+SRGB_TOLERANCE = 0.5
+
+
+def check_srgb_range(x: torch.Tensor, name: str) -> None:
+    """``x`` (any shape) must hold sRGB values, [0, 1] up to resampling overshoot (SRGB_TOLERANCE)."""
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo < -SRGB_TOLERANCE or hi > 1.0 + SRGB_TOLERANCE:
+        raise ValueError(f"{name} values span [{lo:.4g}, {hi:.4g}]; expected sRGB in [0, 1] (a 0..255 image? divide "
+                         f"by 255; a [-1, 1] image? map it with (x + 1) / 2; HDR linear light? pass "
+                         f"color_space='linear')")
+
+
+def finite_float(x: Any) -> float:
+    """float(x), or NaN when x is not a finite number (so that every comparison with it fails)."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return f if math.isfinite(f) else math.nan
+
+
+def is_int(value: Any) -> bool:
+    """An integer (int, numpy or 0-d torch integer, or a float with an integer value), not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+        return True
+    except TypeError:
+        f = finite_float(value)
+        return f == f and f == int(f)
+
+
+def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> None:
+    """A finite number > 0 (>= 0 with ``allow_zero``)."""
+    f = finite_float(value)
+    if not (f >= 0 if allow_zero else f > 0):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}; got {value!r}")
