@@ -247,9 +247,12 @@ def read_depth(path: str | Path, *, depth_scale: float | None = None) -> torch.T
         raise ImageReadError(f"depth file not found: {path}")
     if path.suffix.lower() == ".npy":
         try:
-            array = np.load(path).astype(np.float32)
+            array = np.load(path)
         except (ValueError, OSError, EOFError) as error:
             raise ImageReadError(f"cannot read depth {path}: corrupt .npy file ({error})") from error
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise ImageReadError(f"depth {path} holds {array.dtype} values; expected numbers (metres)")
+        array = array.astype(np.float32)
         array = _as_2d(array)
         if array.ndim != 2:
             raise ImageReadError(f"depth {path} must be a 2-D [H, W] array of metres, got shape {array.shape}")

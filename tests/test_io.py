@@ -197,3 +197,9 @@ def test_read_image_turns_photos_upright_only_when_asked(tmp_path):
     assert tuple(upright.shape) == (3, 4, 2)
     # rotating 90 degrees clockwise moves the stored top-left pixel to the top-right
     assert upright[0, 0, 1] == 1.0 and upright[0, 0, 0] == 0.0
+
+
+def test_a_npy_depth_of_strings_is_named_not_numeric(tmp_path: Path) -> None:
+    np.save(tmp_path / "d.npy", np.array([["1.0", "2.0"], ["3.0", "x"]]))
+    with pytest.raises(ValueError, match=r"d\.npy holds <U3 values; expected numbers \(metres\)"):
+        read_depth(tmp_path / "d.npy")

@@ -147,6 +147,15 @@ def test_decompression_bomb_picture_is_a_warning_not_fatal(report, run_dir: Path
     assert "grid_000.png" in page and "abs_rel" in page
 
 
+def test_truncated_picture_is_a_warning_not_half_a_picture(report, run_dir: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    (run_dir / "samples" / "cut.png").write_bytes(buffer.getvalue()[:300])
+    assert report.main([str(run_dir)]) == 0  # 64 px, under the default 1600: it used to be embedded as it was
+    page = (run_dir / "report.html").read_text()
+    assert "samples/cut.png: unreadable picture" in page
+
+
 def test_csv_that_is_not_utf8_is_a_warning_naming_it(report, run_dir: Path) -> None:
     (run_dir / "log.csv").write_bytes(b"step,loss\n1,\xff\xfe\n")
     assert report.main([str(run_dir)]) == 0

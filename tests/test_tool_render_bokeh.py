@@ -73,6 +73,7 @@ def test_lens_fields_give_thin_lens_k(tool, inputs):
         (["--K", "1", "--focus-m", "0"], "focus distances must be > 0"),
         (["--K", "1", "--depth-scale", "0"], "--depth-scale must be finite and > 0"),  # was ignored for .npy
         (["--K", "1", "--depth-scale", "nan"], "--depth-scale must be finite and > 0"),
+        (["--K", "1", "--highlight-gain", "nan"], "--highlight-gain must be a finite number >= 0 (0 = off); got nan"),
     ],
 )
 def test_bad_arguments_exit_2_with_message(tool, inputs, capsys, extra, message):

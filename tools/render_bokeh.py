@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch must be >= 1; got {args.batch}")
     if args.depth_scale is not None and not (math.isfinite(args.depth_scale) and args.depth_scale > 0):
         raise ValueError(f"--depth-scale must be finite and > 0 (depth PNG units per metre); got {args.depth_scale:g}")
+    if not (math.isfinite(args.highlight_gain) and args.highlight_gain >= 0):
+        raise ValueError(f"--highlight-gain must be a finite number >= 0 (0 = off); got {args.highlight_gain:g}")
     image, depth = _load(args)
     h, w = image.shape[-2:]
     if args.focus_stack is not None:

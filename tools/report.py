@@ -155,6 +155,7 @@ def _image_html(path: Path, page_dir: Path, link: bool, max_side: int) -> str:
         mime = {".jpg": "jpeg", ".jpeg": "jpeg"}.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
         if max_side:
             with Image.open(path) as picture:
+                picture.load()  # a truncated file fails here (OSError: a warning), not as half a picture
                 if max(picture.size) > max_side:
                     picture.thumbnail((max_side, max_side))
                     buffer = io.BytesIO()
