@@ -156,20 +156,18 @@ class TrainableEMA(L.Callback):
         self.decay = float(decay)
         self.ema = None  # diffusers.training_utils.EMAModel, made when the fit starts
         self._names: list[str] = []
+        self._params: list[torch.nn.Parameter] = []  # the trainable parameters, fixed for the fit: not re-listed per step
         self._resume: dict[str, Any] | None = None
         self._swapped = False  # the module holds the average, the raw weights wait in the EMAModel
         self._validation_swap = False
         self._last_step = 0  # the trainer's global step at the last update: one update per optimizer step
 
-    def _trainable(self, pl_module: L.LightningModule) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
-
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from diffusers.training_utils import EMAModel
 
-        named = self._trainable(pl_module)
+        named = [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
         self._names = [name for name, _ in named]
-        params = [p for _, p in named]
+        self._params = params = [p for _, p in named]
         # after a restore the module holds the checkpoint's averaged weights; the averaging state and the raw
         # training weights come back from the checkpoint's trainable_ema, and training continues from the raw ones
         self.ema = EMAModel(params, decay=self.decay)
@@ -186,19 +184,18 @@ class TrainableEMA(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.ema is not None and int(trainer.global_step) > self._last_step:
-            self.ema.step([p for _, p in self._trainable(pl_module)])
+            self.ema.step(self._params)
             self._last_step = int(trainer.global_step)
 
     def _swap_in(self, pl_module: L.LightningModule) -> None:
         if self.ema is not None and not self._swapped:
-            params = [p for _, p in self._trainable(pl_module)]
-            self.ema.store(params)
-            self.ema.copy_to(params)
+            self.ema.store(self._params)
+            self.ema.copy_to(self._params)
             self._swapped = True
 
     def _swap_out(self, pl_module: L.LightningModule) -> None:
         if self._swapped:
-            self.ema.restore([p for _, p in self._trainable(pl_module)])
+            self.ema.restore(self._params)
             self._swapped = False
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -221,7 +218,7 @@ class TrainableEMA(L.Callback):
             return
         state = checkpoint["state_dict"]
         # the raw weights are the module's unless the average is swapped in (during validation, after the fit)
-        raw_params = self.ema.temp_stored_params if self._swapped else [p for _, p in self._trainable(pl_module)]
+        raw_params = self.ema.temp_stored_params if self._swapped else self._params
         ema_state = dict(self.ema.state_dict(), shadow_params=[s.detach().cpu().clone() for s in self.ema.shadow_params])
         checkpoint["trainable_ema"] = {
             "raw": {name: p.detach().cpu().clone() for name, p in zip(self._names, raw_params)}, "ema": ema_state}

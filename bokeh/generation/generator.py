@@ -101,9 +101,12 @@ class BokehGenerator(nn.Module):
 
     def use_flip_average(self, enabled: bool = True) -> None:
         """Make ``flip_average`` the sampling default (ValueError for a backbone that does not implement it)."""
+        self.flip_average = self._checked_flip_average(enabled)
+
+    def _checked_flip_average(self, enabled: bool) -> bool:
         if enabled and not self.supports_flip_average:
             raise ValueError(f"flip averaging is implemented for the compact generator, not {type(self).__name__}")
-        self.flip_average = bool(enabled)
+        return bool(enabled)
 
     def k_run_bounds(self) -> tuple[float, float]:
         """The K (px*m, working width) the backbone may be run at under a calibration: the trained range for a network
@@ -169,9 +172,7 @@ class BokehGenerator(nn.Module):
         ``flip_average`` (compact generator; None = the generator's ``flip_average`` attribute): every step also reads
         the mirrored image and averages the two readings (twice the network's cost; :meth:`CompactBokehUNet.predict`).
         """
-        flip_average = self.flip_average if flip_average is None else bool(flip_average)
-        if flip_average and not self.supports_flip_average:
-            raise ValueError(f"flip averaging is implemented for the compact generator, not {type(self).__name__}")
+        flip_average = self._checked_flip_average(self.flip_average if flip_average is None else flip_average)
         image = check_image_batch(image)
         device = next(self.parameters()).device
         image = image.to(device)
