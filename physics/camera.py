@@ -27,6 +27,8 @@ from typing import Any, Mapping, Union
 
 import torch
 
+from physics.checks import check_broadcast
+
 Number = Union[float, int, torch.Tensor]
 
 #: Diagonal of the 24x36 mm "full frame" used by 35 mm-equivalent focal lengths (mm).
@@ -187,6 +189,7 @@ def k_from_intrinsics(f_mm: Number, f_number: Number, fx_px: Number) -> Number:
     check_positive(f_mm, "f_mm")
     check_positive(f_number, "f_number")
     check_positive(fx_px, "fx_px")
+    check_broadcast("k_from_intrinsics", f_mm=f_mm, f_number=f_number, fx_px=fx_px)
     return (f_mm / 1000.0) / (2.0 * f_number) * fx_px
 
 
@@ -206,6 +209,8 @@ def k_from_lens(f_mm: Number, f_number: Number, focus_m: Number, image_width_px:
     """
     check_positive(f_number, "f_number")
     check_focus(focus_m, f_mm=f_mm)
+    check_broadcast("k_from_lens", f_mm=f_mm, f_number=f_number, focus_m=focus_m, image_width_px=image_width_px,
+                    sensor_width_mm=sensor_width_mm, f35_mm=f35_mm, aspect_ratio=aspect_ratio)
     width_mm = _sensor_width_mm(f_mm, sensor_width_mm, f35_mm, aspect_ratio)
     fx = focal_px(f_mm, image_width_px, width_mm, focus_m=focus_m if focus_breathing else None)
     return k_from_intrinsics(f_mm, f_number, fx)
@@ -216,6 +221,8 @@ def f_number_from_k(K_px_m: Number, f_mm: Number, focus_m: Number, image_width_p
                     aspect_ratio: Number | None = None, focus_breathing: bool = True) -> Number:
     """The f-number that gives strength ``K_px_m`` with this lens and image (inverse of :func:`k_from_lens`)."""
     check_positive(K_px_m, "K_px_m")  # K = 0 would need an infinite f-number
+    check_broadcast("f_number_from_k", K_px_m=K_px_m, f_mm=f_mm, focus_m=focus_m, image_width_px=image_width_px,
+                    sensor_width_mm=sensor_width_mm, f35_mm=f35_mm, aspect_ratio=aspect_ratio)
     k_at_n1 = k_from_lens(f_mm, 1.0, focus_m, image_width_px, sensor_width_mm=sensor_width_mm, f35_mm=f35_mm,
                           aspect_ratio=aspect_ratio, focus_breathing=focus_breathing)
     return k_at_n1 / K_px_m
@@ -224,6 +231,7 @@ def f_number_from_k(K_px_m: Number, f_mm: Number, focus_m: Number, image_width_p
 def f_number_from_k_intrinsics(K_px_m: Number, f_mm: Number, fx_px: Number) -> Number:
     """The f-number that gives ``K_px_m`` for a camera with focal length ``f_mm`` and intrinsics ``fx_px``."""
     check_positive(K_px_m, "K_px_m")
+    check_broadcast("f_number_from_k_intrinsics", K_px_m=K_px_m, f_mm=f_mm, fx_px=fx_px)
     return k_from_intrinsics(f_mm, 1.0, fx_px) / K_px_m
 
 
@@ -240,6 +248,7 @@ def coc_diameter_sensor_mm(f_mm: Number, f_number: Number, focus_m: Number, dept
         check_depth_m(depth_m if depth_m.dim() >= 2 else depth_m.reshape(1, -1))
     else:
         check_positive(depth_m, "depth_m")
+    check_broadcast("coc_diameter_sensor_mm", f_mm=f_mm, f_number=f_number, focus_m=focus_m, depth_m=depth_m)
     f_m = f_mm / 1000.0
     delta = 1.0 / focus_m - 1.0 / depth_m
     mag = delta.abs() if _is_tensor(delta) else abs(delta)

@@ -52,3 +52,15 @@ def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> 
     f = finite_float(value)
     if not (f >= 0 if allow_zero else f > 0):
         raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+
+
+def check_broadcast(what: str, **arguments: Any) -> None:
+    """The tensor ``arguments`` (floats pass) must broadcast together, as the lens formulas combine them
+    element-wise; the error names each argument's shape instead of torch's "size of tensor a"."""
+    shapes = {name: tuple(value.shape) for name, value in arguments.items() if isinstance(value, torch.Tensor)}
+    try:
+        torch.broadcast_shapes(*shapes.values())
+    except RuntimeError:
+        listed = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+        raise ValueError(f"{what}: the shapes of {listed} do not broadcast; give floats, or tensors of one shape "
+                         f"(or of shapes that broadcast, e.g. [B] and [])") from None

@@ -207,6 +207,29 @@ def test_k_from_lens_rejects_nonpositive_f_number():
         k_from_lens(50, 0.0, 2.0, 1000, sensor_width_mm=36)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda: k_from_lens(torch.tensor([50.0, 35.0]), torch.tensor([1.8, 2.8, 4.0]), 2.0, 640, sensor_width_mm=36),
+     "k_from_lens: the shapes of f_mm [2], f_number [3] do not broadcast"),
+    (lambda: k_from_intrinsics(50.0, torch.tensor([1.8, 2.8]), torch.tensor([500.0, 600.0, 700.0])),
+     "k_from_intrinsics: the shapes of f_number [2], fx_px [3] do not broadcast"),
+    (lambda: f_number_from_k(torch.tensor([10.0, 20.0]), 50.0, torch.tensor([2.0, 3.0, 4.0]), 640, sensor_width_mm=36),
+     "f_number_from_k: the shapes of K_px_m [2], focus_m [3] do not broadcast"),
+    (lambda: coc_diameter_sensor_mm(50.0, 2.0, torch.tensor([2.0, 3.0]), torch.full((3, 1, 4, 4), 1.5)),
+     "coc_diameter_sensor_mm: the shapes of focus_m [2], depth_m [3, 1, 4, 4] do not broadcast"),
+])
+def test_lens_formulas_name_arguments_whose_shapes_do_not_broadcast(call, message):
+    with pytest.raises(ValueError) as error:
+        call()
+    assert message in str(error.value)
+
+
+def test_lens_formulas_still_broadcast_a_batch_against_one_value():
+    # [2] against [1] and floats: K per lens, by the formula f^2 / (2 N) * W_px / W_sensor * s1 / (s1 - f)
+    k = k_from_lens(torch.tensor([50.0, 35.0]), torch.tensor([2.0]), 2.0, 640, sensor_width_mm=36)
+    expected = [(f / 1e3) ** 2 / (2 * 2.0) * 640 / 36e-3 * 2.0 / (2.0 - f / 1e3) for f in (50.0, 35.0)]
+    assert k.tolist() == pytest.approx(expected, rel=1e-6)
+
+
 def test_signed_coc_rejects_batch_mismatch():
     with pytest.raises(ValueError, match="K_px_m has 3 values"):
         signed_coc_radius_px(torch.ones(2, 1, 2, 2), torch.ones(3), 1.0)

@@ -51,6 +51,7 @@ def test_bench_physics_refuses_bad_options_before_benchmarking(tmp_path, capsys,
     (["--mlp-ratio", "nan"], "--mlp-ratio must be finite and > 0; got nan"),
     (["--attn-ratio", "0"], "--attn-ratio must be finite and > 0; got 0"),
     (["--out", "{file}/x.json"], "expected a file path (not a folder, not under a file)"),
+    (["--taps", "-1", "-1"], "--taps must name distinct decoder taps; got -1 -1"),
 ])
 def test_bench_stage2_refuses_bad_options_before_benchmarking(tmp_path, capsys, extra, message):
     (tmp_path / "file").write_text("x")
@@ -59,3 +60,11 @@ def test_bench_stage2_refuses_bad_options_before_benchmarking(tmp_path, capsys, 
         bench_stage2.main(["--sizes", "tiny", "--frames", "1", "--repeats", "1", *extra])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_stage2_names_a_tap_the_model_does_not_have(tmp_path, capsys):
+    # the tap range depends on the model size: the model's own check, reported as one line, exit code 2
+    argv = ["--sizes", "tiny", "--frames", "1", "--repeats", "1", "--taps", "9", "--out", str(tmp_path / "b.json")]
+    assert bench_stage2.run_reporting_errors(bench_stage2.main, argv) == 2
+    assert "dsfa.taps entry 9 is not a decoder tap index in [-4, 3]" in error_line(capsys, skip="bench_stage2:")
+    assert not (tmp_path / "b.json").exists()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import _bootstrap  # noqa: F401
-from _cli import check_out_file  # noqa: E402
+from _cli import check_out_file, run_reporting_errors  # noqa: E402
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--frames, --repeats and --threads must be >= 1 and --warmup >= 0; got --frames "
                      f"{' '.join(map(str, args.frames))}, --repeats {args.repeats}, --threads {args.threads}, "
                      f"--warmup {args.warmup}")
+    if len(set(args.taps)) != len(args.taps):
+        parser.error(f"--taps must name distinct decoder taps; got {' '.join(map(str, args.taps))}")
     for name in ("mlp_ratio", "attn_ratio"):
         value = getattr(args, name)
         if not (0 < value < float("inf")):
@@ -177,4 +179,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_reporting_errors(main, None))

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import _bootstrap  # noqa: F401
-from _cli import check_out_folder  # noqa: E402
+from _cli import check_out_folder, run_reporting_errors  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -161,4 +161,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_reporting_errors(main, None))
