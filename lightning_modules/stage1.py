@@ -361,7 +361,7 @@ def export_generator(module: Stage1Module, run_dir: str | Path) -> Path:
     return path
 
 
-def _read_generator_meta(meta_path: Path) -> dict[str, Any]:
+def read_generator_meta(meta_path: Path) -> dict[str, Any]:
     """generator.json as a dict with what :func:`load_generator` needs (ValueError naming the file otherwise)."""
     try:
         meta = json.loads(meta_path.read_text())
@@ -402,7 +402,7 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} (the generator's config) is missing beside {path}")
-    meta = _read_generator_meta(meta_path)
+    meta = read_generator_meta(meta_path)
     k = dict(meta["k"])
     if k_policy:
         k["policy"] = k_policy

@@ -205,6 +205,17 @@ def test_corrupt_generator_is_a_one_line_error_with_exit_2(tmp_path, capsys):
         assert f"cannot read generator config {gen / 'generator.json'} (JSONDecodeError" in err
 
 
+def test_generator_config_without_a_k_range_is_named_before_anything_is_written(tmp_path, capsys):
+    _tiny_generator(tmp_path)
+    gen = tmp_path / "gen"
+    meta = json.loads((gen / "generator.json").read_text())
+    del meta["k"]
+    (gen / "generator.json").write_text(json.dumps(meta))
+    err = _fails(capsys, ["--generator", str(gen), "--out", str(tmp_path / "cal")])
+    assert f"generator config {gen / 'generator.json'} lacks ['k']" in err
+    assert not (tmp_path / "cal").exists()
+
+
 def test_missing_generator_names_the_folder_and_the_expected_file(tmp_path, capsys):
     err = _fails(capsys, ["--generator", str(tmp_path / "nogen")])
     assert f"--generator {tmp_path / 'nogen'} not found" in err and "generator.json" in err

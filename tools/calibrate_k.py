@@ -21,7 +21,6 @@ unreadable generator is one ``error:`` line on stderr and exit status 2, before 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,14 +73,14 @@ def generator_json(path: str | Path) -> Path:
 
 
 def read_meta(meta_path: Path) -> dict[str, Any]:
-    """generator.json as a dict; exit 2 when it is unreadable or not a JSON object."""
+    """generator.json as a dict (lightning_modules.stage1.read_generator_meta); exit 2 naming the file when it is
+    unreadable, not a JSON object, or lacks the trained K range."""
+    from lightning_modules.stage1 import read_generator_meta
+
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        fail(f"cannot read generator config {meta_path} ({type(error).__name__}: {error})")
-    if not isinstance(meta, dict):
-        fail(f"cannot read generator config {meta_path} (expected a JSON object, got {type(meta).__name__})")
-    return meta
+        return read_generator_meta(meta_path)
+    except ValueError as error:
+        fail(str(error))
 
 
 def check_out(out: Path, overwrite: bool, generator_dir: Path) -> None:
@@ -118,11 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overwrite = args.overwrite or args.out is None  # the default folder is the previous fit's: replaced
     check_out(out, overwrite, meta_path.parent)
     try:
-        k_range = meta["k"]
-        check_calibration_settings(float(k_range["min"]), float(k_range["max"]), args.knots, args.num_scenes,
+        check_calibration_settings(float(meta["k"]["min"]), float(meta["k"]["max"]), args.knots, args.num_scenes,
                                    args.iterations, args.min_scenes)
-    except (KeyError, TypeError) as error:
-        fail(f"cannot read generator config {meta_path} (no trained K range 'k': {{min, max}}: {error!r})")
     except ValueError as error:
         fail(str(error))
     weights = meta_path.with_suffix(".safetensors")
