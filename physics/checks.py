@@ -64,3 +64,28 @@ def check_broadcast(what: str, **arguments: Any) -> None:
         listed = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
         raise ValueError(f"{what}: the shapes of {listed} do not broadcast; give floats, or tensors of one shape "
                          f"(or of shapes that broadcast, e.g. [B] and [])") from None
+
+
+def check_tensor(x: Any, name: str, expected_shape: str, dims: int | tuple[int, ...], *, channels: int | None = None,
+                 channels_dim: int = -3, must: str = "have shape", dtype_hint: str = "") -> None:
+    """``x`` must be a non-empty, finite, floating-point torch.Tensor with ``dims`` dimensions (or one of ``dims``)
+    and, given ``channels``, that size at ``channels_dim``.
+
+    ``expected_shape`` is the shape as the messages write it (e.g. "[B,3,H,W] or [3,H,W]"); ``must`` the words
+    between the name and that shape in the wrong-shape message ("image must have shape [B,C,H,W]", or with "be"
+    "frames must be [B,N,3,H,W]"); ``dtype_hint`` says in the wrong-dtype message which values are expected. Only
+    reads ``x``: nothing is converted, copied or moved.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {expected_shape}; got {type(x).__name__}")
+    allowed = (dims,) if isinstance(dims, int) else tuple(dims)
+    if x.dim() not in allowed or (channels is not None and x.shape[channels_dim] != channels):
+        raise ValueError(f"{name} must {must} {expected_shape}; got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected {expected_shape}")
+    if not x.is_floating_point():
+        hint = f" ({dtype_hint})" if dtype_hint else ""
+        raise ValueError(f"{name} must be a floating-point tensor{hint}; got {x.dtype}")
+    # detached: the check must not enter the caller's autograd graph
+    if not torch.isfinite(x.detach()).all():
+        raise ValueError(f"{name} contains NaN or infinite values")

@@ -28,22 +28,7 @@ import torch.nn.functional as F
 
 from physics.aperture import Aperture, make_aperture
 from physics.camera import check_focus, check_k
-from physics.checks import check_positive_float, check_srgb_range
-
-
-def _check_tensor(x: torch.Tensor, name: str, shape: str, dims: int, channels_dim: int | None = None,
-                  channels: int = 3) -> None:
-    """x: a finite floating-point tensor with ``dims`` dimensions (``channels`` at ``channels_dim``)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {shape}; got {type(x).__name__}")
-    if x.dim() != dims or (channels_dim is not None and x.shape[channels_dim] != channels):
-        raise ValueError(f"{name} must be {shape}; got {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected {shape}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor; got {x.dtype}")
-    if not torch.isfinite(x.detach()).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+from physics.checks import check_positive_float, check_srgb_range, check_tensor
 
 
 def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor,
@@ -53,7 +38,7 @@ def blur_bank(image: torch.Tensor, radii_px: Sequence[float] | torch.Tensor,
     Kernels are :mod:`physics.aperture`'s (soft rim, unit area). One FFT of the reflect-padded image, one product
     per radius (exact linear convolution inside the frame).
     """
-    _check_tensor(image, "image", "[B,C,H,W]", 4)
+    check_tensor(image, "image", "[B,C,H,W]", 4, must="be")
     ap = make_aperture(aperture)
     radii = [float(r) for r in (radii_px.reshape(-1).tolist() if isinstance(radii_px, torch.Tensor) else radii_px)]
     if not radii or not all(math.isfinite(r) for r in radii):
@@ -85,7 +70,7 @@ def blur_to_radius_map(image: torch.Tensor, radius_px: torch.Tensor, *, step_px:
     convolution per candidate radius, no occlusion (physics.render draws occlusion); linear light is the caller's
     choice (pass linear values for physically correct blends).
     """
-    _check_tensor(image, "image", "[B,C,H,W]", 4)
+    check_tensor(image, "image", "[B,C,H,W]", 4, must="be")
     if not isinstance(radius_px, torch.Tensor):
         raise ValueError(f"radius_px must be a torch.Tensor [B,N,1,H,W]; got {type(radius_px).__name__}")
     if radius_px.dim() != 5 or radius_px.shape[0] != image.shape[0] or radius_px.shape[2] != 1 \
@@ -156,13 +141,13 @@ def estimate_blur_radius(reference: torch.Tensor, frames: torch.Tensor, *, max_r
     """
     if confidence not in ("contrast", "curvature", "both"):
         raise ValueError(f"confidence must be 'contrast' or 'curvature'; got {confidence!r}")
-    _check_tensor(reference, "reference", "[B,3,H,W]", 4, 1)
+    check_tensor(reference, "reference", "[B,3,H,W]", 4, channels=3, channels_dim=1, must="be")
     if not isinstance(frames, torch.Tensor):
         raise ValueError(f"frames must be a torch.Tensor [B,N,3,H,W]; got {type(frames).__name__}")
     if frames.dim() != 5 or frames.shape[0] != reference.shape[0] or frames.shape[2:] != reference.shape[1:]:
         raise ValueError(f"frames must be [B,N,3,H,W] matching reference {tuple(reference.shape)}; "
                          f"got {tuple(frames.shape)}")
-    _check_tensor(frames, "frames", "[B,N,3,H,W] with N >= 1", 5, 2)
+    check_tensor(frames, "frames", "[B,N,3,H,W] with N >= 1", 5, channels=3, channels_dim=2, must="be")
     if not (max_radius_px > 0 and step_px > 0 and math.isfinite(max_radius_px)):
         raise ValueError(f"max_radius_px and step_px must be > 0; got {max_radius_px}, {step_px}")
     check_positive_float(step_px, "step_px")
@@ -278,7 +263,7 @@ def depth_from_bokeh_sweep(radius_px: torch.Tensor, K_px_m: torch.Tensor, focus_
         inv_depth_offset [B,1,H,W] (1/m): ``Delta_hat = sum w K r / sum w K^2``;
         depth_m [B,1,H,W]: ``1 / (1/s1 - Delta_hat)``, clamped to (0, max_depth_m].
     """
-    _check_tensor(radius_px, "radius_px", "[B,N,1,H,W] with N >= 1", 5, 2, channels=1)
+    check_tensor(radius_px, "radius_px", "[B,N,1,H,W] with N >= 1", 5, channels=1, channels_dim=2, must="be")
     check_positive_float(max_depth_m, "max_depth_m")
     b, n = radius_px.shape[:2]
     K = torch.as_tensor(K_px_m, dtype=radius_px.dtype, device=radius_px.device)
@@ -334,7 +319,7 @@ def depth_from_stack(reference: torch.Tensor, frames: torch.Tensor, K_px_m: torc
     Returns dict(radius_px [B,N,1,H,W], confidence [B,1,H,W] (mean contrast over frames), weight [B,N,1,H,W],
     inv_depth_offset [B,1,H,W], depth_m [B,1,H,W]).
     """
-    _check_tensor(reference, "reference", "[B,3,H,W]", 4, 1)
+    check_tensor(reference, "reference", "[B,3,H,W]", 4, channels=3, channels_dim=1, must="be")
     K = torch.as_tensor(K_px_m, dtype=reference.dtype)
     check_k(K)
     check_focus(focus_m if isinstance(focus_m, torch.Tensor) else torch.as_tensor(focus_m, dtype=torch.float64))
@@ -385,7 +370,7 @@ def depth_from_aperture_pair(sharp: torch.Tensor, wide: torch.Tensor, K_sharp_px
     """
     check_k(K_sharp_px_m, "K_sharp_px_m")
     check_k(K_wide_px_m, "K_wide_px_m")
-    _check_tensor(sharp, "sharp", "[B,3,H,W]", 4, 1)
+    check_tensor(sharp, "sharp", "[B,3,H,W]", 4, channels=3, channels_dim=1, must="be")
     if not isinstance(wide, torch.Tensor) or wide.shape != sharp.shape:
         raise ValueError(f"wide must be a tensor [B,3,H,W] of the shape of sharp {tuple(sharp.shape)}; got "
                          f"{tuple(wide.shape) if isinstance(wide, torch.Tensor) else type(wide).__name__}")

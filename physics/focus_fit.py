@@ -23,20 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from physics.camera import check_depth_m, check_k
-from physics.checks import check_srgb_range
+from physics.checks import check_srgb_range, check_tensor
 from physics.render import render_bokeh
-
-
-def _check_images(x: torch.Tensor, name: str, shapes: str = "[B,C,H,W]", dims: tuple[int, ...] = (4,)) -> None:
-    """A finite floating-point image tensor of one of ``dims`` dimensions (ValueError naming ``name``)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {shapes}; got {type(x).__name__}")
-    if x.dim() not in dims or x.numel() == 0:
-        raise ValueError(f"{name} must have shape {shapes} (non-empty); got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor; got {x.dtype}")
-    if not torch.isfinite(x.detach()).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
@@ -75,8 +63,8 @@ def phase_correlation(reference: torch.Tensor, moving: torch.Tensor, *, refine_s
     through its neighbours, then ``refine_steps`` Gauss-Newton (Lucas-Kanade) updates of the global translation on
     image gradients: a symmetric blur difference between the two images does not move either estimate.
     """
-    _check_images(reference, "reference", "[B,C,H,W] or [C,H,W]", (3, 4))
-    _check_images(moving, "moving", "[B,C,H,W] or [C,H,W]", (3, 4))
+    check_tensor(reference, "reference", "[B,C,H,W] or [C,H,W]", (3, 4))
+    check_tensor(moving, "moving", "[B,C,H,W] or [C,H,W]", (3, 4))
     if reference.dim() != moving.dim():
         raise ValueError(f"reference {tuple(reference.shape)} and moving {tuple(moving.shape)} must have the same "
                          f"number of dimensions")
@@ -142,7 +130,7 @@ def shift_image(image: torch.Tensor, dy: float | torch.Tensor, dx: float | torch
     Fourier shift of the reflect-padded image: exact for band-limited content, no interpolation blur (bilinear
     resampling would add up to a quarter pixel^2 of blur, comparable with the defocus being measured).
     """
-    _check_images(image, "image", "[B,C,H,W]")
+    check_tensor(image, "image", "[B,C,H,W]", 4)
     for value, name in ((dy, "dy"), (dx, "dx")):
         v = torch.as_tensor(value).detach() if not isinstance(value, torch.Tensor) else value.detach()
         if not torch.isfinite(v).all():
@@ -164,8 +152,8 @@ def exposure_gain(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
     """Least-squares scalar gain g per image, in linear light, minimising ``||g * lin(pred) - lin(target)||^2``.
 
     prediction, target: [B,3,H,W] sRGB. Returns [B]."""
-    _check_images(prediction, "prediction", "[B,3,H,W]")
-    _check_images(target, "target", "[B,3,H,W]")
+    check_tensor(prediction, "prediction", "[B,3,H,W]", 4)
+    check_tensor(target, "target", "[B,3,H,W]", 4)
     _check_same_shape(prediction, target, "prediction", "target")
     lp = kornia.color.rgb_to_linear_rgb(prediction.clamp(0, 1))
     lt = kornia.color.rgb_to_linear_rgb(target.clamp(0, 1))
@@ -175,7 +163,7 @@ def exposure_gain(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
 def apply_gain(image: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """Multiply sRGB images [B,3,H,W] by gains [B] in linear light; result clamped to [0, 1] sRGB."""
-    _check_images(image, "image", "[B,3,H,W]")
+    check_tensor(image, "image", "[B,3,H,W]", 4)
     if not isinstance(gain, torch.Tensor) or gain.numel() != image.shape[0]:
         shape = tuple(gain.shape) if isinstance(gain, torch.Tensor) else type(gain).__name__
         raise ValueError(f"gain must be a tensor [B] with B={image.shape[0]} (one gain per image); got {shape}")
@@ -184,8 +172,8 @@ def apply_gain(image: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
 
 
 def _check_crop(a: torch.Tensor, b: torch.Tensor, crop_px: int) -> None:
-    _check_images(a, "a", "[B,3,H,W]")
-    _check_images(b, "b", "[B,3,H,W]")
+    check_tensor(a, "a", "[B,3,H,W]", 4)
+    check_tensor(b, "b", "[B,3,H,W]", 4)
     _check_same_shape(a, b, "a", "b")
     _check_int(crop_px, "crop_px", 0)
     if 2 * crop_px >= min(a.shape[-2:]):
@@ -268,8 +256,8 @@ def fit_focus(sharp: torch.Tensor, depth_m: torch.Tensor, observed: torch.Tensor
     Returns: :class:`FocusFit`.
     """
     render = render_fn or render_bokeh
-    _check_images(sharp, "sharp", "[1,3,H,W] or [3,H,W]", (3, 4))
-    _check_images(observed, "observed", "[1,3,H,W] or [3,H,W]", (3, 4))
+    check_tensor(sharp, "sharp", "[1,3,H,W] or [3,H,W]", (3, 4))
+    check_tensor(observed, "observed", "[1,3,H,W] or [3,H,W]", (3, 4))
     if not isinstance(depth_m, torch.Tensor) or depth_m.dim() != sharp.dim():
         shape = tuple(depth_m.shape) if isinstance(depth_m, torch.Tensor) else type(depth_m).__name__
         raise ValueError(f"depth_m must have shape {'[1,1,H,W]' if sharp.dim() == 4 else '[1,H,W]'} to match sharp "

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import camera
-from .checks import check_srgb_range, finite_float, is_int
+from .checks import check_srgb_range, check_tensor, finite_float, is_int
 from .aperture import Aperture, ImageAperture, kernel_half_size, make_aperture
 
 #: bumped whenever a render of the same inputs changes (caches of rendered data key on it). 2: spots are drawn with
@@ -83,18 +83,10 @@ def check_blur_radius(K: float, focus_m: float, depth_min_m: float, depth_max_m:
 
 
 def _check_image(image: torch.Tensor, color_space: str, batched_only: bool = False) -> None:
-    """The renderers' checks of ``image`` and ``color_space`` (ValueError naming what is wrong)."""
-    shapes = "[B,3,H,W]" if batched_only else "[B,3,H,W] or [3,H,W]"
-    if not torch.is_tensor(image):
-        raise ValueError(f"image must be a torch.Tensor {shapes}; got {type(image).__name__}")
-    if image.dim() not in ((4,) if batched_only else (3, 4)) or image.shape[-3] != 3:
-        raise ValueError(f"image must have shape {shapes}; got {tuple(image.shape)}")
-    if image.numel() == 0:
-        raise ValueError(f"image is empty (shape {tuple(image.shape)})")
-    if not image.is_floating_point():
-        raise ValueError(f"image must be a floating-point tensor (values in [0,1] for sRGB); got {image.dtype}")
-    if not torch.isfinite(image.detach()).all():
-        raise ValueError("image contains NaN or infinite values")
+    """``image`` [B,3,H,W] (or [3,H,W] unless ``batched_only``) and ``color_space``: the renderers clip sRGB to
+    [0, 1], so an sRGB image must also lie in that range (ValueError naming what is wrong)."""
+    check_tensor(image, "image", "[B,3,H,W]" if batched_only else "[B,3,H,W] or [3,H,W]", 4 if batched_only else (3, 4),
+                 channels=3, dtype_hint="values in [0,1] for sRGB")
     if color_space not in ("srgb", "linear"):
         raise ValueError(f"color_space must be 'srgb' or 'linear'; got {color_space!r}")
     if color_space == "srgb":

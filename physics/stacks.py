@@ -12,6 +12,7 @@ from typing import Any, Sequence, Union
 import torch
 
 from physics.camera import ThinLensCamera, check_depth_m, check_focus, check_k, signed_coc_radius_px
+from physics.checks import check_tensor
 from physics.render import render_bokeh
 
 KLike = Union[float, Sequence[float], torch.Tensor]
@@ -40,16 +41,9 @@ class FocalStack:
     camera: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_image(image: torch.Tensor) -> None:
-    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a tensor [B,3,H,W]; got {shape}")
-    if not torch.isfinite(image.detach()).all():
-        raise ValueError("image contains NaN or infinite values")
-
-
-def _check_depth(depth_m: torch.Tensor, image: torch.Tensor) -> None:
-    """depth_m: a tensor [B,1,H,W] (m, > 0) matching image [B,3,H,W]."""
+def _check_image_and_depth(image: torch.Tensor, depth_m: torch.Tensor) -> None:
+    """image: a tensor [B,3,H,W]; depth_m: a tensor [B,1,H,W] (m, > 0) matching it."""
+    check_tensor(image, "image", "[B,3,H,W]", 4, channels=3, must="be", dtype_hint="values in [0,1] for sRGB")
     if isinstance(depth_m, torch.Tensor) and depth_m.dim() != 4:
         raise ValueError(f"depth_m must have shape [B,1,H,W] to match image {tuple(image.shape)}; got "
                          f"{tuple(depth_m.shape)}")
@@ -102,8 +96,7 @@ def render_frames(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: torch.Tens
     Args: image [B,3,H,W], depth_m [B,1,H,W], K_px_m [B,N], focus_m [B,N].
     Returns (frames [B,N,3,H,W], coc_radius_px [B,N,1,H,W]). A frame with K = 0 is the input image itself.
     """
-    _check_image(image)
-    _check_depth(depth_m, image)
+    _check_image_and_depth(image, depth_m)
     for value, name in ((K_px_m, "K_px_m"), (focus_m, "focus_m")):
         if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != image.shape[0]:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -142,8 +135,7 @@ def bokeh_stack(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: KLike, focus
         render_kwargs: passed to :func:`physics.render.render_bokeh` (aperture, color_space, highlight_gain, ...).
     Returns: :class:`BokehStack` (frames [B,N,3,H,W], coc_radius_px [B,N,1,H,W], K_px_m [B,N], focus_m [B]).
     """
-    _check_image(image)
-    _check_depth(depth_m, image)
+    _check_image_and_depth(image, depth_m)
     b = image.shape[0]
     K = _per_frame(K_px_m, b, "K_px_m", image)
     check_k(K)
@@ -170,8 +162,7 @@ def focal_stack(image: torch.Tensor, depth_m: torch.Tensor, K_px_m: KLike, focus
         focus_m: N focus distances (m): a sequence, a tensor [N] or [B,N].
     Returns: :class:`FocalStack` (frames [B,N,3,H,W], coc_radius_px [B,N,1,H,W], focus_m [B,N], K_px_m [B,N]).
     """
-    _check_image(image)
-    _check_depth(depth_m, image)
+    _check_image_and_depth(image, depth_m)
     b = image.shape[0]
     s1 = _per_frame(focus_m, b, "focus_m", image)
     check_focus(s1)
@@ -196,8 +187,7 @@ def bokeh_stack_from_camera(image: torch.Tensor, depth_m: torch.Tensor, camera: 
 
     ``camera.image_width_px`` must equal the image width (K is in pixels of that width).
     """
-    _check_image(image)
-    _check_depth(depth_m, image)
+    _check_image_and_depth(image, depth_m)
     _check_sequence(f_numbers, "f_numbers", "f-numbers")
     if camera.image_width_px != image.shape[-1]:
         raise ValueError(f"camera.image_width_px ({camera.image_width_px}) must equal the image width "
@@ -215,8 +205,7 @@ def focal_stack_from_camera(image: torch.Tensor, depth_m: torch.Tensor, camera: 
                             focus_m: Sequence[float], **render_kwargs: Any) -> FocalStack:
     """A focal stack of a thin-lens camera: with focus breathing K changes with the focus distance (exact
     ``s1/(s1-f)`` factor), without it K stays fixed."""
-    _check_image(image)
-    _check_depth(depth_m, image)
+    _check_image_and_depth(image, depth_m)
     _check_sequence(focus_m, "focus_m", "focus distances (m)")
     if camera.image_width_px != image.shape[-1]:
         raise ValueError(f"camera.image_width_px ({camera.image_width_px}) must equal the image width "
