@@ -14,7 +14,8 @@
 # Scenes: SCENE_OPTIONS (JSON, default {}) = physics.scenes.make_scene keywords for every split and the eval, e.g.
 # '{"appearance_cues": 1.0}', the scenes configs/stage1.yaml trains on (haze, texture scale: depth shows in the look);
 # {} = Stage-2's depth-hiding scenes, where a depth-free generator cannot know where the blur goes.
-# Knobs (environment): GENERATOR, NUM_TRAIN (1000), NUM_VAL (64), NUM_TEST (200), SIZE (112), K ("2 5 12"), FOCUS_M,
+# Knobs (environment): GENERATOR, NUM_TRAIN (1000), NUM_VAL (64), NUM_TEST (200), SIZE (112), K (px*m at SIZE;
+#   default "2 5 12" x SIZE / 112, the same blur relative to the image at any SIZE), FOCUS_M,
 #   STAGE1_OVERRIDES, FIT_OVERRIDES (e.g. "trainer.max_epochs=2 threads=1"), GEN_STEPS (generator's default),
 #   THREADS (1), PYTHON (.venv/bin/python).
 set -euo pipefail
@@ -22,7 +23,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-runs/generated_pipeline/$(date +%Y%m%d-%H%M%S)}
 NUM_TRAIN=${NUM_TRAIN:-1000}; NUM_VAL=${NUM_VAL:-64}; NUM_TEST=${NUM_TEST:-200}
-SIZE=${SIZE:-112}; K=${K:-"2 5 12"}; THREADS=${THREADS:-1}; FOCUS_M=${FOCUS_M:-100.0}
+SIZE=${SIZE:-112}; THREADS=${THREADS:-1}; FOCUS_M=${FOCUS_M:-100.0}
+# K is px*m at the working width SIZE (radii scale with the width): Stage-2's 2 5 12 at 112 px, scaled to SIZE
+K=${K:-$(awk -v s="$SIZE" 'BEGIN { printf "%.6g %.6g %.6g", 2 * s / 112, 5 * s / 112, 12 * s / 112 }')}
 SCENE_OPTIONS=${SCENE_OPTIONS:-"{}"}
 FOCUS_ARG=()
 [[ "$FOCUS_M" != null ]] && FOCUS_ARG=(--focus-m "$FOCUS_M")
