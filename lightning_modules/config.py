@@ -3,13 +3,19 @@
 A config file may list other files to merge first under ``includes:`` (paths relative to ``configs/`` or to the
 file). Overrides are checked against the merged config: an unknown key or a value of the wrong type is a
 :class:`ConfigError` that names the key and what was expected.
+
+New keys (``+section.key=value``): a task's keys are fixed except in its *open sections*
+(:data:`lightning_modules.tasks.OPEN_SECTIONS`: the sections that take a consumer's keyword arguments, such as
+``trainer.`` = lightning.Trainer's), where ``+`` adds a key the config files do not list; the section's consumer
+checks it when the run is built, before a run folder exists. ``+`` anywhere else is refused naming the sections
+that take new keys; a config without a known ``task`` accepts ``+`` anywhere.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -59,18 +65,22 @@ def _load_file(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     return OmegaConf.merge(merged, loaded)  # type: ignore[return-value]
 
 
-def _check_override_type(key: str, old: Any, new: Any) -> Any:
-    """Return ``new`` converted to the type of ``old``, or raise naming the key."""
+def _check_override_type(item: str, key: str, old: Any, new: Any) -> Any:
+    """Return ``new`` converted to the type of ``old``, or raise naming the override ``item`` as typed and the key."""
     if old is None or new is None:
         return new
+
+    def refuse(expected: str) -> ConfigError:
+        return ConfigError(f"override '{item}': {key}={new!r} is {_a_type(new)}; expected {expected}")
+
     if isinstance(old, bool):
         if isinstance(new, bool):
             return new
-        raise ConfigError(f"override '{key}={new!r}': expected a boolean (true/false), got {type(new).__name__}")
+        raise refuse("a boolean (true/false)")
     if isinstance(old, int):
         if isinstance(new, int) and not isinstance(new, bool):
             return new
-        raise ConfigError(f"override '{key}={new!r}': expected an integer, got {type(new).__name__}")
+        raise refuse("an integer")
     if isinstance(old, float):
         if isinstance(new, (int, float)) and not isinstance(new, bool):
             return float(new)
@@ -79,21 +89,49 @@ def _check_override_type(key: str, old: Any, new: Any) -> Any:
                 return float(new)
             except ValueError:
                 pass
-        raise ConfigError(f"override '{key}={new!r}': expected a number, got {type(new).__name__}")
+        raise refuse("a number")
     if isinstance(old, str):
         if isinstance(new, (dict, list)):
-            raise ConfigError(f"override '{key}={new!r}': expected a string, got {type(new).__name__}")
+            raise refuse("a string")
         # a YAML boolean stays one: keys such as parallel_variants take "auto" or true / false ("False" is no switch)
         return new if isinstance(new, bool) else str(new)
     if isinstance(old, (list, ListConfig)) and not isinstance(new, list):
-        raise ConfigError(f"override '{key}={new!r}': expected a list like [1, 2], got {type(new).__name__}")
+        raise refuse("a list like [1, 2]")
     if isinstance(old, (dict, DictConfig)) and not isinstance(new, dict):
-        raise ConfigError(f"override '{key}={new!r}': expected a mapping like {{a: 1}}, got {type(new).__name__}")
+        raise refuse("a mapping like {a: 1}")
     return new
 
 
+def _a_type(value: Any) -> str:
+    """'a string', 'an integer', ... : the YAML type an override's value was read as."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def open_sections_of(cfg: DictConfig) -> dict[str, str] | None:
+    """The open sections (dotted prefix -> what they accept) of ``cfg``'s task, or None when the config names no
+    known task (then ``+`` may add a key anywhere)."""
+    task = cfg.get("task") if isinstance(cfg, DictConfig) else None
+    if task is None:
+        return None
+    from lightning_modules.tasks import OPEN_SECTIONS  # here: tasks imports this module
+
+    return OPEN_SECTIONS.get(str(task))
+
+
+def _open_section(key: str, sections: Mapping[str, str]) -> str | None:
+    """The (innermost) open section that ``key`` lies strictly below, or None."""
+    hits = [s for s in sections if key.startswith(s + ".")]
+    return max(hits, key=len) if hits else None
+
+
+def _describe_open(sections: Mapping[str, str]) -> str:
+    return ", ".join(f"{s}. ({what})" for s, what in sections.items()) if sections else "nowhere"
+
+
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
-    """Apply ``a.b=value`` overrides (YAML-parsed values). ``+a.b=value`` adds a new key on purpose."""
+    """Apply ``a.b=value`` overrides (YAML-parsed values) to existing keys; ``+a.b=value`` adds a new key on purpose,
+    in the open sections of the config's task (:func:`open_sections_of`; anywhere when it names no known task)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -101,27 +139,73 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
         key = key.strip()
         allow_new = key.startswith("+")
         key = key.lstrip("+")
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}': '{key}' is not a dotted key like trainer.max_epochs")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as error:
             raise ConfigError(f"override '{item}': cannot parse value: {error}") from error
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        if not isinstance(parent, DictConfig) or (leaf not in parent and not allow_new):
-            options = sorted(parent.keys()) if isinstance(parent, DictConfig) else []
-            where = f"'{parent_key}'" if parent_key else "the top level"
-            hint = _closest(leaf, [str(o) for o in options])
-            raise ConfigError(
-                f"override '{item}': unknown key '{key}'. Keys at {where}: {options}"
-                + (f" (did you mean '{hint}'?)" if hint else "")
-                + ". Prefix with '+' to add a new key on purpose."
-            )
-        old = parent[leaf] if leaf in parent else None
+        exists = isinstance(parent, DictConfig) and leaf in parent
+        if not exists:
+            _check_new_key(cfg, item, key, allow_new)
+        old = parent[leaf] if exists else None
         if key not in FREE_TYPED_KEYS:
-            value = _check_override_type(key, OmegaConf.to_container(old) if isinstance(old, (DictConfig, ListConfig)) else old, value)
+            value = _check_override_type(item, key, OmegaConf.to_container(old) if isinstance(old, (DictConfig, ListConfig)) else old, value)
         with _unlocked(cfg):
             OmegaConf.update(cfg, key, value, merge=False)
     return cfg
+
+
+def _check_new_key(cfg: DictConfig, item: str, key: str, allow_new: bool) -> None:
+    """Raise unless ``key`` (absent from ``cfg``) may be added: ``allow_new`` ('+') in an open section, below
+    mappings (or absent / null sections) only. The message lists the keys of the deepest section that exists, the
+    closest one, and says where '+' works -- never advising it where it would not."""
+    parts = key.split(".")
+    node: Any = cfg
+    depth = 0  # parts[:depth] is the deepest existing section
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            break
+        if not isinstance(child, DictConfig):
+            where = ".".join(parts[:depth + 1])
+            raise ConfigError(f"override '{item}': '{where}' is a value ({child!r}), not a section with keys; "
+                              f"set it with '{where}=...'")
+        node = child
+    else:
+        depth = len(parts) - 1
+    sections = open_sections_of(cfg)
+    section = None if sections is None else _open_section(key, sections)
+    if allow_new and (sections is None or section is not None):
+        return  # the section's consumer checks the key when the run is built
+    missing = parts[depth]  # the first part of the key that does not exist
+    options = sorted(str(o) for o in node.keys())
+    where = f"'{'.'.join(parts[:depth])}'" if depth else "the top level"
+    hint = _closest(missing, options)
+    did_you_mean = f" (did you mean '{hint}'?)" if hint else ""
+    if sections is None:
+        advice = f" Prefix with '+' ('+{key}=...') to add a new key on purpose."
+    elif section is not None:  # an open section: '+' adds the key when the section's consumer takes it
+        from lightning_modules.tasks import open_section_takes
+
+        takes = open_section_takes(str(cfg.get("task")), key)[1]
+        if takes:
+            advice = (f" '{key}' is not in the config files but '{section}' takes it ({sections[section]}): write "
+                      f"'+{key}=...' to add it on purpose.")
+        elif takes is None:
+            advice = (f" '{section}' takes new keys ({sections[section]}, checked before a run folder is made): if "
+                      f"'{key}' is one, '+{key}=...' adds it.")
+        else:
+            advice = (f" '{section}' takes new keys, but only {sections[section]}: '{key}' is not one, so '+' "
+                      f"would not add it either.")
+    else:
+        advice = f" New keys ('+key=value') are taken only under {_describe_open(sections)}."
+    if allow_new:
+        raise ConfigError(f"override '{item}': cannot add '{key}': {where} has the fixed keys {options}"
+                          f"{did_you_mean}.{advice}")
+    raise ConfigError(f"override '{item}': unknown key '{key}'. Keys at {where}: {options}{did_you_mean}.{advice}")
 
 
 class _unlocked:
@@ -194,3 +278,25 @@ def check_focus_option(value: Any, name: str = "data.synthetic.focus_m") -> floa
     if not (math.isfinite(float(value)) and float(value) > 0):
         raise ConfigError(f"{expected}; got {value!r}")
     return float(value)
+
+
+def check_keyword_options(options: Any, fn: Any, key: str, exclude: Iterable[str] = (),
+                          extra: Iterable[str] = ()) -> dict[str, Any]:
+    """``options`` (config ``key``, a mapping or null) as keyword arguments of ``fn``: a ConfigError naming
+    ``<key>.<name>`` and the names ``fn`` takes (less ``exclude``, the ones the caller passes itself; plus ``extra``,
+    names the caller takes itself) for any other name, so that a misspelt option fails when the run is built rather than at the first render."""
+    import inspect
+
+    if options is None:
+        return {}
+    if not isinstance(options, (dict, DictConfig)):
+        raise ConfigError(f"{key}={options!r}: expected a mapping of keyword arguments like {{name: value}}")
+    params = inspect.signature(fn).parameters
+    allowed = sorted({n for n, p in params.items() if n not in set(exclude) and n != "self"
+                      and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} | set(extra))
+    for name in options:
+        if name not in allowed:
+            hint = _closest(str(name), allowed)
+            raise ConfigError(f"config key '{key}.{name}' is unknown: {key} takes the keyword arguments of "
+                              f"{fn.__module__}.{fn.__qualname__}: {allowed}" + (f" (did you mean '{hint}'?)" if hint else ""))
+    return dict(options)

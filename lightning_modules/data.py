@@ -235,6 +235,19 @@ class SyntheticStackDataset(Dataset):
 _SPLIT_CACHE: dict[str, SyntheticSplit] = {}
 
 
+def check_synthetic_options(scene_options: Any, render_options: Any, key: str) -> None:
+    """``<key>.scene_options`` (physics.scenes.make_scene's keyword arguments) and ``<key>.render_options``
+    (physics.render.render_bokeh's): a ConfigError naming an unknown option when the data config is built, not when
+    the first split renders."""
+    from lightning_modules.config import check_keyword_options
+    from physics.render import render_bokeh
+    from physics.scenes import make_scene
+
+    check_keyword_options(scene_options, make_scene, f"{key}.scene_options", exclude=("seed", "height", "width"))
+    check_keyword_options(render_options, render_bokeh, f"{key}.render_options",
+                          exclude=("image", "depth_m", "K_px_m", "focus_m", "return_radius"))
+
+
 class SyntheticStackDataModule(L.LightningDataModule):
     """Synthetic RGB-D scenes (physics.scenes) with bokeh stacks (physics.stacks), rendered once and cached.
 
@@ -275,6 +288,7 @@ class SyntheticStackDataModule(L.LightningDataModule):
         if any(float(k) <= 0 for k in K_px_m):
             raise DataError(f"data.synthetic.K_px_m must be positive (px*m), got {list(K_px_m)}")
         focus_m = check_focus_option(focus_m, "data.synthetic.focus_m")
+        check_synthetic_options(scene_options, render_options, "data.synthetic")
         counts = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
         for key, value in counts.items():
             if not 0 <= value < 1_000_000:
@@ -683,7 +697,8 @@ def build_datamodule(data_cfg: Mapping[str, Any]) -> L.LightningDataModule:
           manifest: {train, val, test (paths or null), crop, resize, hflip, depth_scale, min_depth_m, max_depth_m}
           aperture_pairs: {...}      # keyword arguments of AperturePairsDataset (root, ...); used for every split
 
-    Sections of other kinds are ignored, so configs of several kinds can be merged and switched with ``data.kind``.
+    Sections of other kinds are not used (their keys are checked), so configs of several kinds can be merged and
+    switched with ``data.kind``.
     """
     from omegaconf import DictConfig, OmegaConf
 
@@ -697,6 +712,14 @@ def build_datamodule(data_cfg: Mapping[str, Any]) -> L.LightningDataModule:
         if loader.get(key) is not None:
             check_number(loader[key], f"data.{key}", low, integer=True,
                          expected=f"an integer >= {low}" + (" or null (= batch_size)" if key == "eval_batch_size" else ""))
+    from lightning_modules.config import check_keyword_options
+
+    # the keys of every kind's section (present ones), so that a misspelt key fails even in a section not used now
+    check_keyword_options(cfg.get("synthetic"), SyntheticStackDataModule.__init__, "data.synthetic",
+                          exclude=("batch_size", "eval_batch_size", "num_workers"))
+    check_keyword_options(cfg.get("manifest"), ManifestDataset.__init__, "data.manifest",
+                          exclude=("manifest", "random_crop"), extra=("train", "val", "test"))
+    check_keyword_options(cfg.get("aperture_pairs"), AperturePairsDataset.__init__, "data.aperture_pairs")
     section = dict(cfg.get(kind) or {})
     if kind == "synthetic":
         return SyntheticStackDataModule(**section, **loader)

@@ -85,24 +85,41 @@ def _compact_keys() -> set[str]:
     return set(inspect.signature(CompactBokehUNet).parameters) - {"k_scale"}
 
 
+#: UNet2DConditionModel arguments CompactBokehUNet sets itself (``model.compact.unet`` may hold the others).
+UNET_SET_BY_COMPACT = ("in_channels", "out_channels")
+
+#: The keys ``model.flux`` may hold (:func:`load_flux_backbone` and the adapter).
+FLUX_KEYS = ("pretrained_dir", "dtype", "guidance_scale", "tiny", "adapter")
+
+
 def build_generator(model_cfg: Mapping[str, Any], k_range: KRange, resolution: int | None):
     """Generator from ``cfg.model``: kind compact (embedded default) or flux (adapter on FLUX.1-Kontext)."""
+    from diffusers import UNet2DConditionModel
+
+    from lightning_modules.config import check_keyword_options
+
     model_cfg = dict(model_cfg)
     kind = model_cfg.get("kind", "compact")
     k_scale = float(model_cfg.get("k_scale", 4.0))
+    # the keys of both backbones' sections, whichever is used (a misspelt key fails in either)
+    compact = dict(model_cfg.get("compact") or {})
+    allowed = _compact_keys()
+    unknown = sorted(set(compact) - allowed)
+    if unknown:
+        raise ConfigError(f"model.compact has unknown keys {unknown}; expected some of {sorted(allowed)}")
+    check_keyword_options(compact.get("unet"), UNet2DConditionModel.__init__, "model.compact.unet",
+                          exclude=UNET_SET_BY_COMPACT)
+    flux = dict(model_cfg.get("flux") or {})
+    unknown = sorted(set(flux) - set(FLUX_KEYS))
+    if unknown:
+        raise ConfigError(f"model.flux has unknown keys {unknown}; expected some of {list(FLUX_KEYS)}")
     if kind == "compact":
-        compact = dict(model_cfg.get("compact") or {})
-        allowed = _compact_keys()
-        unknown = sorted(set(compact) - allowed)
-        if unknown:
-            raise ConfigError(f"model.compact has unknown keys {unknown}; expected some of {sorted(allowed)}")
         try:
             net = build_compact(dict(compact, k_scale=k_scale))
         except ValueError as error:
             raise ConfigError(str(error)) from None
         return CompactBokehGenerator(net, k_range, resolution=resolution)
     if kind == "flux":
-        flux = dict(model_cfg.get("flux") or {})
         adapter_cfg = dict(flux.get("adapter") or {})
         transformer, vae, scheduler = load_flux_backbone(flux)
         adapter = install_k_adapter(transformer, k_scale=k_scale, **adapter_cfg)
@@ -452,6 +469,7 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
             raise ConfigError(f"stage1 config needs a '{key}' section")
     # checked here, before a run folder exists, not when the loaders or the optimiser are first made
     check_number(container["optim"]["lr"], "optim.lr", 0.0, exclusive=True)
+    k_range_config(container["k"])
     data = container["data"]
     check_number(data["batch_size"], "data.batch_size", 1, integer=True)
     check_number(data.get("eval_batch_size") or data["batch_size"], "data.eval_batch_size", 1, integer=True)
@@ -460,6 +478,13 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
     check_number(data["width"], "data.width", 8, integer=True)
     if data.get("kind", "synthetic") == "synthetic":
         check_number((data.get("synthetic") or {}).get("num_train", 0), "data.synthetic.num_train", 1, integer=True)
+    from lightning_modules.config import check_keyword_options
+    from lightning_modules.data import check_synthetic_options
+    from physics.render import render_bokeh
+
+    check_keyword_options(container.get("render_options"), render_bokeh, "render_options",
+                          exclude=("image", "depth_m", "K_px_m", "focus_m", "return_radius"))
+    check_synthetic_options((data.get("synthetic") or {}).get("scene_options"), None, "data.synthetic")
     check_number(container["train"].get("p_null_k", 0.1), "train.p_null_k", 0.0, maximum=1.0,
                  expected="a probability in [0, 1]")
     ema_decay(container)
@@ -483,9 +508,28 @@ def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"calibration section: {error}") from None
     module = Stage1Module(container)
+    multiple = int(module.generator.size_multiple)
+    for key in ("height", "width"):  # the network would refuse the first batch, after the run folder exists
+        if int(data[key]) % multiple:
+            raise ConfigError(f"data.{key}={data[key]}: expected a multiple of {multiple} (the {type(module.generator).__name__}'s "
+                              f"down-sampling factor), e.g. {max(multiple, int(data[key]) // multiple * multiple)}")
     datamodule = Stage1DataModule(container["data"], (float(container["k"]["min"]), float(container["k"]["max"])),
                                   container.get("render_options") or {})
     return module, datamodule
+
+
+def k_range_config(k: Mapping[str, Any]) -> KRange:
+    """``cfg.k`` as a KRange: k.min >= 0, k.max > k.min (finite, px*m at data.width), k.policy clamp | error;
+    a ConfigError naming the key otherwise."""
+    k_min = check_number(k.get("min"), "k.min", 0.0, expected="a finite strength >= 0 (px*m at data.width)")
+    k_max = check_number(k.get("max"), "k.max", 0.0, exclusive=True, expected="a finite strength > 0 (px*m at data.width)")
+    if not k_min < k_max:
+        raise ConfigError(f"k.min={k_min!r}, k.max={k_max!r}: expected k.min < k.max (the trained range of K, px*m)")
+    policy = k.get("policy", "clamp")
+    if policy not in ("clamp", "error"):
+        raise ConfigError(f"k.policy={policy!r}: expected 'clamp' (clamp K outside [k.min, k.max] with a warning) "
+                          "or 'error' (refuse it)")
+    return KRange(float(k_min), float(k_max), str(policy))
 
 
 def ema_decay(cfg: Mapping[str, Any]) -> float | None:
@@ -509,10 +553,14 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
 
     from bokeh.io import write_json
     from lightning_modules.callbacks import TrainableEMA, TrainingRate, ValidationTime
-    from lightning_modules.tasks import check_trainer_config, find_last_checkpoint
+    from lightning_modules.tasks import check_epoch_settings, check_trainer_settings, find_last_checkpoint
 
-    trainer_cfg = check_trainer_config(cfg.trainer)
+    # everything that can be checked from the config is checked before the run folder exists: the trainer settings as
+    # Lightning resolves them, the model (built), the data settings and the manifests a fit reads
+    trainer_cfg = check_trainer_settings(cfg.trainer)
     module, datamodule = build(cfg)
+    datamodule.check()
+    check_epoch_settings(trainer_cfg, datamodule)
     run_dir = Path(prepare_run_dir())
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-step{step}", monitor="val/psnr",
                                  mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False)

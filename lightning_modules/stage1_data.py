@@ -257,6 +257,25 @@ class Stage1DataModule(L.LightningDataModule):
         self.rgbd_focus_m = check_focus_option((self.cfg.get("rgbd") or {}).get("focus_m"), "data.rgbd.focus_m")
         self.splits: dict[str, Dataset] = {}
 
+    def check(self) -> None:
+        """What a fit reads, checked before it starts (a ConfigError naming the key): a manifest kind needs
+        ``data.manifest.train``, and every manifest given must exist and hold valid rows. Synthetic data passes (its
+        settings are checked when the module is built)."""
+        if self.kind == "synthetic":
+            return
+        manifests = self.cfg.get("manifest") or {}
+        if not manifests.get("train"):
+            raise ConfigError(f"data.manifest.train is required for data.kind={self.kind} (expected a JSONL manifest "
+                              f"path, e.g. data.manifest.train=/data/train.jsonl)")
+        h, w = int(self.cfg["height"]), int(self.cfg["width"])
+        for split in ("train", "val", "test"):
+            path = manifests.get(split)
+            if path:
+                try:
+                    RGBDManifest(path, h, w, self.rgbd_focus_m) if self.kind == "rgbd_manifest" else PairManifest(path, h, w)
+                except (OSError, ValueError) as error:
+                    raise ConfigError(f"data.manifest.{split}={path}: {error}") from None
+
     def setup(self, stage: str | None = None) -> None:
         c = self.cfg
         h, w = int(c["height"]), int(c["width"])

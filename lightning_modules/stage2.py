@@ -240,8 +240,24 @@ def build(cfg: DictConfig) -> tuple[Stage2Module, L.LightningDataModule]:
                  expected="a value in [0, 1] (SILog's variance weight)")
     kind = cfg.data.get("kind", "synthetic")
     datamodule = config_call(build_datamodule, cfg.data, f"data.{kind}")
+    check_pretrained_path(cfg.get("model"))
     module = config_call(Stage2Module, cfg, "model")
     return module, datamodule
+
+
+def check_pretrained_path(model_cfg: Any) -> None:
+    """``model.pretrained_path``: null (weights built from config) or a local Hugging Face model folder holding
+    config.json (nothing is downloaded); a ConfigError naming the key otherwise, before the model is built."""
+    path = (model_cfg or {}).get("pretrained_path") if hasattr(model_cfg or {}, "get") else None
+    if not path:
+        return
+    folder = Path(str(path)).expanduser()
+    if not (folder / "config.json").is_file():
+        found = ("no such folder" if not folder.exists() else "not a folder" if not folder.is_dir()
+                 else "a folder without config.json")
+        raise ConfigError(f"model.pretrained_path={str(path)!r} is {found}; expected null or a local Hugging Face "
+                          "model folder with config.json and the weights (e.g. a downloaded "
+                          "Depth-Anything-V2-Small-hf); nothing is downloaded")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,18 +349,23 @@ def run(cfg: DictConfig, prepare_run_dir: Any, *, resume: bool = False, ckpt_pat
     from bokeh.io import write_json, write_text
 
     from lightning_modules.data import SyntheticStackDataModule
-    from lightning_modules.tasks import check_trainer_config, find_last_checkpoint, fit_and_test
+    from lightning_modules.tasks import (check_epoch_settings, check_fit_splits, check_trainer_settings,
+                                         find_last_checkpoint, fit_and_test)
 
     seed = int(cfg.get("seed", 0))
     variants = variant_configs(cfg)
     built = {}
     for name, vcfg in variants.items():
-        check_trainer_config(vcfg.trainer)
+        # everything that can be checked from the config is checked here, before the run folder exists: the trainer
+        # settings as Lightning resolves them, the model (built), the data and the splits a fit + test needs
+        trainer_cfg = check_trainer_settings(vcfg.trainer)
         L.seed_everything(seed, workers=True, verbose=False)
         built[name] = build(vcfg)
         datamodule = built[name][1]
         if isinstance(datamodule, SyntheticStackDataModule) and datamodule.counts["train"] == 0:
             raise ConfigError("data.synthetic.num_train=0: a fit needs at least one training scene")
+        check_fit_splits(datamodule, trainer_cfg, str(vcfg.data.get("kind", "synthetic")))
+        check_epoch_settings(trainer_cfg, datamodule)
     parallel = parallel_variants(cfg, len(variants))  # a bad value is a config error: raised before the run dir exists
     run_dir = prepare_run_dir()
     multi = len(variants) > 1

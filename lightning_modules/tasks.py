@@ -25,6 +25,100 @@ TASKS: dict[str, str] = {
     "stage2": "lightning_modules.stage2",
 }
 
+#: Per task, the config sections that take keys the config files need not list (``+section.key=value`` adds one),
+#: and what they accept: each is handed to a consumer that checks its keys when the run is built, before a run folder
+#: exists (lightning_modules.config.apply_overrides). Every other section has the fixed keys of the task's configs.
+OPEN_SECTIONS: dict[str, dict[str, str]] = {
+    "stage1": {
+        "trainer": "lightning.Trainer arguments",
+        "model.compact": "CompactBokehUNet arguments; under unet, UNet2DConditionModel's",
+        "model.flux": "pretrained_dir, dtype, guidance_scale, tiny, adapter",
+        "render_options": "physics.render.render_bokeh keyword arguments",
+        "data.synthetic.scene_options": "physics.scenes.make_scene keyword arguments",
+    },
+    "stage2": {
+        "trainer": "lightning.Trainer arguments",
+        "model": "bokeh.depth.build_depth_model keys",
+        "data.synthetic": "SyntheticStackDataModule arguments",
+        "data.manifest": "ManifestDataset arguments and train/val/test",
+        "data.aperture_pairs": "AperturePairsDataset arguments",
+    },
+}
+
+
+def _names(fn: Callable[..., Any], exclude: tuple[str, ...] = (), **below: Any) -> dict[str, Any]:
+    """The keyword names ``fn`` takes (less ``exclude``) as a schema: {name: None}, ``below`` giving the schema of
+    some of them (None: not known below)."""
+    params = inspect.signature(fn).parameters
+    names = {n: None for n, p in params.items() if n not in exclude and n != "self"
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names.update(below)
+    return names
+
+
+def _open_section_schema(task: str, section: str) -> Any:
+    """What the consumer of an open section takes: a nested mapping of names (a value None = not known below;
+    a non-mapping value = a plain setting with nothing below), or None when it is not known."""
+    from physics.render import render_bokeh
+    from physics.scenes import make_scene
+
+    render = _names(render_bokeh, ("image", "depth_m", "K_px_m", "focus_m", "return_radius"))
+    scene = _names(make_scene, ("seed", "height", "width"))
+    if section == "trainer":
+        return _names(L.Trainer.__init__, ("logger", "callbacks", "default_root_dir"))
+    if section == "render_options":
+        return render
+    if section == "data.synthetic.scene_options":
+        return scene
+    if (task, section) == ("stage1", "model.compact"):
+        from diffusers import UNet2DConditionModel
+
+        from bokeh.generation import CompactBokehUNet
+        from lightning_modules.stage1 import UNET_SET_BY_COMPACT
+
+        return _names(CompactBokehUNet, ("k_scale",), unet=_names(UNet2DConditionModel.__init__, UNET_SET_BY_COMPACT))
+    if (task, section) == ("stage1", "model.flux"):
+        return {"pretrained_dir": 0, "dtype": 0, "guidance_scale": 0, "tiny": None, "adapter": None}
+    if (task, section) == ("stage2", "model"):
+        from bokeh.depth.model import DEFAULT_CONFIG
+
+        def plain(tree: Mapping[str, Any]) -> dict[str, Any]:  # build_depth_model checks its keys at every level
+            return {k: plain(v) if isinstance(v, Mapping) else 0 for k, v in tree.items()}
+
+        return dict(plain(DEFAULT_CONFIG), arch={"backbone": None, "decoder": None})  # transformers fields below
+    if (task, section) == ("stage2", "data.synthetic"):
+        from lightning_modules.data import SyntheticStackDataModule
+
+        return _names(SyntheticStackDataModule.__init__, ("batch_size", "eval_batch_size", "num_workers"),
+                      scene_options=scene, render_options=render)
+    if (task, section) == ("stage2", "data.manifest"):
+        from lightning_modules.data import ManifestDataset
+
+        return _names(ManifestDataset.__init__, ("manifest", "random_crop"), train=0, val=0, test=0)
+    if (task, section) == ("stage2", "data.aperture_pairs"):
+        from lightning_modules.data import AperturePairsDataset
+
+        return _names(AperturePairsDataset.__init__)
+    return None
+
+
+def open_section_takes(task: str, key: str) -> tuple[str | None, bool | None]:
+    """(the open section of ``task`` that dotted ``key`` lies below, or None; whether that section's consumer takes
+    ``key``: True, False, or None when it cannot be told from here)."""
+    sections = OPEN_SECTIONS.get(task) or {}
+    hits = [s for s in sections if key.startswith(s + ".")]
+    if not hits:
+        return None, None
+    section = max(hits, key=len)
+    node = _open_section_schema(task, section)
+    for part in key[len(section) + 1:].split("."):
+        if node is None:
+            return section, None
+        if not isinstance(node, Mapping) or part not in node:
+            return section, False
+        node = node[part]
+    return section, True
+
 
 def get_task(name: str) -> ModuleType:
     """The module implementing task ``name`` (ConfigError naming the known tasks otherwise)."""
@@ -40,17 +134,21 @@ def config_call(fn: Callable[..., Any], cfg: Any, prefix: str) -> Any:
 
     Recognised unknown keys: ``TypeError: ... unexpected keyword argument 'x'`` (a section passed as **kwargs) and
     ``ValueError: unknown ... key 'x'`` (builders that check their own keys, e.g. bokeh.depth.build_depth_model).
+    A missing file or folder the section names (FileNotFoundError, e.g. a model's ``pretrained_path``) is a ConfigError
+    ``<prefix>: <message>`` too; a ConfigError or DataError raised inside passes unchanged (it names its key).
     """
     from lightning_modules.data import DataError
 
     try:
         return fn(cfg)
-    except (TypeError, ValueError) as error:
+    except (ConfigError, DataError):
+        raise
+    except (TypeError, ValueError, FileNotFoundError) as error:
         text = str(error)
         match = re.search(r"unexpected keyword argument '([\w.]+)'", text) or re.search(r"unknown [\w -]*key '([\w.]+)'", text)
-        if match:
+        if match and not isinstance(error, FileNotFoundError):
             raise ConfigError(f"config key '{prefix}.{match.group(1)}' is unknown ({text})") from error
-        if isinstance(error, ValueError) and not isinstance(error, (ConfigError, DataError)):
+        if isinstance(error, (ValueError, FileNotFoundError)):
             raise ConfigError(f"{prefix}: {text}") from error
         raise
 
@@ -119,6 +217,126 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None and not accepts(value):
             raise ConfigError(f"trainer.{key}={value!r}: expected {expected}")
     return trainer_cfg
+
+
+def check_trainer_settings(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`check_trainer_config`, then the settings as ``lightning.Trainer`` itself resolves them (accelerator,
+    strategy, precision, devices, num_nodes, plugins, ...): a throwaway Trainer (no logger, no checkpoints, its root in
+    a temporary folder, its log lines and warnings silenced) is built, and what it refuses becomes a ConfigError
+    naming the key, the value given and Lightning's words on what it accepts. Cheap (no process, no data); called
+    before a run folder exists. Returns the checked dict."""
+    import logging
+    import tempfile
+    import warnings
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    trainer_cfg = check_trainer_config(trainer_cfg)
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="bokehdepth_trainer_check_") as tmp:
+            warnings.simplefilter("ignore")
+            kwargs = {**trainer_cfg, "logger": False, "default_root_dir": tmp}
+            kwargs.setdefault("enable_checkpointing", False)
+            L.Trainer(**kwargs)
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as error:
+        raise ConfigError(_trainer_refusal(trainer_cfg, error)) from None
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    return trainer_cfg
+
+
+def _trainer_refusal(trainer_cfg: Mapping[str, Any], error: BaseException) -> str:
+    """One line: the trainer key Lightning's message names first (its name, singular or with spaces, else its value,
+    e.g. 'gpu' in "No supported gpu backend found"), that key's value, and the message."""
+    text = " ".join(str(error).split())
+
+    def first_mention(words: list[str]) -> dict[str, int]:
+        found = {}
+        for key, word in words:
+            match = re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", text, re.IGNORECASE)
+            if match and match.start() < found.get(key, len(text)):
+                found[key] = match.start()
+        return found
+
+    names = [(k, w) for k in trainer_cfg for w in {str(k), str(k).rstrip("s"), str(k).replace("_", " ")}]
+    named = first_mention(names) or first_mention(
+        [(k, v) for k, v in trainer_cfg.items() if isinstance(v, str) and len(v) >= 3 and v not in ("auto", "true")])
+    if named:
+        key = min(named, key=named.get)
+        return f"trainer.{key}={trainer_cfg[key]!r} is refused by lightning.Trainer: {text}"
+    given = ", ".join(f"{k}={v!r}" for k, v in trainer_cfg.items()
+                      if k in ("accelerator", "strategy", "precision", "devices", "num_nodes", "plugins"))
+    return f"trainer ({given}) is refused by lightning.Trainer: {text}"
+
+
+def check_fit_splits(datamodule: L.LightningDataModule, trainer_cfg: Mapping[str, Any], kind: str) -> None:
+    """A fit followed by a test needs a train split, a val split (unless ``trainer.limit_val_batches`` is 0) and a
+    test split (unless ``trainer.limit_test_batches`` is 0): a file-backed data config (``data.<kind>`` with train /
+    val / test paths) lacking one is a ConfigError naming ``data.<kind>.<split>``, raised before anything trains
+    (the loader would only fail when Lightning first asks for that split, e.g. after the whole fit for test)."""
+    from lightning_modules.data import FileDataModule
+
+    if not isinstance(datamodule, FileDataModule):
+        return
+    datasets = datamodule.datasets
+    uses = {"train": "trains on it", "val": "validates on it during the fit (checkpoint.monitor)",
+            "test": "tests on it after the fit"}
+    for split, limit in (("train", None), ("val", trainer_cfg.get("limit_val_batches")),
+                         ("test", trainer_cfg.get("limit_test_batches"))):
+        if split not in datasets and not (limit is not None and limit == 0):
+            skip = "" if split == "train" else f", or set trainer.limit_{split}_batches=0 to skip it"
+            raise ConfigError(f"data.{kind}.{split} is not set: tools/fit.py {uses[split]}, so it needs a {split} "
+                              f"split (expected a path, e.g. data.{kind}.{split}=/path/{split}.jsonl{skip})")
+
+
+def train_batches_per_epoch(datamodule: L.LightningDataModule) -> int | None:
+    """The training batches of one epoch (one process), from the data settings alone (no rendering, no loading);
+    None where that is not known before the data is set up."""
+    import math
+
+    from lightning_modules.data import FileDataModule, SyntheticStackDataModule
+    from lightning_modules.stage1_data import Stage1DataModule
+
+    if isinstance(datamodule, SyntheticStackDataModule):
+        n, batch, drop_last = datamodule.counts["train"], datamodule.batch_size, True
+    elif isinstance(datamodule, FileDataModule) and "train" in datamodule.datasets:
+        n, batch, drop_last = len(datamodule.datasets["train"]), datamodule.batch_size, False
+    elif isinstance(datamodule, Stage1DataModule) and datamodule.kind == "synthetic":
+        n, batch, drop_last = int(datamodule.cfg["synthetic"]["num_train"]), int(datamodule.cfg["batch_size"]), True
+    else:
+        return None
+    return n // batch if drop_last and n >= batch else math.ceil(n / batch)  # the loaders' drop_last rule
+
+
+def check_epoch_settings(trainer_cfg: Mapping[str, Any], datamodule: L.LightningDataModule) -> None:
+    """The trainer settings Lightning checks only when the fit starts, against the training batches of an epoch: a
+    ``limit_train_batches`` fraction that leaves no batch (Lightning's own parser) and an integer
+    ``val_check_interval`` larger than the epoch (unless ``check_val_every_n_epoch`` is null). A ConfigError naming
+    the key, before the run folder exists."""
+    n = train_batches_per_epoch(datamodule)
+    if n is None or n == 0 or trainer_cfg.get("fast_dev_run"):
+        return
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+    from lightning.pytorch.trainer.states import RunningStage
+
+    limit = trainer_cfg.get("limit_train_batches")
+    try:
+        batches = _parse_num_batches(RunningStage.TRAINING, n, 1.0 if limit is None else limit)
+    except MisconfigurationException as error:
+        raise ConfigError(f"trainer.limit_train_batches={limit!r} is refused by lightning.Trainer: "
+                          f"{' '.join(str(error).split())}") from None
+    interval = trainer_cfg.get("val_check_interval")
+    every_n_epoch = trainer_cfg.get("check_val_every_n_epoch", 1)
+    if _is_int(interval) and every_n_epoch is not None and interval > batches:
+        raise ConfigError(f"trainer.val_check_interval={interval}: expected at most the {batches} training batches of "
+                          f"an epoch (an int counts batches within an epoch); use a fraction in (0, 1], or set "
+                          f"trainer.check_val_every_n_epoch=null to count steps across epochs")
 
 
 def checkpoint_config(cfg: Mapping[str, Any]) -> dict[str, str]:

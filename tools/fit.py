@@ -9,6 +9,11 @@
   ``ckpt_path=/path/x.ckpt`` starts from that checkpoint.
 - Multi-GPU / multi-node: ``--config trainer/ddp_gpu.yaml trainer.devices=8 trainer.num_nodes=4``, launched by
   torchrun or srun (see configs/trainer/ddp_gpu.yaml).
+- Before the run folder is made, the task checks everything the config decides: the trainer settings as Lightning
+  resolves them, the model (built from config; local weight paths must exist), the data and the splits a fit + test
+  reads. A bad setting ends as one line ``config error: ...`` (or ``data error: ...``) and exit status 2.
+- The closing line gives the wall time from the process start (imports included) when run as a script, from the
+  ``main()`` call when called in-process; ``summary.json`` records it with what it measures.
 """
 
 from __future__ import annotations
@@ -72,9 +77,23 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, bool]:
     return run_dir, False
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Load configs, build, create the run dir, fit + test. Returns the task's results."""
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (Linux /proc), or None where that cannot be read."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        started = float(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def main(argv: list[str] | None = None, *, from_process_start: bool = False) -> dict:
+    """Load configs, build, create the run dir, fit + test. Returns the task's results (with ``wall_s``).
+
+    ``from_process_start`` (the script): the wall time counts from the process start, so it includes the start-up
+    (Python, torch and Lightning imports); otherwise from this call."""
     start = time.perf_counter()
+    startup_s = seconds_since_process_start() if from_process_start else None
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     for key in ("task",):
@@ -90,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         what = "is a folder, not a checkpoint file" if Path(explicit_ckpt).is_dir() else "no such checkpoint file"
         raise ConfigError(f"ckpt_path={explicit_ckpt}: {what} (expected a .ckpt file, 'last' to resume the newest "
                           "run, or null)")
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    seed = int(cfg.get("seed", 0))
+    L.seed_everything(seed, workers=True, verbose=False)  # reported with the run dir: a config error stays one line
     if cfg.get("threads") is not None:
         check_number(cfg.threads, "threads", 0, integer=True)  # 0 / null: torch's default
     if cfg.get("threads"):  # intra-op threads; 1 is much faster than 2 on a machine already busy with other jobs
@@ -104,25 +124,33 @@ def main(argv: list[str] | None = None) -> dict:
             raise ConfigError(f"run.dir={run_dir} exists and is not empty; pick another, set run.overwrite=true, or resume with ckpt_path=last")
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / ("config.yaml" if not resume else "config_resume.yaml"))
-        print(f"run dir: {run_dir}" + (" (resuming)" if resume else ""))
+        print(f"run dir: {run_dir} (seed {seed})" + (" (resuming)" if resume else ""))
         return run_dir
 
     if hasattr(task, "run"):
         results = task.run(cfg, prepare_run_dir, resume=resume, ckpt_path=explicit_ckpt)
     else:  # a task with build() only: one fit + test
-        from lightning_modules.tasks import check_trainer_config, fit_and_test
+        from lightning_modules.tasks import check_trainer_settings, fit_and_test
 
-        check_trainer_config(cfg.trainer)
+        check_trainer_settings(cfg.trainer)
         built = task.build(cfg)
         results = fit_and_test(cfg, prepare_run_dir(), task.build, resume=resume, built=built, ckpt_path=explicit_ckpt)
-    wall = time.perf_counter() - start
-    print(f"total wall time: {wall:.0f} s ({wall / 60:.1f} min); run dir: {run_dir}")
+    main_s = time.perf_counter() - start
+    if startup_s is not None:
+        wall, measures = startup_s + main_s, "process start to the end of main() (start-up included)"
+        print(f"total wall time: {wall:.0f} s ({wall / 60:.1f} min) from the process start to here = start-up "
+              f"(imports) {startup_s:.0f} s + config, build, fit and test {main_s:.0f} s; run dir: {run_dir}")
+    else:
+        wall, measures = main_s, "fit.main() call: config, build, fit and test (process start-up not included)"
+        print(f"fit.main() wall time (config, build, fit and test; start-up not included): {wall:.0f} s "
+              f"({wall / 60:.1f} min); run dir: {run_dir}")
     if isinstance(results, dict):
-        results["wall_s"] = wall
+        results["wall_s"] = wall  # what it measures: summary.json's wall_measures
         if is_rank_zero and run_dir.is_dir():
             from bokeh.io import write_json
 
-            summary = {"wall_s": wall, "argv": list(argv if argv is not None else sys.argv[1:]), "torch_threads": torch.get_num_threads()}
+            summary = {"wall_s": wall, "wall_measures": measures, "startup_s": startup_s, "main_s": main_s,
+                       "argv": list(argv if argv is not None else sys.argv[1:]), "torch_threads": torch.get_num_threads()}
             if "comparison" in results:
                 summary["comparison"] = {k: results["comparison"][k] for k in ("abs_rel_ratio", "goal_met", "times")}
             write_json(run_dir / "summary.json", summary)
@@ -131,4 +159,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     with config_errors_exit():
-        main()
+        main(from_process_start=True)
