@@ -194,29 +194,42 @@ def output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 # --------------------------------------------------------------------------------------------------- readers
 
 
-def _open_image(path: Path) -> Image.Image:
+def _what(kind: str, name: str | None) -> str:
+    """How a message names the file: ``kind`` ("image", "depth"), or ``name`` (the option it came from, "--depth")
+    with the kind when they differ."""
+    if name is None:
+        return kind
+    return name if name.lstrip("-") == kind else f"{name} ({kind})"
+
+
+def _open_image(path: Path, kind: str = "image", name: str | None = None) -> Image.Image:
+    what = _what(kind, name)
     if not path.exists():
-        raise ImageReadError(f"image file not found: {path}")
+        raise ImageReadError(f"{what} file not found: {path}")
     if not path.is_file():
-        raise ImageReadError(f"image path is not a file: {path}")
+        expected = "a depth file (.npy in metres, or a PNG)" if kind == "depth" else "an image file"
+        raise ImageReadError(f"{what} {path} is a {'folder' if path.is_dir() else 'special file'}, not a file; "
+                             f"expected {expected}")
     try:
         with Image.open(path) as handle:
             handle.load()
             return handle.copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ImageReadError(f"cannot read image {path}: the file is corrupt or not an image ({error})") from error
+        raise ImageReadError(f"cannot read {_what(kind, name)} {path}: the file is corrupt or not an image ({error})"
+                             ) from error
 
 
-def read_image(path: str | Path, *, exif_orientation: bool = False) -> torch.Tensor:
+def read_image(path: str | Path, *, exif_orientation: bool = False, name: str | None = None) -> torch.Tensor:
     """Read an image as float32 sRGB in [0, 1], shape [3, H, W].
 
     Grayscale is replicated to RGB and RGBA loses its alpha (composited on nothing: alpha dropped), each with a
     warning, because every model here expects three colour channels. 16-bit images keep their precision.
     ``exif_orientation``: turn the pixels upright as the EXIF Orientation tag says (photos from phones and cameras);
     off by default, because dataset images are stored aligned with their depth maps, whatever a tag says.
+    ``name``: what messages call the file (the option it was given as, e.g. "--image"); default "image".
     """
     path = Path(path)
-    image = _open_image(path)
+    image = _open_image(path, "image", name)
     if exif_orientation:
         from PIL import ImageOps
 
@@ -235,16 +248,17 @@ def read_image(path: str | Path, *, exif_orientation: bool = False) -> torch.Ten
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
 
-def read_depth(path: str | Path, *, depth_scale: float | None = None) -> torch.Tensor:
+def read_depth(path: str | Path, *, depth_scale: float | None = None, name: str | None = None) -> torch.Tensor:
     """Read a depth map in metres, shape [1, H, W]; 0 marks invalid pixels.
 
     ``.npy`` files hold metres (NaN/inf become 0). Integer PNGs are divided by ``depth_scale`` (units per metre:
     1000 for millimetre PNGs such as NYUv2, 256 for KITTI); a 16-bit PNG without ``depth_scale`` is an error,
     because guessing the unit silently would make every metric wrong.
+    ``name``: what messages call the file (the option it was given as, e.g. "--depth"); default "depth".
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"depth file not found: {path}")
+    if not path.exists() or not path.is_file():  # a folder: named as the depth, not as an image
+        _open_image(path, "depth", name)
     if path.suffix.lower() == ".npy":
         try:
             array = np.load(path)
@@ -258,7 +272,7 @@ def read_depth(path: str | Path, *, depth_scale: float | None = None) -> torch.T
             raise ImageReadError(f"depth {path} must be a 2-D [H, W] array of metres, got shape {array.shape}")
         array = np.where(np.isfinite(array), array, 0.0)
     else:
-        image = _open_image(path)
+        image = _open_image(path, "depth", name)
         array = np.asarray(image).astype(np.float32)
         if array.ndim != 2:
             raise ImageReadError(f"depth image {path} must be single-channel, got shape {array.shape}")
@@ -289,7 +303,7 @@ def read_depth_for_image(path: str | Path, image_hw: Sequence[int], *, image_nam
     depth_hw, image_hw = tuple(depth.shape[-2:]), tuple(int(v) for v in image_hw)
     if depth_hw != image_hw:
         raise ValueError(f"depth {path} is {depth_hw[0]}x{depth_hw[1]} (HxW) but {image_name} is "
-                         f"{image_hw[0]}x{image_hw[1]}; expected the same size")
+                         f"{image_hw[0]}x{image_hw[1]} (HxW); expected the same size")
     invalid = int((depth <= 0).sum())
     if invalid == depth.numel():
         raise ValueError(f"depth {path} has no valid pixel (all {invalid} are 0, NaN or inf); expected metres > 0")
@@ -386,8 +400,10 @@ def colorize_depth_with_legend(
 
     The bar runs from ``lo`` (top) to ``hi`` (bottom) on the map's own scale (inverse depth by default, so equal
     steps in 1/depth are equal heights). Tick values are rounded to two significant digits and drawn at the rows
-    whose bar colour is the map's colour for exactly that value. Hand-written: matplotlib's colorbar needs a figure
-    and would resample the map; this keeps the map's pixels as they are.
+    whose bar colour is the map's colour for exactly that value; both ends are always labelled (rounded inwards with
+    up to five digits for a near-constant map, else at their own value; a constant map shows its one value).
+    Hand-written: matplotlib's colorbar needs a figure and would resample the map; this keeps the map's pixels as
+    they are.
     """
     from matplotlib import colormaps
 
@@ -406,26 +422,41 @@ def colorize_depth_with_legend(
     def value_at(fraction: float) -> float:
         return 1.0 / (1.0 / lo + (1.0 / hi - 1.0 / lo) * fraction) if inverse else lo + (hi - lo) * fraction
 
-    strip, label_w, gap = max(8, h // 24), 52, 4
+    n_ticks = int(min(6, max(2, h // 28)))
+    # evenly spaced on the bar, then rounded to two significant digits; the two ends inwards, with more digits (up to
+    # 5) while two would leave the range or land far inside it (a near-constant map), else at their exact value: both
+    # ends are always labelled (a constant map: its one value, once). Each label sits at the row whose colour is its
+    # value's.
+    ticks: dict[str, float] = {}  # label text -> value
+    for k in (0, n_ticks - 1, *range(1, n_ticks - 1)):
+        value = value_at(k / (n_ticks - 1))
+        if 0 < k < n_ticks - 1:
+            tick = _round_sig(value, 2)
+            if lo <= tick <= hi and f"{tick:g}" not in ticks:
+                ticks[f"{tick:g}"] = tick
+            continue
+        candidates = [tick for digits in (2, 3, 4, 5) if lo <= (tick := _round_sig(value, digits, "up" if k == 0 else
+                                                                                    "down")) <= hi]
+        candidates = [tick for tick in candidates if f"{tick:g}" not in ticks]
+        near_end = [tick for tick in candidates if abs(fraction_down(tick) - fraction_down(value)) <= 0.2]
+        if near_end or candidates:
+            tick = (near_end or candidates)[0]
+            ticks[f"{tick:g}"] = tick
+        else:  # no rounded value inside the range: the end's own value, to 4 digits
+            ticks.setdefault(f"{value:.4g}", lo if k == 0 else hi)
+    strip, gap = max(8, h // 24), 4
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([52] + [measure.textbbox((0, 0), f"{text} {unit}")[2] + 7 for text in ticks])
     bar = np.full((h, gap + strip + label_w, 3), 255, np.uint8)
     fractions = np.arange(h, dtype=np.float64) / (h - 1)
     t_rows = 1.0 - fractions if inverse else fractions
     bar[:, gap : gap + strip] = (colormaps[cmap](t_rows)[:, :3] * 255 + 0.5).astype(np.uint8)[:, None]
     picture_bar = Image.fromarray(bar)
     draw = ImageDraw.Draw(picture_bar)
-    n_ticks = int(min(6, max(2, h // 28)))
-    seen: set[float] = set()
-    for k in range(n_ticks):
-        # evenly spaced on the bar, then rounded (the end ticks inwards, so both ends are labelled); each label sits
-        # at the row whose colour is its rounded value's
-        direction = "up" if k == 0 else "down" if k == n_ticks - 1 else "nearest"
-        tick = _round_sig(value_at(k / (n_ticks - 1)), direction=direction)
-        if tick in seen or not lo <= tick <= hi:
-            continue
-        seen.add(tick)
+    for label, tick in ticks.items():
         row = int(round(fraction_down(tick) * (h - 1)))
         draw.line([(gap + strip, row), (gap + strip + 3, row)], fill=(0, 0, 0))
-        text = f"{tick:g} {unit}"
+        text = f"{label} {unit}"
         box = draw.textbbox((0, 0), text)
         y = min(max(row - (box[3] - box[1]) // 2 - 1, 0), h - (box[3] - box[1]) - 2)
         draw.text((gap + strip + 5, y), text, fill=(0, 0, 0))

@@ -399,3 +399,37 @@ def test_out_that_is_a_file_is_refused_before_any_model_is_loaded(tmp_path, caps
     assert tool.cli(["--checkpoint", str(tmp_path / "never_loaded.ckpt"), "--out", str(out)]) == 2
     assert error_line(capsys) == f"error: output path {out} exists and is a file; expected a folder (or a new path)"
     assert out.read_text() == "not a folder"
+
+
+def test_an_override_outside_data_says_what_eval_takes(tmp_path, capsys, monkeypatch):
+    tool, out = load_tool("eval"), tmp_path / "out"
+    monkeypatch.setattr(tool, "load_models", lambda args: pytest.fail("models loaded before the check"))
+    assert tool.cli(["--checkpoint", str(tmp_path / "never_loaded.ckpt"), "trainer.max_epoch=1", "--out",
+                     str(out)]) == 2
+    assert error_line(capsys) == (
+        "error: override 'trainer.max_epoch=1': tools/eval.py takes key=value overrides of its data configs only: "
+        "keys under 'data.' that the config has, e.g. data.synthetic.num_test=5 or data.aperture_pairs.root=PATH; "
+        "'trainer.max_epoch' is not one (models, training and trainer settings come from the checkpoints)")
+    assert not out.exists()
+
+
+def test_an_unknown_data_key_gives_no_advice_to_add_it(tmp_path, model_yaml, capsys):
+    out = tmp_path / "out"
+    assert load_tool("eval").cli(["--base-config", str(model_yaml), "--config", "data/synthetic.yaml",
+                                  "data.synthetic.num_tset=2", "--out", str(out)]) == 2
+    line = error_line(capsys)
+    assert line.startswith("error: override 'data.synthetic.num_tset=2': unknown key 'data.synthetic.num_tset'.")
+    assert line.endswith("(did you mean 'num_test'?); tools/eval.py overrides only keys its data configs have")
+    assert "'+'" not in line and not out.exists()
+
+
+def test_a_missing_aperture_pairs_root_names_the_key_to_set(tmp_path, model_yaml, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert load_tool("eval").cli(["--base-config", str(model_yaml), "--config", "data/dfd_indoor",
+                                  "data.aperture_pairs.root=nowhere", "--out", str(out)]) == 2
+    assert error_line(capsys) == (
+        f"error: aperture-pairs index nowhere/index.csv does not exist (data.aperture_pairs.root is 'nowhere', from "
+        f"data/dfd_indoor; a relative root is relative to the current directory, {tmp_path}); pass "
+        "data.aperture_pairs.root=PATH, the folder holding the dataset's index.csv")
+    assert not out.exists()

@@ -441,3 +441,39 @@ def test_zero_steps_is_a_usage_error(infer, tmp_path: Path, capsys) -> None:
     assert stop.value.code == 2
     assert "argument --steps: expected a whole number >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- a run folder as --checkpoint, working size
+
+
+def test_checkpoint_run_folder_uses_its_bokehdepth_checkpoint(infer, tmp_path: Path, capsys) -> None:
+    """A tools/fit.py run folder given to --checkpoint: its bokehdepth/ model's checkpoint, found as eval.py does."""
+    run = tmp_path / "run"
+    ckpt = run / "bokehdepth" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    _stage2_checkpoint(ckpt)
+    photo = _photo(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert infer.main([str(photo), "--checkpoint", str(run), "--stack", "none", "--no-cloud", "--out", str(out),
+                       *FAST]) == 0
+    assert f"--checkpoint {run}: using {ckpt}" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["stage2"]["checkpoint"] == str(ckpt.resolve())
+
+
+def test_checkpoint_folder_without_a_checkpoint_is_one_error_line(infer, tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    photo = _photo(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert infer.main([str(photo), "--checkpoint", str(empty), "--stack", "none", "--no-cloud", "--out", str(out),
+                       *FAST]) == 2
+    assert _one_error_line(capsys).startswith(
+        f"error: --checkpoint {empty} is a folder without a Stage-2 checkpoint (no checkpoint in {empty / 'checkpoints'}")
+    assert not out.exists()
+
+
+def test_working_size_is_said_when_it_differs_from_the_photo(infer, tmp_path: Path, capsys) -> None:
+    photo = _photo(tmp_path / "a.png")
+    assert infer.main([str(photo), "--stack", "none", "--no-cloud", "--out", str(tmp_path / "out"), *FAST]) == 0
+    assert (f"a.png: {H}x{W} (HxW) upscaled to the working size 42x56 (--resolution 56: the long side, in multiples "
+            "of 14 px); a smaller --resolution is faster") in capsys.readouterr().out

@@ -203,3 +203,30 @@ def test_a_npy_depth_of_strings_is_named_not_numeric(tmp_path: Path) -> None:
     np.save(tmp_path / "d.npy", np.array([["1.0", "2.0"], ["3.0", "x"]]))
     with pytest.raises(ValueError, match=r"d\.npy holds <U3 values; expected numbers \(metres\)"):
         read_depth(tmp_path / "d.npy")
+
+
+def test_a_depth_path_that_is_a_folder_is_named_by_its_option(tmp_path: Path) -> None:
+    (tmp_path / "maps").mkdir()
+    with pytest.raises(ImageReadError, match=r"^--depth .*maps is a folder, not a file; expected a depth file "
+                                             r"\(\.npy in metres, or a PNG\)$"):
+        read_depth(tmp_path / "maps", name="--depth")
+
+
+def test_depth_of_another_size_labels_both_sizes_height_by_width(tmp_path: Path) -> None:
+    from bokeh.io import read_depth_for_image
+
+    np.save(tmp_path / "d.npy", np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"d\.npy is 2x3 \(HxW\) but its image is 3x2 \(HxW\); expected the same "
+                                         r"size"):
+        read_depth_for_image(tmp_path / "d.npy", (3, 2))
+
+
+def test_depth_legend_labels_both_ends_of_a_near_constant_map() -> None:
+    """2.0-2.003 m: two significant digits give 2 m at both ends; the bottom end takes more digits (2.003 m)."""
+    h, w, lo, hi = 112, 40, 2.0, 2.003
+    depth = torch.linspace(lo, hi, h).view(1, h, 1).expand(1, h, w)
+    bar = colorize_depth_with_legend(depth, vmin=lo, vmax=hi, cmap="gray")[:, w:].astype(int)
+    strip = int(np.flatnonzero(bar[h // 2, :, 0] < 255)[0])
+    right_of_strip = bar[:, strip:, 0]
+    strip_w = int(np.argmax(right_of_strip[h // 2] == 255))
+    assert [int(r) for r in np.flatnonzero(right_of_strip[:, strip_w] == 0)] == [0, h - 1]

@@ -189,3 +189,31 @@ def test_output_folder_that_cannot_be_made_is_an_error_line(lift3d, inputs, tmp_
     argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(out), "--backend", "splat"]
     assert lift3d.main(argv) == 2
     assert error_line(capsys) == f"error: cannot create output folder {out}: Permission denied"
+
+
+def test_depth_that_is_a_folder_is_named_as_the_depth(lift3d, tmp_path: Path, capsys) -> None:
+    (tmp_path / "maps").mkdir()
+    argv = ["--depth", str(tmp_path / "maps"), *CAMERA, "--out", str(tmp_path / "out"), "--backend", "splat"]
+    assert lift3d.main(argv) == 2
+    assert error_line(capsys) == (f"error: --depth {tmp_path / 'maps'} is a folder, not a file; expected a depth file "
+                                  "(.npy in metres, or a PNG)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_depth_without_a_valid_pixel_states_the_range_readably(lift3d, tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "nan.npy", np.full((H, W), np.nan, np.float32))
+    argv = ["--depth", str(tmp_path / "nan.npy"), *CAMERA, "--out", str(tmp_path / "out"), "--backend", "splat"]
+    assert lift3d.main(argv) == 2
+    assert error_line(capsys) == (f"error: --depth {tmp_path / 'nan.npy'} has no valid pixel: all {H * W} are 0, NaN "
+                                  "or inf; expected depths in metres, >= 0.001 m (--min-depth)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_depth_outside_the_kept_range_says_where_its_values_lie(lift3d, inputs, tmp_path: Path, capsys) -> None:
+    argv = ["--depth", str(inputs["pred"]), *CAMERA, "--out", str(tmp_path / "out"), "--backend", "splat",
+            "--min-depth", "5", "--max-depth", "9"]
+    assert lift3d.main(argv) == 2
+    assert error_line(capsys) == (f"error: --depth {inputs['pred']} has no pixel at 5-9 m (--min-depth, --max-depth): "
+                                  "its valid depths lie in 2.1-2.1 m; widen the range, or check the units (metres; "
+                                  "--depth-scale for a PNG)")
+    assert not (tmp_path / "out").exists()

@@ -376,3 +376,12 @@ def test_flip_average_is_an_option_of_the_tool_and_is_recorded(tmp_path, generat
     assert runs["plain"][0] is False and runs["flip"][0] is True
     # the mirrored reading changed the frames (the fixture's output layer is not mirror-symmetric)
     assert max(np.abs(a - b).max() for a, b in zip(runs["plain"][1], runs["flip"][1])) > 0
+
+
+def test_k_outside_the_trained_range_advises_the_k_policy_flag(tmp_path, generator_dir, capsys):
+    _write(tmp_path / "rgb.png", np.zeros((16, 16, 3), np.uint8))
+    out = tmp_path / "out"
+    assert make_stack.main(_args(generator_dir, tmp_path / "rgb.png", out, "--K", "50", "--k-policy", "error")) == 2
+    line = _error_line(capsys)
+    assert line.endswith("; pass --K values inside the range, or --k-policy clamp to clamp them (with a warning)")
+    assert "k_policy=" not in line and not out.exists()

@@ -166,3 +166,28 @@ def test_nan_depth_is_named_as_nan(tool, inputs, capsys):
     assert tool.main(_args(tmp, "--K", "1", "--out", str(tmp / "o"), depth="mixed.npy")) == 2
     assert "has 8 invalid pixels (5 NaN, 2 inf, 1 zero)" in capsys.readouterr().err
     assert not (tmp / "o").exists()
+
+
+def test_depth_that_is_a_folder_is_named_as_the_depth(tool, inputs, capsys):
+    tmp, _ = inputs
+    (tmp / "depth_dir").mkdir()
+    assert tool.main(_args(tmp, "--K", "1", "--out", str(tmp / "o"), depth="depth_dir")) == 2
+    assert capsys.readouterr().err == (f"error: --depth {tmp / 'depth_dir'} is a folder, not a file; expected a depth "
+                                       "file (.npy in metres, or a PNG)\n")
+    assert not (tmp / "o").exists()
+
+
+def test_lens_without_a_sensor_names_the_tool_flags(tool, inputs, capsys):
+    tmp, _ = inputs
+    assert tool.main(_args(tmp, "--f-mm", "50", "--f-number", "2", "--focus-m", "2", "--out", str(tmp / "o"))) == 2
+    assert ("error: a lens (--f-mm, --f-number) needs --sensor-width-mm, --f35-mm (35 mm-equivalent focal length) "
+            "or --fx-px to relate millimetres to pixels") in capsys.readouterr().err
+    assert not (tmp / "o").exists()
+
+
+def test_depth_of_another_size_is_named_height_by_width(tool, inputs, capsys):
+    tmp, scene = inputs
+    write_npy(tmp / "short.npy", scene.depth_m[0, :-4])
+    assert tool.main(_args(tmp, "--K", "1", "--out", str(tmp / "o"), depth="short.npy")) == 2
+    assert "error: --depth is 28x40 (HxW) but --image is 32x40 (HxW); they must have the same size" \
+        in capsys.readouterr().err

@@ -10,15 +10,19 @@ still raise the ConfigError itself.
 make_stack.py and compare_bokeh.py (bokeh.generation.guidance), a bad value being an argparse usage error;
 :func:`positive_int` (an argparse type) and :func:`check_strengths` (typed --K values) -- shared by the same two;
 :func:`run_reporting_errors` -- eval.py's and compare_bokeh.py's ``cli()``: bad input as ``error: ...``, exit 2;
-:func:`check_out_folder` / :func:`check_out_file` -- an unusable --out as a usage error before any work.
+:func:`check_out_folder` / :func:`check_out_file` -- an unusable --out as a usage error before any work;
+:func:`best_checkpoint` / :func:`run_or_checkpoint` -- the checkpoint of a tools/fit.py run folder (eval.py's model
+options, infer.py's --checkpoint / --base-checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 
@@ -85,8 +89,6 @@ def check_out_folder(parser: argparse.ArgumentParser, path: Any, overwrite: bool
 
 def check_out_file(parser: argparse.ArgumentParser, path: Any, option: str = "--out") -> None:
     """A usage error, before any work, for an output file path that is a folder or lies under a file."""
-    from pathlib import Path
-
     path = Path(path)
     if path.is_dir() or any(parent.exists() and not parent.is_dir() for parent in path.absolute().parents):
         parser.error(f"{option} {path}: expected a file path (not a folder, not under a file)")
@@ -117,3 +119,33 @@ def run_reporting_errors(main: Any, argv: list[str] | None) -> int:
         print(f"error: {stop.code}", file=sys.stderr)
         return 2
     return 0
+
+
+def best_checkpoint(run_dir: Any) -> Any:
+    """The checkpoint of a fit.py model folder (``<run>/bokehdepth``, ``<run>/base`` or a single-model run): the one
+    its result.json names as best, else the last ``checkpoints/best*.ckpt``, else ``checkpoints/last.ckpt``
+    (FileNotFoundError naming the folder when there is none). Shared by eval.py and infer.py."""
+    run_dir = Path(run_dir)
+    result = run_dir / "result.json"
+    if result.is_file():
+        best = json.loads(result.read_text()).get("best_checkpoint")
+        if best and Path(best).is_file():
+            return Path(best)
+    bests = sorted((run_dir / "checkpoints").glob("best*.ckpt"))
+    if bests:
+        return bests[-1]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} (expected best*.ckpt or last.ckpt)")
+
+
+def run_or_checkpoint(path: Any, sub: str) -> Any:
+    """A checkpoint path: a .ckpt as given; of a run folder, its ``sub``/ model's (``bokehdepth`` or ``base`` of a
+    fit.py comparison run) or its own (:func:`best_checkpoint`)."""
+    path = Path(path)
+    if path.is_dir():
+        return best_checkpoint(path / sub if (path / sub / "checkpoints").is_dir() else path)
+    if not path.exists():
+        raise FileNotFoundError(f"{'base' if sub == 'base' else 'BokehDepth'} model {path} does not exist")
+    return path

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Small-radius accuracy of the physics renderer: defocus of 0.25-3 px against a supersampled reference.
 
-    python tools/bench_subpixel.py --out runs/bench_subpixel          # ~1 min on 2 cores
+    python tools/bench_subpixel.py --out runs/bench_subpixel          # ~5-20 s on 2 cores (it prints its time)
 
 Why: a pixel image of a defocused scene is the continuous scene blurred by the disk, then integrated over each
 pixel. The renderer draws each spot as a soft-rimmed kernel (physics.aperture) whose second moment is the disk's

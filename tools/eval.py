@@ -31,20 +31,29 @@ maps/<dataset>/<row>/<sample>.png (depth colour maps) for the first --num-maps s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import _bootstrap  # noqa: F401
+from _cli import best_checkpoint as _best_checkpoint  # noqa: E402
 from _cli import check_strengths, positive_int, run_reporting_errors  # noqa: E402
+from _cli import run_or_checkpoint as _run_or_checkpoint  # noqa: E402
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.config import ConfigError, apply_overrides, load_config, resolve_config_path
+
+
+#: What eval.py does with key=value arguments (error messages say it).
+OVERRIDES_ACCEPTED = ("tools/eval.py takes key=value overrides of its data configs only: keys under 'data.' that the "
+                      "config has, e.g. data.synthetic.num_test=5 or data.aperture_pairs.root=PATH")
 
 
 class _DatasetAction(argparse.Action):
@@ -131,6 +140,11 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise ValueError(f"--size must be at least 8 8, got {args.size}")
     if args.overrides and not any(kind == "config" for kind, _ in args.datasets) and args.datasets:
         raise ConfigError(f"overrides {args.overrides} apply to data configs, but only --folder datasets are given")
+    for item in args.overrides:
+        key = item.split("=", 1)[0].strip().lstrip("+")
+        if "=" in item and key.split(".")[0] != "data":
+            raise ConfigError(f"override '{item}': {OVERRIDES_ACCEPTED}; '{key}' is not one (models, training and "
+                              "trainer settings come from the checkpoints)")
     if args.out:  # a file, or a non-empty folder without --overwrite (the default --out is checked once named)
         check_output_dir(args.out, args.overwrite)
 
@@ -143,23 +157,6 @@ def _split_label(text: str, default: str) -> tuple[str, str]:
         label, path = text.split("=", 1)
         return label, path
     return default, text
-
-
-def _best_checkpoint(run_dir: Path) -> Path:
-    import json
-
-    result = run_dir / "result.json"
-    if result.is_file():
-        best = json.loads(result.read_text()).get("best_checkpoint")
-        if best and Path(best).is_file():
-            return Path(best)
-    bests = sorted((run_dir / "checkpoints").glob("best*.ckpt"))
-    if bests:
-        return bests[-1]
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return last
-    raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} (expected best*.ckpt or last.ckpt)")
 
 
 def _load_checkpoint(path: Path) -> Any:
@@ -177,15 +174,6 @@ def _build_from_config(path: Path, use_stack: bool) -> Any:
     if "model" not in cfg:
         raise ConfigError(f"{path} has no 'model:' section")
     return Stage2Module({"model": OmegaConf.to_container(cfg.model, resolve=True), "use_stack": use_stack})
-
-
-def _run_or_checkpoint(path: Path, sub: str) -> Path:
-    """A checkpoint path: a .ckpt as given; a run dir's ``sub``/ model (fit.py comparison run) or its own."""
-    if path.is_dir():
-        return _best_checkpoint(path / sub if (path / sub / "checkpoints").is_dir() else path)
-    if not path.exists():
-        raise FileNotFoundError(f"{'base' if sub == 'base' else 'BokehDepth'} model {path} does not exist")
-    return path
 
 
 def load_models(args: argparse.Namespace) -> list[Any]:
@@ -267,10 +255,47 @@ def _routed_overrides(cfgs: list[Any], overrides: list[str]) -> list[list[str]]:
         hits = [i for i, cfg in enumerate(cfgs) if key.startswith("+")
                 or OmegaConf.select(cfg, key, default="\0missing") != "\0missing"]
         if not hits:
-            apply_overrides(cfgs[0].copy(), [item])  # raises, naming the key
+            with _eval_override_errors(cfgs, item):
+                apply_overrides(cfgs[0].copy(), [item])  # raises, naming the key
         for i in hits:
             routed[i].append(item)
     return routed
+
+
+@contextlib.contextmanager
+def _eval_override_errors(cfgs: list[Any], item: str) -> Iterator[None]:
+    """apply_overrides' unknown-key ConfigError for ``item`` in eval's terms: a section no data config of the call has
+    is named as such; otherwise its message (keys, "did you mean") is kept without its advice to add the key with '+'
+    (a new data key is no use to eval)."""
+    try:
+        yield
+    except ConfigError as error:
+        text = str(error)
+        if "unknown key '" not in text:
+            raise
+        key = item.split("=", 1)[0].strip().lstrip("+")
+        parent = key.rpartition(".")[0]
+        if not any(isinstance(OmegaConf.select(cfg, parent, default=None), DictConfig) for cfg in cfgs):
+            have = sorted({str(k) for cfg in cfgs for k in (cfg.get("data") or {}).keys()})
+            raise ConfigError(f"override '{item}': no data config of this call has '{parent}' (keys under 'data': "
+                              f"{have}); {OVERRIDES_ACCEPTED}") from None
+        text = re.sub(r"\.? Prefix with '\+'.*$", "", text, flags=re.S).rstrip(".")
+        raise ConfigError(f"{text}; tools/eval.py overrides only keys its data configs have") from None
+
+
+def _check_aperture_pairs_root(data_cfg: Any, origin: str) -> None:
+    """An aperture-pairs config whose index file is not where its root says: a FileNotFoundError naming the key to
+    set (the configs' default root, ../shared/data/..., holds only from a clone beside the shared/ folder)."""
+    if data_cfg.get("kind") != "aperture_pairs":
+        return
+    section = data_cfg.get("aperture_pairs") or {}
+    root = section.get("root")
+    index = Path(str(root)) / str(section.get("index") or "index.csv")
+    if root is not None and index.is_file():
+        return
+    raise FileNotFoundError(f"aperture-pairs index {index} does not exist (data.aperture_pairs.root is {root!r}, from "
+                            f"{origin}; a relative root is relative to the current directory, {Path.cwd()}); pass "
+                            "data.aperture_pairs.root=PATH, the folder holding the dataset's index.csv")
 
 
 def _datamodule_split(data_cfg: Any, split: str) -> tuple[Any, str]:
@@ -301,7 +326,10 @@ def build_datasets(args: argparse.Namespace, specs: list[Any]) -> list[Dataset]:
         if args.overrides:
             wrapped = OmegaConf.create({"data": data_cfg})
             OmegaConf.set_struct(wrapped, True)
-            data_cfg = apply_overrides(wrapped, args.overrides).data
+            for item in args.overrides:
+                with _eval_override_errors([wrapped], item):
+                    apply_overrides(wrapped, [item])
+            data_cfg = wrapped.data
         requests = [("own", data_cfg)]
         own_origin = "the first model's data config" if with_data else "data/synthetic.yaml"
     datasets: list[Dataset] = []
@@ -323,6 +351,7 @@ def build_datasets(args: argparse.Namespace, specs: list[Any]) -> list[Dataset]:
             data_cfg = value
             name = f"{data_cfg.get('kind', 'synthetic')}_{args.split}"
             origin = own_origin
+        _check_aperture_pairs_root(data_cfg, origin)
         ds, data_kind = _datamodule_split(data_cfg, args.split)
         stack = {"synthetic": "physics", "manifest": args.manifest_stack, "aperture_pairs": "real"}[data_kind]
         ratio = float(ds.f_numbers[0]) / float(args.reference_f_number) if data_kind == "aperture_pairs" else 0.0

@@ -22,11 +22,14 @@ Stack (``--stack``):
 K values are px*m at the input photo's width (``--K``; default: the Stage-2 model's training strengths scaled from
 its training width to the photo's width, so the blur covers the same fraction of the picture).
 
-Stage-2: ``--checkpoint`` (a Stage-2 .ckpt), else ``--model-config`` (a YAML with a ``model:`` section, e.g. with
-``pretrained_path`` set), else configs/model/stage2_tiny.yaml with RANDOM weights (smoke runs only).
+Stage-2: ``--checkpoint`` (a Stage-2 .ckpt, or a tools/fit.py run folder: its ``bokehdepth/`` model's best, else
+last checkpoint, as tools/eval.py picks it; ``--base-checkpoint`` likewise takes ``base/``), else ``--model-config``
+(a YAML with a ``model:`` section, e.g. with ``pretrained_path`` set), else configs/model/stage2_tiny.yaml with RANDOM
+weights (smoke runs only).
 The photo is resized (aspect kept) so that its long side is about ``--resolution`` px and both sides are multiples
 of the encoder's patch (14 px), K is scaled by the same width factor, and the depth is resized back to the photo's
-exact size.
+exact size; a line says the working size when it differs from the photo's (a small photo is upscaled: pass a smaller
+``--resolution`` for speed).
 
 Intrinsics (for the point cloud): ``--fx --fy --cx --cy`` or ``--intrinsics JSON`` (one camera, or a mapping
 image name -> camera), else the manifest row's, else EXIF (FocalLengthIn35mmFilm: fx = f35 * diagonal_px /
@@ -57,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import _bootstrap  # noqa: F401
-from _cli import positive_int  # noqa: E402
+from _cli import positive_int, run_or_checkpoint  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -82,10 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("input", help="an image, a folder of images, or a manifest (.txt / .json / .jsonl)")
     p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--checkpoint", help="Stage-2 checkpoint (.ckpt from tools/fit.py)")
+    p.add_argument("--checkpoint", help="Stage-2 checkpoint (.ckpt from tools/fit.py), or its run folder (its "
+                                        "bokehdepth/ model's best, else last checkpoint)")
     p.add_argument("--model-config", help="YAML with a model: section (e.g. pretrained_path), used untrained")
-    p.add_argument("--base-checkpoint", help="Stage-2 checkpoint of the base model (fit.py's base/ variant), run "
-                                             "without a stack for base-vs-BokehDepth outputs and side-by-side views")
+    p.add_argument("--base-checkpoint", help="Stage-2 checkpoint of the base model (fit.py's base/ variant, or the "
+                                             "run folder), run without a stack for base-vs-BokehDepth outputs and "
+                                             "side-by-side views")
     p.add_argument("--stack", default="stage1", choices=("stage1", "physics", "real", "none"))
     p.add_argument("--generator", help="Stage-1 generator: generator.safetensors, its run folder, or a .ckpt")
     p.add_argument("--K", help="comma-separated strengths in px*m at the photo's width (default: see above)")
@@ -519,7 +524,19 @@ def check_options(args: argparse.Namespace, items: list[Item]) -> None:
             raise DatasetError(f"--fx --fy --cx --cy: {error}") from None
     from lightning_modules.stage2 import check_stage2_checkpoint
 
-    for option, path in (("--checkpoint", args.checkpoint), ("--base-checkpoint", args.base_checkpoint)):
+    for option, attr, sub in (("--checkpoint", "checkpoint", "bokehdepth"), ("--base-checkpoint", "base_checkpoint",
+                                                                            "base")):
+        path = getattr(args, attr)
+        if path and Path(path).is_dir():  # a fit.py run folder: its model's checkpoint, found as tools/eval.py does
+            try:
+                found = run_or_checkpoint(path, sub)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{option} {path} is a folder without a Stage-2 checkpoint ({error}); expected "
+                                        f"a .ckpt file or a tools/fit.py run folder, e.g. "
+                                        f"{Path(path) / sub / 'checkpoints' / 'last.ckpt'}") from None
+            print(f"{option} {path}: using {found}")
+            path = str(found)
+            setattr(args, attr, path)
         if path:  # cheap (memory-mapped); refused before the other model is built and its warnings printed
             check_stage2_checkpoint(path, option)
     if args.stack == "stage1" and args.generator and not Path(args.generator).exists():
@@ -567,6 +584,11 @@ def _process(args: argparse.Namespace, items: list[Item], out: Path, file_camera
         _sizes[item.image] = (H, W)
         camera, camera_source, camera_fields = resolve_intrinsics(args, item, W, H, file_cameras)
         h, w = working_size(H, W, args.resolution)
+        if (h, w) != (H, W):  # said before the slow part: a small photo is upscaled to ~--resolution on its long side
+            scaled = "upscaled" if h * w > H * W else "downscaled"
+            print(f"{item.image.name}: {H}x{W} (HxW) {scaled} to the working size {h}x{w} (--resolution "
+                  f"{args.resolution}: the long side, in multiples of 14 px)"
+                  + ("; a smaller --resolution is faster" if scaled == "upscaled" else ""), flush=True)
         image_work = _resize(image[None], (h, w)).clamp(0, 1)
         K_input, K_note = (user_K, "--K") if user_K is not None else default_K(stage2_info, W)
         stack, K, stack_info = make_stack(args, item, image_work, W, K_input, generator)
@@ -633,7 +655,7 @@ def _process(args: argparse.Namespace, items: list[Item], out: Path, file_camera
                 record["renderer"] = next(iter(results.values())).message
                 print(record["renderer"])
         summary["images"].append(record)
-        print(f"{item.name}: {W}x{H} -> depth {record['depth_m']['min']:.2f}-{record['depth_m']['max']:.2f} m "
+        print(f"{item.name}: {H}x{W} (HxW) -> depth {record['depth_m']['min']:.2f}-{record['depth_m']['max']:.2f} m "
               f"(median {record['depth_m']['median']:.2f}), intrinsics from {camera_source}, {seconds:.1f} s")
     if not summary["images"]:  # a failure: the output folder goes back to what it held before
         reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in summary["skipped"])

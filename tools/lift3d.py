@@ -97,6 +97,33 @@ def resolve_intrinsics(args: argparse.Namespace, fallback: Intrinsics | None = N
     raise DatasetError("intrinsics missing: give --fx --fy --cx --cy (pixels), --intrinsics JSON, or --dataset")
 
 
+def _range_text(min_depth: float, max_depth: float | None) -> str:
+    """'>= 0.001 m (--min-depth)' / '0.5-4 m (--min-depth, --max-depth)': the depth range points are kept in."""
+    if max_depth is None:
+        return f">= {min_depth:g} m (--min-depth)"
+    return f"{min_depth:g}-{max_depth:g} m (--min-depth, --max-depth)"
+
+
+def check_depth_range(depth: Any, option: str, min_depth: float, max_depth: float | None,
+                      scale_option: str = "--depth-scale") -> None:
+    """Refuse a depth map without a pixel to lift: none finite and > 0, or none in --min-depth .. --max-depth (the
+    range bokeh.pointcloud keeps); the message names ``option`` and, when there are valid pixels, where they lie."""
+    import torch
+
+    valid = torch.isfinite(depth) & (depth > 0)
+    if not valid.any():
+        raise ValueError(f"{option} has no valid pixel: all {depth.numel()} are 0, NaN or inf; expected depths in "
+                         f"metres, {_range_text(min_depth, max_depth)}")
+    kept = valid & (depth >= min_depth)
+    if max_depth is not None:
+        kept &= depth <= max_depth
+    if not kept.any():
+        values = depth[valid]
+        raise ValueError(f"{option} has no pixel at {_range_text(min_depth, max_depth)}: its valid depths lie in "
+                         f"{float(values.min()):.4g}-{float(values.max()):.4g} m; widen the range, or check the units "
+                         f"(metres; {scale_option} for a PNG)")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load inputs, lift, compare, render and write; returns the summary that is also written as JSON."""
     width, _, height = args.render_size.lower().partition("x")
@@ -135,11 +162,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                              sample["cx"], sample["cy"])
         sample_info = {"dataset": dataset.summary(), "sample": sample["name"]}
     if args.image:
-        image = read_image(args.image)
+        image = read_image(args.image, name="--image")
     if args.gt:
-        gt = read_depth(args.gt, depth_scale=args.gt_scale)
+        gt = read_depth(args.gt, depth_scale=args.gt_scale, name="--gt")
     camera = resolve_intrinsics(args, camera)
-    depths = {label: read_depth(path, depth_scale=args.depth_scale) for label, path in _labelled(args.depth).items()}
+    labelled = _labelled(args.depth)
+    depths = {label: read_depth(path, depth_scale=args.depth_scale, name="--depth") for label, path in labelled.items()}
     size = tuple(next(iter(depths.values())).shape[-2:])
     for label, depth in list(depths.items()) + ([("image", image)] if image is not None else []) + (
             [("ground truth", gt)] if gt is not None else []):
@@ -147,6 +175,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise DatasetError(f"{label} is {depth.shape[-1]}x{depth.shape[-2]} but the depth map is "
                                f"{size[1]}x{size[0]} (WxH); they must have one size")
     camera.check_image(size[1], size[0], where="intrinsics")
+    checks = [(depth, f"--depth {labelled[label]}", "--depth-scale") for label, depth in depths.items()]
+    if gt is not None:
+        checks.append((gt, f"--gt {args.gt}" if args.gt else f"the ground truth of --dataset sample "
+                           f"{sample_info.get('sample')}", "--gt-scale"))
+    for depth, option, scale_option in checks:  # here, not in bokeh.pointcloud: the message names the option
+        check_depth_range(depth, option, args.min_depth, args.max_depth, scale_option)
     with output_dir(args.out, overwrite=args.overwrite) as out:
         result = lift_compare_render(
             depths, camera.matrix(), image=image, gt_depth_m=gt, out_dir=out, views=views, render_size=render_size,

@@ -222,9 +222,12 @@ def _write_stacks(args: argparse.Namespace, rows: list[dict[str, Any]], gen: Any
         try:
             res = gen.generate_stack(image, K, num_steps=args.steps, cfg_scale=args.cfg, guidance=guidance,
                                      color_transfer=args.color_transfer, seed=args.seed)
-        except KRangeError as error:
+        except KRangeError as error:  # the library's advice names its argument; the tool's user types the flag
+            advice = str(error).replace("pass K inside the range or use k_policy='clamp'",
+                                        "pass --K values inside the range, or --k-policy clamp to clamp them (with a "
+                                        "warning)")
             raise KRangeError(f"{row['image']} ({width} px wide), K {[round(k, 4) for k in K]} px*m at its width: "
-                              f"{error}") from error
+                              f"{advice}") from error
         ref_path = write_image(out / "images" / f"{row['name']}.png", image)
         frame_paths = [write_image(out / "frames" / f"{row['name']}_k{i}.png", res.frames[0, i]) for i in range(len(K))]
         rec: dict[str, Any] = {"image": _rel(ref_path, out), "stack": [_rel(p, out) for p in frame_paths],

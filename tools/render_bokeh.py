@@ -100,11 +100,11 @@ def _invalid_depth_kinds(path: str, invalid: torch.Tensor) -> str:
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    image = read_image(args.image)
-    depth = read_depth(args.depth, depth_scale=args.depth_scale)
+    image = read_image(args.image, name="--image")
+    depth = read_depth(args.depth, depth_scale=args.depth_scale, name="--depth")
     if depth.shape[-2:] != image.shape[-2:]:
-        raise ValueError(f"--depth is {depth.shape[-1]}x{depth.shape[-2]} but --image is "
-                         f"{image.shape[-1]}x{image.shape[-2]}; they must have the same size")
+        raise ValueError(f"--depth is {depth.shape[-2]}x{depth.shape[-1]} (HxW) but --image is "
+                         f"{image.shape[-2]}x{image.shape[-1]} (HxW); they must have the same size")
     invalid = depth <= 0
     if invalid.any():
         if not args.fill_invalid:
@@ -128,6 +128,10 @@ def _strengths(args: argparse.Namespace, width: int, height: int, focus: list[fl
         return [list(args.K) for _ in focus], [{"K_px_m": k} for k in args.K]
     if args.f_mm is None or args.f_number is None:
         raise ValueError("give --K, or a lens: --f-mm and --f-number with --sensor-width-mm, --f35-mm or --fx-px")
+    if args.sensor_width_mm is None and args.f35_mm is None and args.fx_px is None:
+        raise ValueError("a lens (--f-mm, --f-number) needs --sensor-width-mm, --f35-mm (35 mm-equivalent focal "
+                         "length) or --fx-px to relate millimetres to pixels (camera.json: sensor_width_mm, f35_mm, "
+                         "fx_px); e.g. --sensor-width-mm 36 for full frame")
     ks, records = [], []
     for s1 in focus:
         row = []
