@@ -280,20 +280,25 @@ def check_focus_option(value: Any, name: str = "data.synthetic.focus_m") -> floa
     return float(value)
 
 
+def keyword_names(fn: Any, exclude: Iterable[str] = ()) -> list[str]:
+    """The names ``fn`` takes as keyword arguments (``self`` and ``exclude`` left out), in signature order."""
+    import inspect
+
+    excluded = set(exclude) | {"self"}
+    return [n for n, p in inspect.signature(fn).parameters.items()
+            if n not in excluded and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def check_keyword_options(options: Any, fn: Any, key: str, exclude: Iterable[str] = (),
                           extra: Iterable[str] = ()) -> dict[str, Any]:
     """``options`` (config ``key``, a mapping or null) as keyword arguments of ``fn``: a ConfigError naming
     ``<key>.<name>`` and the names ``fn`` takes (less ``exclude``, the ones the caller passes itself; plus ``extra``,
     names the caller takes itself) for any other name, so that a misspelt option fails when the run is built rather than at the first render."""
-    import inspect
-
     if options is None:
         return {}
     if not isinstance(options, (dict, DictConfig)):
         raise ConfigError(f"{key}={options!r}: expected a mapping of keyword arguments like {{name: value}}")
-    params = inspect.signature(fn).parameters
-    allowed = sorted({n for n, p in params.items() if n not in set(exclude) and n != "self"
-                      and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} | set(extra))
+    allowed = sorted(set(keyword_names(fn, exclude)) | set(extra))
     for name in options:
         if name not in allowed:
             hint = _closest(str(name), allowed)

@@ -8,7 +8,6 @@ Registering a task is one line in :data:`TASKS`.
 from __future__ import annotations
 
 import importlib
-import inspect
 import re
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Callable, Mapping
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.config import ConfigError
+from lightning_modules.config import ConfigError, keyword_names
 
 TASKS: dict[str, str] = {
     "stage1": "lightning_modules.stage1",
@@ -49,11 +48,7 @@ OPEN_SECTIONS: dict[str, dict[str, str]] = {
 def _names(fn: Callable[..., Any], exclude: tuple[str, ...] = (), **below: Any) -> dict[str, Any]:
     """The keyword names ``fn`` takes (less ``exclude``) as a schema: {name: None}, ``below`` giving the schema of
     some of them (None: not known below)."""
-    params = inspect.signature(fn).parameters
-    names = {n: None for n, p in params.items() if n not in exclude and n != "self"
-             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    names.update(below)
-    return names
+    return {**dict.fromkeys(keyword_names(fn, exclude)), **below}
 
 
 def _open_section_schema(task: str, section: str) -> Any:
@@ -205,7 +200,7 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg.trainer`` as a dict, every key checked against ``lightning.Trainer``'s arguments, and the values of the
     keys that may take several types (:data:`TRAINER_VALUE_CHECKS`) checked against what Lightning accepts."""
     trainer_cfg = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else trainer_cfg)
-    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "default_root_dir"}
+    allowed = set(keyword_names(L.Trainer.__init__, ("logger", "callbacks", "default_root_dir")))
     for key in trainer_cfg:
         if key not in allowed:
             import difflib
