@@ -462,8 +462,33 @@ def load_generator(path: str | Path, *, k_policy: str | None = None, map_locatio
 
 
 # ------------------------------------------------------------------------------------------------------- build/run
+# Keys a Stage-1 config may hold (None: anything below, checked by the builder of that section: model.compact and
+# model.flux by build_generator, render_options and scene_options by their functions' signatures, trainer by
+# lightning.Trainer), so that a misspelt key in a config FILE fails too, not only a misspelt override.
+CONFIG_SCHEMA: dict[str, Any] = {
+    "task": None, "name": None, "seed": None, "ckpt_path": None, "threads": None, "trainer": None,
+    "render_options": None,
+    "run": {"root": None, "dir": None, "overwrite": None},
+    "k": {"min": None, "max": None, "policy": None},
+    "model": {"kind": None, "k_scale": None, "compact": None, "flux": None},
+    "data": {"kind": None, "height": None, "width": None, "batch_size": None, "eval_batch_size": None,
+             "num_workers": None, "seed": None, "manifest": {"train": None, "val": None, "test": None},
+             "synthetic": {"num_train": None, "num_val": None, "num_test": None, "render_in_loader": None,
+                           "focus_m": None, "scene_options": None},
+             "rgbd": {"focus_m": None}},
+    "train": {"p_null_k": None, "t_distribution": None, "defocus_weight": None, "defocus_loss": None,
+              "defocus_log_floor_inv_m": None, "image_weight": None, "ema_decay": None},
+    "eval": {"num_steps": None, "K_px_m": None},
+    "optim": {"lr": None, "weight_decay": None, "betas": None, "warmup_steps": None, "min_lr_ratio": None},
+    "calibration": {"enabled": None, "num_scenes": None, "knots": None, "iterations": None, "min_scenes": None},
+}
+
+
 def build(cfg: DictConfig) -> tuple[Stage1Module, Stage1DataModule]:
+    from lightning_modules.tasks import check_keys
+
     container = _container(cfg)
+    check_keys(container, CONFIG_SCHEMA)
     for key in ("model", "data", "k", "train", "eval", "optim", "trainer"):
         if key not in container:
             raise ConfigError(f"stage1 config needs a '{key}' section")

@@ -286,3 +286,12 @@ def test_the_wall_time_says_what_it_measures(fit, tmp_path, capsys, monkeypatch)
         else:
             assert "fit.main() wall time (config, build, fit and test; start-up not included)" in out
             assert summary["startup_s"] is None and summary["wall_s"] == pytest.approx(summary["main_s"])
+
+
+def test_a_misspelt_key_in_a_stage1_config_file_is_named_before_the_run_folder(fit, capsys, tmp_path):
+    # a typo in a YAML file, not an override: the overrides' check never sees it, the task's schema does
+    config = tmp_path / "my_stage1.yaml"
+    config.write_text(f"includes: [{REPO / 'configs' / 'stage1_smoke.yaml'}]\ntrain: {{defocus_wieght: 1.0}}\n")
+    line = config_error(fit, capsys, tmp_path / "runs", "--config", str(config))
+    assert "config key 'train.defocus_wieght' is unknown" in line
+    assert "did you mean 'train.defocus_weight'" in line
