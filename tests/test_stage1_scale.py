@@ -83,3 +83,13 @@ def test_the_device_script_sizes_the_fit_from_the_measured_rate(tmp_path):
     # 7 files: with device_smoke.sh's cuda_tests.log, the device tool's limit of 8
     assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.log", "compare_calibrated.json",
                                                      "fit.log", "probe.json", "result.json", "summary.txt"]
+
+
+def test_the_nearest_focus_config_changes_only_the_focus_policy():
+    """configs/stage1_nearest.yaml is the session-14 real-pair recipe: stage1.yaml with the nearest subject in focus,
+    blur behind it and the defocus loss off -- nothing else, so its figures compare with the default's."""
+    default, nearest = _flat(load_config(["stage1"])), _flat(load_config(["stage1_nearest"]))
+    changed = {key for key in default.keys() | nearest.keys() if default.get(key) != nearest.get(key)}
+    assert changed == {"name", "model.compact.defocus_side", "data.synthetic.focus_m", "train.defocus_weight"}
+    assert (nearest["model.compact.defocus_side"], nearest["data.synthetic.focus_m"],
+            nearest["train.defocus_weight"]) == ("back", None, 0.0)
