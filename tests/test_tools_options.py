@@ -68,3 +68,15 @@ def test_bench_stage2_names_a_tap_the_model_does_not_have(tmp_path, capsys):
     assert bench_stage2.run_reporting_errors(bench_stage2.main, argv) == 2
     assert "dsfa.taps entry 9 is not a decoder tap index in [-4, 3]" in error_line(capsys, skip="bench_stage2:")
     assert not (tmp_path / "b.json").exists()
+
+
+def test_tools_print_the_projects_warnings_as_one_line_and_others_in_pythons_format():
+    import warnings
+
+    import _bootstrap  # loaded with the tools above (tools/ is on sys.path)
+
+    ours = str(_bootstrap.REPO_ROOT / "bokeh" / "io.py")
+    assert warnings.formatwarning("x.png: grayscale image replicated to RGB", UserWarning, ours, 12,
+                                  "image = read_image(path)") == "warning: x.png: grayscale image replicated to RGB\n"
+    theirs = warnings.formatwarning("deprecated", DeprecationWarning, "/usr/lib/python3/site-packages/lib.py", 7, "f()")
+    assert theirs.startswith("/usr/lib/python3/site-packages/lib.py:7: DeprecationWarning: deprecated")

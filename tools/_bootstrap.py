@@ -8,7 +8,10 @@ is not on ``sys.path`` and nothing has chosen offline mode yet. Python puts the 
   nothing is downloaded, before any Hugging Face library is imported;
 - puts the repository root on ``sys.path`` so ``physics``, ``bokeh`` and ``lightning_modules`` import;
 - checks that ``import bokeh`` is this project's package, not the Bokeh plotting library
-  (:func:`bokehdepth_guard.require_bokehdepth`), so a shadowed install fails with a clear message.
+  (:func:`bokehdepth_guard.require_bokehdepth`), so a shadowed install fails with a clear message;
+- prints this project's warnings (raised from a file under the repository) as one line ``warning: ...``, without
+  Python's file, line number and source line, which say nothing to a user of the tool; other libraries' warnings
+  keep Python's format.
 
 Tests loading a tool in-process (``tests/_tools.py:load_tool``) put ``tools/`` on ``sys.path`` for the same import.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,3 +34,17 @@ if str(REPO_ROOT) not in sys.path:
 from bokehdepth_guard import require_bokehdepth  # noqa: E402
 
 require_bokehdepth()
+
+_python_format = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    """One line ``warning: ...`` for the project's own warnings; Python's format for everyone else's."""
+    try:
+        ours = Path(filename).resolve().is_relative_to(REPO_ROOT) and ".venv" not in Path(filename).parts
+    except (OSError, ValueError):
+        ours = False
+    return f"warning: {message}\n" if ours else _python_format(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning
