@@ -129,9 +129,11 @@ def _describe_open(sections: Mapping[str, str]) -> str:
     return ", ".join(f"{s}. ({what})" for s, what in sections.items()) if sections else "nowhere"
 
 
-def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str], *, unknown_key_note: str | None = None) -> DictConfig:
     """Apply ``a.b=value`` overrides (YAML-parsed values) to existing keys; ``+a.b=value`` adds a new key on purpose,
-    in the open sections of the config's task (:func:`open_sections_of`; anywhere when it names no known task)."""
+    in the open sections of the config's task (:func:`open_sections_of`; anywhere when it names no known task).
+    ``unknown_key_note``: what a caller that takes no new keys says after an unknown key's list and "did you mean",
+    instead of the advice on '+'."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -149,7 +151,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         exists = isinstance(parent, DictConfig) and leaf in parent
         if not exists:
-            _check_new_key(cfg, item, key, allow_new)
+            _check_new_key(cfg, item, key, allow_new, unknown_key_note)
         old = parent[leaf] if exists else None
         if key not in FREE_TYPED_KEYS:
             value = _check_override_type(item, key, OmegaConf.to_container(old) if isinstance(old, (DictConfig, ListConfig)) else old, value)
@@ -158,7 +160,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     return cfg
 
 
-def _check_new_key(cfg: DictConfig, item: str, key: str, allow_new: bool) -> None:
+def _check_new_key(cfg: DictConfig, item: str, key: str, allow_new: bool, note: str | None = None) -> None:
     """Raise unless ``key`` (absent from ``cfg``) may be added: ``allow_new`` ('+') in an open section, below
     mappings (or absent / null sections) only. The message lists the keys of the deepest section that exists, the
     closest one, and says where '+' works -- never advising it where it would not."""
@@ -190,7 +192,7 @@ def _check_new_key(cfg: DictConfig, item: str, key: str, allow_new: bool) -> Non
     elif section is not None:  # an open section: '+' adds the key when the section's consumer takes it
         from lightning_modules.tasks import open_section_takes
 
-        takes = open_section_takes(str(cfg.get("task")), key)[1]
+        takes = open_section_takes(str(cfg.get("task")), section, key)
         if takes:
             advice = (f" '{key}' is not in the config files but '{section}' takes it ({sections[section]}): write "
                       f"'+{key}=...' to add it on purpose.")
@@ -205,6 +207,8 @@ def _check_new_key(cfg: DictConfig, item: str, key: str, allow_new: bool) -> Non
     if allow_new:
         raise ConfigError(f"override '{item}': cannot add '{key}': {where} has the fixed keys {options}"
                           f"{did_you_mean}.{advice}")
+    if note is not None:
+        raise ConfigError(f"override '{item}': unknown key '{key}'. Keys at {where}: {options}{did_you_mean}; {note}")
     raise ConfigError(f"override '{item}': unknown key '{key}'. Keys at {where}: {options}{did_you_mean}.{advice}")
 
 

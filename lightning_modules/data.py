@@ -248,6 +248,20 @@ def check_synthetic_options(scene_options: Any, render_options: Any, key: str) -
                           exclude=("image", "depth_m", "K_px_m", "focus_m", "return_radius"))
 
 
+def drops_last_batch(num_samples: int, batch_size: int) -> bool:
+    """Whether a shuffled training loader drops its last, partial batch: when there is at least one full batch (a
+    split smaller than one batch still trains, on one short batch)."""
+    return num_samples >= batch_size
+
+
+def training_batches(num_samples: int, batch_size: int, *, drop_last: bool = True) -> int:
+    """The batches of one training epoch of ``num_samples`` (one process): :func:`drops_last_batch`'s rule when the
+    loader drops a partial batch, else every batch, a partial last one included."""
+    if drop_last and drops_last_batch(num_samples, batch_size):
+        return num_samples // batch_size
+    return math.ceil(num_samples / batch_size)
+
+
 class SyntheticStackDataModule(L.LightningDataModule):
     """Synthetic RGB-D scenes (physics.scenes) with bokeh stacks (physics.stacks), rendered once and cached.
 
@@ -375,7 +389,7 @@ class SyntheticStackDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and len(dataset) >= self.batch_size,
+            drop_last=shuffle and drops_last_batch(len(dataset), self.batch_size),
             num_workers=self.num_workers,
             collate_fn=HFlipCollate(self.hflip and shuffle),
         )

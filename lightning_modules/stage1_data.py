@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.config import ConfigError, check_focus_option
+from lightning_modules.data import drops_last_batch
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
@@ -303,7 +304,7 @@ class Stage1DataModule(L.LightningDataModule):
         workers = int(self.cfg.get("num_workers", 0)) if split == "train" else 0
         collate = RenderingCollate(self.render_k, self.render_options) if split == "train" and self.render_in_loader else None
         return DataLoader(self.splits[split], batch_size=bs, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-                          drop_last=shuffle and len(self.splits[split]) >= bs, persistent_workers=workers > 0)
+                          drop_last=shuffle and drops_last_batch(len(self.splits[split]), bs), persistent_workers=workers > 0)
 
     def train_dataloader(self):
         return self._loader("train", True)

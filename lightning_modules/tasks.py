@@ -73,7 +73,9 @@ def _open_section_schema(task: str, section: str) -> Any:
 
         return _names(CompactBokehUNet, ("k_scale",), unet=_names(UNet2DConditionModel.__init__, UNET_SET_BY_COMPACT))
     if (task, section) == ("stage1", "model.flux"):
-        return {"pretrained_dir": 0, "dtype": 0, "guidance_scale": 0, "tiny": None, "adapter": None}
+        from lightning_modules.stage1 import FLUX_KEYS
+
+        return {key: None if key in ("tiny", "adapter") else 0 for key in FLUX_KEYS}  # tiny, adapter: mappings
     if (task, section) == ("stage2", "model"):
         from bokeh.depth.model import DEFAULT_CONFIG
 
@@ -97,22 +99,17 @@ def _open_section_schema(task: str, section: str) -> Any:
     return None
 
 
-def open_section_takes(task: str, key: str) -> tuple[str | None, bool | None]:
-    """(the open section of ``task`` that dotted ``key`` lies below, or None; whether that section's consumer takes
-    ``key``: True, False, or None when it cannot be told from here)."""
-    sections = OPEN_SECTIONS.get(task) or {}
-    hits = [s for s in sections if key.startswith(s + ".")]
-    if not hits:
-        return None, None
-    section = max(hits, key=len)
+def open_section_takes(task: str, section: str, key: str) -> bool | None:
+    """Whether the consumer of ``task``'s open ``section`` takes dotted ``key`` (a key below that section): True,
+    False, or None when it cannot be told from here."""
     node = _open_section_schema(task, section)
     for part in key[len(section) + 1:].split("."):
         if node is None:
-            return section, None
+            return None
         if not isinstance(node, Mapping) or part not in node:
-            return section, False
+            return False
         node = node[part]
-    return section, True
+    return True
 
 
 def get_task(name: str) -> ModuleType:
@@ -292,20 +289,16 @@ def check_fit_splits(datamodule: L.LightningDataModule, trainer_cfg: Mapping[str
 def train_batches_per_epoch(datamodule: L.LightningDataModule) -> int | None:
     """The training batches of one epoch (one process), from the data settings alone (no rendering, no loading);
     None where that is not known before the data is set up."""
-    import math
-
-    from lightning_modules.data import FileDataModule, SyntheticStackDataModule
+    from lightning_modules.data import FileDataModule, SyntheticStackDataModule, training_batches
     from lightning_modules.stage1_data import Stage1DataModule
 
     if isinstance(datamodule, SyntheticStackDataModule):
-        n, batch, drop_last = datamodule.counts["train"], datamodule.batch_size, True
-    elif isinstance(datamodule, FileDataModule) and "train" in datamodule.datasets:
-        n, batch, drop_last = len(datamodule.datasets["train"]), datamodule.batch_size, False
-    elif isinstance(datamodule, Stage1DataModule) and datamodule.kind == "synthetic":
-        n, batch, drop_last = int(datamodule.cfg["synthetic"]["num_train"]), int(datamodule.cfg["batch_size"]), True
-    else:
-        return None
-    return n // batch if drop_last and n >= batch else math.ceil(n / batch)  # the loaders' drop_last rule
+        return training_batches(datamodule.counts["train"], datamodule.batch_size)
+    if isinstance(datamodule, FileDataModule) and "train" in datamodule.datasets:  # its loader keeps partial batches
+        return training_batches(len(datamodule.datasets["train"]), datamodule.batch_size, drop_last=False)
+    if isinstance(datamodule, Stage1DataModule) and datamodule.kind == "synthetic":
+        return training_batches(int(datamodule.cfg["synthetic"]["num_train"]), int(datamodule.cfg["batch_size"]))
+    return None
 
 
 def check_epoch_settings(trainer_cfg: Mapping[str, Any], datamodule: L.LightningDataModule) -> None:

@@ -31,14 +31,12 @@ maps/<dataset>/<row>/<sample>.png (depth colour maps) for the first --num-maps s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import _bootstrap  # noqa: F401
 from _cli import best_checkpoint as _best_checkpoint  # noqa: E402
@@ -255,32 +253,32 @@ def _routed_overrides(cfgs: list[Any], overrides: list[str]) -> list[list[str]]:
         hits = [i for i, cfg in enumerate(cfgs) if key.startswith("+")
                 or OmegaConf.select(cfg, key, default="\0missing") != "\0missing"]
         if not hits:
-            with _eval_override_errors(cfgs, item):
-                apply_overrides(cfgs[0].copy(), [item])  # raises, naming the key
+            _apply_data_override(cfgs[0].copy(), cfgs, item)  # raises, naming the key
         for i in hits:
             routed[i].append(item)
     return routed
 
 
-@contextlib.contextmanager
-def _eval_override_errors(cfgs: list[Any], item: str) -> Iterator[None]:
-    """apply_overrides' unknown-key ConfigError for ``item`` in eval's terms: a section no data config of the call has
-    is named as such; otherwise its message (keys, "did you mean") is kept without its advice to add the key with '+'
-    (a new data key is no use to eval)."""
+def _apply_data_override(target: Any, cfgs: list[Any], item: str) -> None:
+    """apply_overrides(target, [item]) in eval's terms: an unknown key is listed with eval's note instead of the
+    advice on '+', and one whose section no config of ``cfgs`` has is named as such (:func:`_check_override_section`)."""
     try:
-        yield
+        apply_overrides(target, [item], unknown_key_note="tools/eval.py overrides only keys its data configs have")
     except ConfigError as error:
-        text = str(error)
-        if "unknown key '" not in text:
-            raise
-        key = item.split("=", 1)[0].strip().lstrip("+")
-        parent = key.rpartition(".")[0]
-        if not any(isinstance(OmegaConf.select(cfg, parent, default=None), DictConfig) for cfg in cfgs):
-            have = sorted({str(k) for cfg in cfgs for k in (cfg.get("data") or {}).keys()})
-            raise ConfigError(f"override '{item}': no data config of this call has '{parent}' (keys under 'data': "
-                              f"{have}); {OVERRIDES_ACCEPTED}") from None
-        text = re.sub(r"\.? Prefix with '\+'.*$", "", text, flags=re.S).rstrip(".")
-        raise ConfigError(f"{text}; tools/eval.py overrides only keys its data configs have") from None
+        if "unknown key '" in str(error):
+            _check_override_section(cfgs, item)
+        raise
+
+
+def _check_override_section(cfgs: list[Any], item: str) -> None:
+    """An unknown key whose section no data config of the call has is named as such, with what eval takes; a key
+    missing from a section that exists is left to apply_overrides' message."""
+    key = item.split("=", 1)[0].strip().lstrip("+")
+    parent = key.rpartition(".")[0]
+    if not any(isinstance(OmegaConf.select(cfg, parent, default=None), DictConfig) for cfg in cfgs):
+        have = sorted({str(k) for cfg in cfgs for k in (cfg.get("data") or {}).keys()})
+        raise ConfigError(f"override '{item}': no data config of this call has '{parent}' (keys under 'data': "
+                          f"{have}); {OVERRIDES_ACCEPTED}")
 
 
 def _check_aperture_pairs_root(data_cfg: Any, origin: str) -> None:
@@ -327,8 +325,7 @@ def build_datasets(args: argparse.Namespace, specs: list[Any]) -> list[Dataset]:
             wrapped = OmegaConf.create({"data": data_cfg})
             OmegaConf.set_struct(wrapped, True)
             for item in args.overrides:
-                with _eval_override_errors([wrapped], item):
-                    apply_overrides(wrapped, [item])
+                _apply_data_override(wrapped, [wrapped], item)
             data_cfg = wrapped.data
         requests = [("own", data_cfg)]
         own_origin = "the first model's data config" if with_data else "data/synthetic.yaml"
